@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny random-init checkpoints (fast), the shipped weights, and the data root.
+
+The data root: ``$VAEGAN_DATA`` if set, else ``../shared/data`` beside the checkout (as on CI). Nothing downloads.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+if "VAEGAN_DATA" not in os.environ and SHARED_DATA.exists():
+    os.environ["VAEGAN_DATA"] = str(SHARED_DATA)
+
+
+def _has_data() -> bool:
+    d = os.environ.get("VAEGAN_DATA")
+    return bool(d) and (Path(d) / "FashionMNIST" / "raw").exists()
+
+
+requires_data = pytest.mark.skipif(not _has_data(), reason="Fashion-MNIST not available (set $VAEGAN_DATA)")
+
+
+@pytest.fixture(scope="session")
+def tiny_vaegan_ckpt(tmp_path_factory) -> Path:
+    """A random-init VAE-GAN checkpoint with small widths (latent 8, width 8), BatchNorm stats randomised so that
+    eval-mode BN is not the identity."""
+    import torch
+
+    from vaegan.train import checkpoint
+    from vaegan.train.config import VAEGANArgs
+    from vaegan.train.models import VAEGAN
+
+    torch.manual_seed(0)
+    args = VAEGANArgs(latent_dim=8, width=8)
+    vg = VAEGAN(args)
+    for m in vg.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_vaegan.pt"
+    from dataclasses import asdict
+
+    checkpoint.save(path, {"kind": "vaegan", "model": vg.state_dict(), "model_args": asdict(args), "config": {},
+                           "epoch": 0, "step": 0, "metrics": {}, "best_metric": None})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_ckpt(tmp_path_factory) -> Path:
+    import torch
+
+    from vaegan.train import checkpoint
+    from vaegan.train.config import ClassifierArgs
+    from vaegan.train.models import VGG16
+
+    torch.manual_seed(0)
+    args = ClassifierArgs(width_div=16, fc_width=32)
+    m = VGG16(args)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_classifier.pt"
+    from dataclasses import asdict
+
+    checkpoint.save(path, {"kind": "classifier", "model": m.state_dict(), "model_args": asdict(args), "config": {},
+                           "epoch": 0, "step": 0, "metrics": {}, "best_metric": None})
+    return path
+
+
+@pytest.fixture(scope="session")
+def shipped_vaegan() -> Path:
+    p = ROOT / "models" / "vaegan.pt"
+    if not p.exists():
+        pytest.skip("shipped weights models/vaegan.pt not present yet")
+    return p
+
+
+@pytest.fixture(scope="session")
+def shipped_classifier() -> Path:
+    p = ROOT / "models" / "classifier.pt"
+    if not p.exists():
+        pytest.skip("shipped weights models/classifier.pt not present yet")
+    return p

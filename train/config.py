@@ -1,0 +1,75 @@
+"""Configuration dataclasses (no torch import: the CLIs build their options from these)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TEST_SUBSET = 2_000  # the first 2,000 test images: the adversarial test set (see data.py)
+
+
+@dataclass
+class VAEGANArgs:
+    latent_dim: int = 48
+    width: int = 24
+    negative_slope: float = 0.2
+
+
+@dataclass
+class ClassifierArgs:
+    width_div: int = 4
+    num_classes: int = 10
+    fc_width: int = 256
+
+
+@dataclass
+class ClassifierConfig:
+    out: str = "runs/classifier"
+    epochs: int = 6
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = True
+    seed: int = 0
+    train_limit: int | None = None  # use the first N training images (tests, smoke runs)
+    eval_limit: int = TEST_SUBSET
+    data_root: str | None = None
+    model: ClassifierArgs = field(default_factory=ClassifierArgs)
+
+
+@dataclass
+class VAEGANConfig:
+    out: str = "runs/vaegan"
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 3e-4
+    lr_d: float = 3e-4
+    kl_weight: float = 0.5
+    fm_weight: float = 1.0
+    adv_weight: float = 1.0
+    denoise_prob: float = 0.75
+    denoise_eps: float = 0.35
+    seed: int = 0
+    train_limit: int | None = None
+    eval_limit: int = TEST_SUBSET
+    data_root: str | None = None
+    classifier: str | None = None  # if given, report the classifier's accuracy on reconstructions each epoch
+    model: VAEGANArgs = field(default_factory=VAEGANArgs)
+
+
+
+
+@dataclass
+class PurifyConfig:
+    """Parameters of the purification loop (see ``vaegan.train.purifier``). The defaults are the shipped operating
+    point, chosen by the sweep in models/MODEL_CARD.md (``vaegan-eval --sweep``)."""
+
+    mode: str = "latent"      # "latent": descend on z; "pixel": descend on x itself
+    init: str = "encoder"     # "encoder": z0 = mu_E(x); "random": z0 ~ N(0, I) (Defense-GAN)
+    steps: int = 10           # T
+    eta: float = 0.02         # step size
+    lam: float = 1.0          # weight of the discriminator term -log sigmoid(D(.))
+    momentum: float = 0.0     # heavy-ball momentum (0 = plain gradient descent)
+    restarts: int = 1         # R; restart 0 starts at the seed itself, the others at seed + noise * N(0, I)
+    noise: float = 0.5        # std of the restart noise (for init="random": std of z0)
+    seed: int = 0             # seeds the restart noise

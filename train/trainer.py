@@ -1,0 +1,271 @@
+"""Training loops for the classifier and the VAE-GAN, on one process or several (``torchrun``, DDP over gloo).
+
+Both are driven by a dataclass config, seeded, log one f-string line per epoch, write a resumable checkpoint
+(``OUT/ckpt.pt``, with optimizer) and the shippable weights (``OUT/model.pt``, without) after every epoch.
+
+VAE-GAN objective (per image, averaged over the batch), after Larsen et al. 2016 plus a denoising term:
+    L_EG = BCE_pixels(G(z), x) + kl_weight * KL(q(z|x~) || N(0, I))
+           + fm_weight * ||D_feat(G(z)) - D_feat(x)||^2 / n_feat + adv_weight * [BCE(D(G(z)), 1) + BCE(D(G(z_p)), 1)]
+    L_D  = BCE(D(x), 1) + BCE(D(G(z)), 0) + BCE(D(G(z_p)), 0)
+where z ~ q(z | x~), x~ is x corrupted (with probability ``denoise_prob``) by L-inf sign noise of random amplitude
+U(0, ``denoise_eps``) on a random grid (1, 2 or 4 pixel blocks), and z_p ~ N(0, I). The denoising term teaches E to map
+perturbed inputs to the clean image's code: it is what lets the purifier's encoder seed survive large perturbations
+(see models/MODEL_CARD.md for the measurement).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm import tqdm
+
+from . import checkpoint as ckpt_io
+from .config import ClassifierConfig, VAEGANConfig
+from .data import load_split
+from .models import VAEGAN, VGG16
+
+
+# --------------------------------------------------------------------------------------------------------------
+# distributed helpers
+
+def _dist_setup() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return rank, world
+
+
+def _wrap(module: torch.nn.Module, world: int) -> torch.nn.Module:
+    return DDP(module) if world > 1 else module
+
+
+def _loader(ds, cfg, world: int, rank: int, epoch: int) -> DataLoader:
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed) if world > 1 else None
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+    g = torch.Generator().manual_seed(cfg.seed + epoch)
+    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, generator=g,
+                      drop_last=True)
+
+
+def _train_set(cfg):
+    ds = load_split(True, cfg.data_root)
+    if cfg.train_limit:
+        ds = Subset(ds, range(min(cfg.train_limit, len(ds))))
+    return ds
+
+
+def _eval_set(cfg):
+    x, y = load_split(False, cfg.data_root).tensors
+    return x[: cfg.eval_limit], y[: cfg.eval_limit]
+
+
+def _resume_state(out: Path, resume: bool, kind: str) -> dict | None:
+    path = out / "ckpt.pt"
+    if resume and path.exists():
+        return ckpt_io.load_raw(path) if ckpt_io.load_raw(path)["kind"] == kind else None
+    return None
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
+    model.eval()
+    correct = sum((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum().item() for i in range(0, len(x), batch))
+    return 100.0 * correct / len(x)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# classifier
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random 2-pixel shifts (pad + crop) and horizontal flips, batched."""
+    n = x.shape[0]
+    padded = F.pad(x, (2, 2, 2, 2))
+    dx, dy = torch.randint(0, 5, (2,), generator=gen).tolist()
+    x = padded[:, :, dy:dy + 28, dx:dx + 28]
+    flip = torch.rand(n, generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def train_classifier(cfg: ClassifierConfig, resume: bool = False) -> dict:
+    rank, world = _dist_setup()
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    model = VGG16(cfg.model)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          nesterov=True)
+    train_ds = _train_set(cfg)
+    steps_per_epoch = len(train_ds) // (cfg.batch_size * world)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * steps_per_epoch),
+                                                pct_start=0.2)
+    start_epoch, step, best = 0, 0, -1.0
+    state = _resume_state(out, resume, "classifier")
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"]["opt"])
+        sched.load_state_dict(state["optimizer"]["sched"])
+        start_epoch, step, best = state["epoch"], state["step"], state["best_metric"]
+    dmodel = _wrap(model, world)
+    xe, ye = _eval_set(cfg)
+    gen = torch.Generator().manual_seed(cfg.seed + 1 + rank)
+    metrics = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        dmodel.train()
+        t0 = time.time()
+        tot, n = 0.0, 0
+        loader = _loader(train_ds, cfg, world, rank, epoch)
+        for x, y in tqdm(loader, desc=f"classifier epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, leave=False):
+            if cfg.augment:
+                x = _augment(x, gen)
+            loss = F.cross_entropy(dmodel(x), y, label_smoothing=0.05)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            tot, n = tot + loss.item(), n + 1
+        if rank == 0:
+            acc = accuracy(model, xe, ye)
+            best = max(best, acc)
+            metrics = {"train_loss": tot / max(n, 1), "test_acc": acc, "epoch_seconds": time.time() - t0}
+            print(f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f}, test acc {acc:.2f}% "
+                  f"(first {len(xe)}), {metrics['epoch_seconds']:.0f}s", flush=True)
+            ckpt = {"kind": "classifier", "model": model.state_dict(), "model_args": asdict(cfg.model),
+                    "config": asdict(cfg), "epoch": epoch + 1, "step": step, "metrics": metrics, "best_metric": best,
+                    "world_size": world, "optimizer": {"opt": opt.state_dict(), "sched": sched.state_dict()}}
+            ckpt_io.save(out / "ckpt.pt", ckpt)
+            ckpt_io.save(out / "model.pt", ckpt_io.slim(ckpt))
+        if world > 1:
+            dist.barrier()
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------------------------
+# VAE-GAN
+
+def corrupt(x: torch.Tensor, eps_max: float, prob: float, gen: torch.Generator) -> torch.Tensor:
+    """L-inf sign noise of amplitude U(0, eps_max) on a 1/2/4-pixel grid, applied to a ``prob`` fraction of x."""
+    n = x.shape[0]
+    out = x.clone()
+    for block in (1, 2, 4):
+        sel = (torch.rand(n, generator=gen) < prob / 3)
+        k = int(sel.sum())
+        if k == 0:
+            continue
+        s = 28 // block
+        sign = torch.randint(0, 2, (k, 1, s, s), generator=gen).float().mul_(2).sub_(1)
+        sign = F.interpolate(sign, size=28, mode="nearest")
+        eps = torch.rand(k, 1, 1, 1, generator=gen) * eps_max
+        out[sel] = (x[sel] + eps * sign).clamp_(0, 1)
+    return out
+
+
+def train_vaegan(cfg: VAEGANConfig, resume: bool = False) -> dict:
+    rank, world = _dist_setup()
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    vg = VAEGAN(cfg.model)
+    opt_eg = torch.optim.Adam(list(vg.encoder.parameters()) + list(vg.decoder.parameters()), lr=cfg.lr,
+                              betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(vg.discriminator.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
+    start_epoch, step, best = 0, 0, math.inf
+    state = _resume_state(out, resume, "vaegan")
+    if state is not None:
+        vg.load_state_dict(state["model"])
+        opt_eg.load_state_dict(state["optimizer"]["eg"])
+        opt_d.load_state_dict(state["optimizer"]["d"])
+        start_epoch, step, best = state["epoch"], state["step"], state["best_metric"]
+    enc, dec, disc = (_wrap(m, world) for m in (vg.encoder, vg.decoder, vg.discriminator))
+    d_raw = vg.discriminator
+    train_ds = _train_set(cfg)
+    xe, ye = _eval_set(cfg)
+    clf = None
+    if cfg.classifier and rank == 0:
+        clf, _ = ckpt_io.load_model(cfg.classifier, "classifier")
+    gen = torch.Generator().manual_seed(cfg.seed + 1 + rank)
+    metrics = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        vg.train()
+        t0 = time.time()
+        sums = {"rec": 0.0, "kl": 0.0, "fm": 0.0, "g_adv": 0.0, "d": 0.0}
+        n = 0
+        loader = _loader(train_ds, cfg, world, rank, epoch)
+        for x, _ in tqdm(loader, desc=f"vaegan epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, leave=False):
+            b = x.shape[0]
+            x_in = corrupt(x, cfg.denoise_eps, cfg.denoise_prob, gen)
+            mu, logvar = enc(x_in)
+            z = mu + torch.randn(mu.shape, generator=gen) * torch.exp(0.5 * logvar)
+            zp = torch.randn(mu.shape, generator=gen)
+            logit_img = dec(torch.cat([z, zp]), logits=True)
+            img = torch.sigmoid(logit_img)
+            xr_logit, xr, xp = logit_img[:b], img[:b], img[b:]
+
+            # --- discriminator step
+            d_logits = disc(torch.cat([x, xr.detach(), xp.detach()])).squeeze(1)
+            d_target = torch.cat([torch.ones(b), torch.zeros(2 * b)])
+            loss_d = F.binary_cross_entropy_with_logits(d_logits, d_target)
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+
+            # --- encoder / decoder step (D frozen)
+            d_raw.requires_grad_(False)
+            with torch.no_grad():
+                f_real, _ = d_raw.features(x)
+            f_fake, l_fake = d_raw.features(torch.cat([xr, xp]))
+            d_raw.requires_grad_(True)
+            rec = F.binary_cross_entropy_with_logits(xr_logit, x, reduction="sum") / b
+            kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / b
+            fm = F.mse_loss(f_fake[:b], f_real, reduction="sum") / b / f_real[0].numel() * 100.0
+            g_adv = F.binary_cross_entropy_with_logits(l_fake.squeeze(1), torch.ones(2 * b))
+            loss = rec + cfg.kl_weight * kl + cfg.fm_weight * fm + cfg.adv_weight * g_adv
+            opt_eg.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_eg.step()
+            step += 1
+            n += 1
+            for k, v in (("rec", rec), ("kl", kl), ("fm", fm), ("g_adv", g_adv), ("d", loss_d)):
+                sums[k] += v.item()
+        if rank == 0:
+            metrics = {k: v / max(n, 1) for k, v in sums.items()}
+            metrics.update(evaluate_vaegan(vg, xe, ye, clf, cfg.seed))
+            metrics["epoch_seconds"] = time.time() - t0
+            best = min(best, metrics["test_mse_clean"])
+            extra = (f", clf acc rec {metrics['clf_acc_rec']:.2f}% noisy.3 {metrics['clf_acc_rec_noisy']:.2f}%"
+                     if "clf_acc_rec" in metrics else "")
+            print(f"epoch {epoch + 1}: rec {metrics['rec']:.2f} kl {metrics['kl']:.2f} fm {metrics['fm']:.3f} "
+                  f"g_adv {metrics['g_adv']:.3f} d {metrics['d']:.3f} | test mse clean {metrics['test_mse_clean']:.4f} "
+                  f"noisy.3 {metrics['test_mse_noisy']:.4f}{extra}, {metrics['epoch_seconds']:.0f}s", flush=True)
+            ckpt = {"kind": "vaegan", "model": vg.state_dict(), "model_args": asdict(cfg.model), "config": asdict(cfg),
+                    "epoch": epoch + 1, "step": step, "metrics": metrics, "best_metric": best, "world_size": world,
+                    "optimizer": {"eg": opt_eg.state_dict(), "d": opt_d.state_dict()}}
+            ckpt_io.save(out / "ckpt.pt", ckpt)
+            ckpt_io.save(out / "model.pt", ckpt_io.slim(ckpt))
+        if world > 1:
+            dist.barrier()
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_vaegan(vg: VAEGAN, x: torch.Tensor, y: torch.Tensor, clf=None, seed: int = 0) -> dict:
+    """Reconstruction MSE (per pixel) on clean and on sign-noise eps=0.3 inputs; classifier accuracy on both."""
+    vg.eval()
+    gen = torch.Generator().manual_seed(seed)
+    sign = torch.randint(0, 2, x.shape, generator=gen).float().mul_(2).sub_(1)
+    noisy = (x + 0.3 * sign).clamp(0, 1)
+    rec, rec_n = vg.reconstruct(x), vg.reconstruct(noisy)
+    out = {"test_mse_clean": F.mse_loss(rec, x).item(), "test_mse_noisy": F.mse_loss(rec_n, x).item()}
+    if clf is not None:
+        out["clf_acc_rec"] = accuracy(clf, rec, y)
+        out["clf_acc_rec_noisy"] = accuracy(clf, rec_n, y)
+    return out
