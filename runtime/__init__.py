@@ -1,0 +1,19 @@
+"""Torch-free runtime: read the exported artifacts (docs/ARTIFACTS.md), purify and classify frames.
+
+Depends on numpy, Pillow and onnxruntime only (TensorRT + cuda-python when present, OpenCV for video/camera
+input). Nothing here imports torch; ``tests/runtime/test_runtime_torchfree.py`` checks that.
+
+Layout (Polygraphy style):
+
+- ``backend/base.py``          -- ``BaseRunner``: ``activate() / infer(feed) / deactivate()``, feed checks, timing
+- ``backend/onnxrt/``          -- ``SessionFromOnnx`` (lazy loader) and ``OnnxrtRunner``
+- ``backend/trt/``             -- ``EngineFromPath`` (lazy loader) and ``TrtRunner`` (device buffers, CUDA graphs)
+- ``artifacts.py``             -- manifest loading, format version and sha256 checks
+- ``purify.py``                -- purifier backends ``fused`` / ``modular`` / ``trt`` and the classifier
+- ``io.py``                    -- frame sources, the prefetch queue and THE preprocessing function
+- ``cli.py``                   -- ``vaegan-run``
+"""
+
+from .errors import ArtifactError, BackendUnavailableError, FeedError, RuntimeUsageError, VaeganRuntimeError
+
+__all__ = ["ArtifactError", "BackendUnavailableError", "FeedError", "RuntimeUsageError", "VaeganRuntimeError"]

@@ -1,0 +1,80 @@
+"""``vaegan-run``: purify (and classify) a stream of frames with the exported artifacts, torch-free.
+
+Outputs under ``--out``:
+
+- ``purified/<relative name>.png``   purified frames (``.png`` appended unless the input already ends in .png)
+- ``predictions.jsonl``              one line per input: ``source``, ``status`` ("ok" | "error"), and
+                                     ``class_id``, ``class_name``, ``confidence``, ``loss`` or ``error``
+- ``summary.json``                   counts, backend, batch size, throughput, latency percentiles
+
+Exit codes: 0 every input ok; 1 some inputs failed (see their error records); 2 usage, artifact or backend error
+(one line on stderr, no traceback); 130 interrupted.
+
+PNG and summary.json are written atomically (temp file + rename). predictions.jsonl is appended one whole line per
+write and flushed per batch; ``--resume`` skips every source already recorded in it (ok or error) and drops a
+trailing partial line left by a crash.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from vaegan import __version__
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+@click.command(help="Purify (and classify) frames with the exported artifacts: a folder of images, a glob, a video "
+                    "file or a camera index. Exit codes: 0 all ok, 1 some inputs failed, 2 usage/artifact error.")
+@click.version_option(__version__, prog_name="vaegan-run")
+@click.option("--input", "input_", required=True, metavar="PATH",
+              help="folder of frames, image file, glob pattern (quote it), video file, or camera index")
+@click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(file_okay=False),
+              help="directory written by `vaegan-export --out DIR`")
+@click.option("--out", default="out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--backend", type=click.Choice(["auto", "fused", "modular", "trt"]), default="auto", show_default=True,
+              help="auto = trt when TensorRT, a GPU and engines are present, else fused")
+@click.option("--providers", default="cpu", show_default=True,
+              help="onnxruntime execution providers, comma-separated: cpu, cuda, tensorrt (no fallback)")
+@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: CPU count)")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--steps", type=click.IntRange(0), default=None, help="T (default: the manifest's purify_defaults)")
+@click.option("--eta", type=float, default=None, help="step size (default: manifest)")
+@click.option("--lam", type=float, default=None, help="weight of the discriminator term (default: manifest)")
+@click.option("--momentum", type=float, default=None, help="heavy-ball momentum (default: manifest)")
+@click.option("--restarts", type=click.IntRange(1), default=None, help="R (default: manifest)")
+@click.option("--classify/--no-classify", default=True, show_default=True)
+@click.option("--save-purified/--no-save-purified", default=True, show_default=True)
+@click.option("--resume", is_flag=True, help="skip inputs already recorded in OUT/predictions.jsonl")
+@click.option("--recursive", is_flag=True, help="descend into subfolders of a folder input")
+@click.option("--max-frames", type=click.IntRange(1), default=None, help="stop a video / camera after N frames")
+@click.option("--prefetch", type=click.IntRange(1), default=64, show_default=True,
+              help="frames decoded ahead by the reader thread (bounded queue)")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def main(input_, artifacts, out, backend, providers, threads, batch_size, steps, eta, lam, momentum, restarts,
+         classify, save_purified, resume, recursive, max_frames, prefetch, quiet):
+    from .errors import VaeganRuntimeError
+    from .run import RunOptions, run
+
+    opts = RunOptions(input=input_, artifacts=artifacts, out=out, backend=backend, providers=providers,
+                      threads=threads, batch_size=batch_size, steps=steps, eta=eta, lam=lam, momentum=momentum,
+                      restarts=restarts, classify=classify, save_purified=save_purified, resume=resume,
+                      recursive=recursive, max_frames=max_frames, prefetch=prefetch, quiet=quiet)
+    try:
+        summary = run(opts)
+    except VaeganRuntimeError as e:
+        click.echo(f"vaegan-run: error: {e}", err=True)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        click.echo("vaegan-run: interrupted (rerun with --resume to continue)", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if not quiet:
+        click.echo(f"{summary['frames']} frames ({summary['errors']} errors, {summary['skipped']} skipped) "
+                   f"-> {out}; {summary['throughput_fps']:.1f} frames/s on {summary['backend']}", err=True)
+    sys.exit(EXIT_SOME_FAILED if summary["errors"] else EXIT_OK)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,21 @@
+"""Runtime errors. The CLI prints these as one line (no traceback) and exits with code 2."""
+
+
+class VaeganRuntimeError(Exception):
+    """Base class of the runtime's user-facing errors."""
+
+
+class ArtifactError(VaeganRuntimeError):
+    """The artifacts directory is missing, incomplete, corrupt or of an unknown format version."""
+
+
+class BackendUnavailableError(VaeganRuntimeError):
+    """A requested backend or execution provider is not available on this machine."""
+
+
+class RuntimeUsageError(VaeganRuntimeError):
+    """A bad option or input path (not a bad frame: those become error records)."""
+
+
+class FeedError(VaeganRuntimeError, ValueError):
+    """``infer()`` was given inputs whose names, dtypes or shapes do not match the graph."""

@@ -1,0 +1,278 @@
+"""Purifier backends over the runners, and the classifier.
+
+The algorithm is the default mode of ``vaegan.train.purifier.purify`` (latent descent seeded by the encoder):
+
+    z_r(0) = mu_E(x) + noise[r]                      restart-major rows: row r*N + i is restart r of image i
+    repeat T times:  xg = G(z);  grad_x L = 2 (xg - x) - lam * d log sigmoid(D(xg)) / dxg
+                     grad_z = J_G(z)^T grad_x L;  vel = momentum * vel + grad_z;  z = z - eta * vel
+    L = sum((G(z) - x)^2) + lam * softplus(-D(G(z)));  per image keep the restart with the lowest L; output G(z*).
+
+Backends (exactly one definition of the algorithm each):
+
+- ``fused``   -- ``purify.onnx`` (the whole loop inside one ONNX graph) on onnxruntime.
+- ``modular`` -- the loop above on the host in numpy, over ``encoder``, ``decoder``, ``discriminator_grad`` and
+  ``decoder_vjp``; T, eta, lam, momentum, restarts change at run time without re-export.
+- ``trt``     -- the purify TensorRT engine (``manifest["engines"]["purify"]``) through ``TrtRunner``; the same
+  graph as ``fused``, so it shares ``GraphPurifier``.
+
+``auto`` picks ``trt`` when TensorRT, cuda-python, a GPU and a purify engine are all present, else ``fused``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from .artifacts import Artifacts
+from .backend.base import BaseRunner
+from .backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+from .backend.onnxrt.loader import SessionOptionsFromConfig
+from .errors import BackendUnavailableError, RuntimeUsageError
+
+BACKENDS = ("auto", "fused", "modular", "trt")
+
+
+@dataclass(frozen=True)
+class PurifyParams:
+    steps: int = 10
+    eta: float = 0.02
+    lam: float = 1.0
+    momentum: float = 0.0
+    restarts: int = 1
+    noise: float = 0.5
+    seed: int = 0
+
+    @classmethod
+    def from_manifest(cls, artifacts: Artifacts, **overrides) -> "PurifyParams":
+        d = artifacts.purify_defaults
+        if d.get("mode", "latent") != "latent" or d.get("init", "encoder") != "encoder":
+            raise RuntimeUsageError(f"purify_defaults mode={d.get('mode')!r} init={d.get('init')!r}: the runtime "
+                                    f"implements mode 'latent' with init 'encoder' only (the contract)")
+        p = cls(steps=int(d["steps"]), eta=float(d["eta"]), lam=float(d["lam"]), momentum=float(d["momentum"]),
+                restarts=int(d["restarts"]), noise=float(d["noise"]), seed=int(d["seed"]))
+        p = replace(p, **{k: v for k, v in overrides.items() if v is not None})
+        p.check()
+        return p
+
+    def check(self) -> None:
+        if self.steps < 0 or self.restarts < 1:
+            raise RuntimeUsageError(f"steps must be >= 0 and restarts >= 1 (got steps={self.steps}, "
+                                    f"restarts={self.restarts})")
+
+
+def restart_noise(params: PurifyParams, n: int, latent_dim: int) -> np.ndarray:
+    """R x N x L float32 restart noise: restart 0 is zero, the others ``params.noise * N(0, I)`` from a numpy
+    generator seeded with ``params.seed`` (a fresh generator per call, so a batch's result does not depend on what
+    was purified before it)."""
+    noise = np.zeros((params.restarts, n, latent_dim), dtype=np.float32)
+    if params.restarts > 1:
+        rng = np.random.default_rng(params.seed)
+        noise[1:] = rng.standard_normal((params.restarts - 1, n, latent_dim), dtype=np.float32) * np.float32(params.noise)
+    return noise
+
+
+@dataclass
+class PurifyOutput:
+    purified: np.ndarray  # N x 1 x 28 x 28 float32 in [0, 1]
+    loss: np.ndarray      # N, final objective of the chosen restart
+    z: np.ndarray         # N x L, chosen latent
+
+
+class Purifier:
+    """Base: owns runners, activates them together, splits a batch into chunks the graphs accept."""
+
+    name = "purifier"
+
+    def __init__(self, artifacts: Artifacts, params: PurifyParams):
+        self.artifacts = artifacts
+        self.params = params
+        self.runners: dict[str, BaseRunner] = {}
+
+    def activate(self) -> None:
+        done = []
+        try:
+            for r in self.runners.values():
+                r.activate()
+                done.append(r)
+        except BaseException:
+            for r in done:
+                r.deactivate()
+            raise
+
+    def deactivate(self) -> None:
+        for r in self.runners.values():
+            r.deactivate()
+
+    def __enter__(self):
+        self.activate()
+        return self
+
+    def __exit__(self, *exc):
+        self.deactivate()
+        return False
+
+    def rows_per_call(self, restarts: int) -> int:
+        """Most images per graph call (the graphs' batch dimension is limited to ``max_batch`` for TensorRT)."""
+        return self.artifacts.max_batch
+
+    def purify(self, x: np.ndarray, noise: np.ndarray | None = None, params: PurifyParams | None = None) -> PurifyOutput:
+        """Purify N x 1 x 28 x 28 float32 images. ``noise`` (R x N x L) overrides ``restart_noise``; ``params``
+        overrides this purifier's parameters for this call."""
+        params = params or self.params
+        params.check()
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n, L = x.shape[0], self.artifacts.latent_dim
+        if noise is None:
+            noise = restart_noise(params, n, L)
+        noise = np.ascontiguousarray(noise, dtype=np.float32)
+        if noise.ndim != 3 or noise.shape[1:] != (n, L):
+            raise RuntimeUsageError(f"noise has shape {list(noise.shape)}, expected [R, {n}, {L}]")
+        step = max(1, self.rows_per_call(noise.shape[0]))
+        parts = [self._purify_chunk(x[i:i + step], noise[:, i:i + step], params) for i in range(0, n, step)]
+        if len(parts) == 1:
+            return parts[0]
+        return PurifyOutput(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("purified", "loss", "z")))
+
+    def _purify_chunk(self, x, noise, params) -> PurifyOutput:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"backend": self.name, **asdict(self.params)}
+
+
+class GraphPurifier(Purifier):
+    """Runs the whole loop as one graph: ``purify.onnx`` on onnxruntime (``fused``) or its TensorRT engine
+    (``trt``). T, eta, lam and momentum are graph inputs; R is the noise's first dimension."""
+
+    def __init__(self, artifacts: Artifacts, params: PurifyParams, runner: BaseRunner, name: str):
+        super().__init__(artifacts, params)
+        self.name = name
+        self.runners = {"purify": runner}
+
+    def _purify_chunk(self, x, noise, params) -> PurifyOutput:
+        out = self.runners["purify"].infer({
+            "x": x, "noise": noise,
+            "steps": np.array(params.steps, dtype=np.int64), "eta": np.array(params.eta, dtype=np.float32),
+            "lam": np.array(params.lam, dtype=np.float32), "momentum": np.array(params.momentum, dtype=np.float32),
+        })
+        return PurifyOutput(out["purified"], out["loss"], out["z"])
+
+
+class ModularPurifier(Purifier):
+    """The loop on the host (numpy) over the encoder, decoder, discriminator-gradient and decoder-VJP graphs."""
+
+    name = "modular"
+    GRAPHS = ("encoder", "decoder", "discriminator_grad", "decoder_vjp")
+
+    def __init__(self, artifacts: Artifacts, params: PurifyParams, runners: dict[str, BaseRunner]):
+        super().__init__(artifacts, params)
+        missing = [g for g in self.GRAPHS if g not in runners]
+        if missing:
+            raise ValueError(f"modular purifier needs runners for {missing}")
+        self.runners = runners
+
+    def rows_per_call(self, restarts: int) -> int:
+        return max(1, self.artifacts.max_batch // restarts)  # the loop runs on R*N rows
+
+    def _purify_chunk(self, x, noise, p) -> PurifyOutput:
+        enc, dec, dgrad, vjp = (self.runners[g] for g in self.GRAPHS)
+        r, n, L = noise.shape
+        mu = enc.infer({"x": x})["mu"]
+        z = (mu[None] + noise).reshape(r * n, L)
+        xr = np.tile(x, (r, 1, 1, 1))  # restart-major, like torch's x.repeat(r, 1, 1, 1)
+        vel = np.zeros_like(z)
+        eta, lam, mom = np.float32(p.eta), np.float32(p.lam), np.float32(p.momentum)
+        for _ in range(p.steps):
+            xg = dec.infer({"z": z})["x"]
+            dlogsig = dgrad.infer({"x": xg})["grad_x"]
+            gx = np.float32(2.0) * (xg - xr) - lam * dlogsig
+            gz = vjp.infer({"z": z, "v": gx})["grad_z"]
+            vel = mom * vel + gz if p.momentum else gz
+            z = z - eta * vel
+        xg = dec.infer({"z": z})["x"]
+        logit = dgrad.infer({"x": xg})["logit"][:, 0]
+        loss = ((xg - xr) ** 2).reshape(r * n, -1).sum(1) + lam * np.logaddexp(np.float32(0), -logit)
+        loss = loss.reshape(r, n).astype(np.float32)
+        best = loss.argmin(0)
+        cols = np.arange(n)
+        return PurifyOutput(xg.reshape(r, n, *xg.shape[1:])[best, cols], loss[best, cols], z.reshape(r, n, L)[best, cols])
+
+
+class Classifier:
+    """``classifier.onnx`` (or its engine) -> class ids, softmax confidences and logits."""
+
+    def __init__(self, runner: BaseRunner, classes: list[str]):
+        self.runner = runner
+        self.classes = classes
+
+    def __call__(self, x: np.ndarray, max_batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        logits = np.concatenate([self.runner.infer({"x": np.ascontiguousarray(x[i:i + max_batch])})["logits"]
+                                 for i in range(0, x.shape[0], max_batch)])
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        prob = e / e.sum(1, keepdims=True)
+        ids = prob.argmax(1)
+        return ids, prob[np.arange(len(ids)), ids], logits
+
+
+# -- construction ----------------------------------------------------------------------------------------------
+
+def ort_runner(artifacts: Artifacts, graph: str, providers, threads: int | None, allow_spinning: bool) -> OnnxrtRunner:
+    so = SessionOptionsFromConfig(intra_op_threads=threads, allow_spinning=allow_spinning)
+    return OnnxrtRunner(SessionFromOnnx(artifacts.path(graph), providers=providers, session_options=so),
+                        name=f"onnxrt:{graph}")
+
+
+def trt_usable(artifacts: Artifacts) -> tuple[bool, str]:
+    if not artifacts.has_engine("purify"):
+        return False, "the artifacts have no TensorRT purify engine (export with --trt)"
+    from .backend.trt import trt_status
+
+    return trt_status()
+
+
+def resolve_backend(backend: str, artifacts: Artifacts) -> str:
+    if backend not in BACKENDS:
+        raise RuntimeUsageError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if backend == "auto":
+        return "trt" if trt_usable(artifacts)[0] else "fused"
+    return backend
+
+
+def make_purifier(artifacts: Artifacts, backend: str = "auto", params: PurifyParams | None = None,
+                  providers=("cpu",), threads: int | None = None, allow_spinning: bool | None = None,
+                  cuda_graph: bool = True) -> Purifier:
+    """Build (not activate) the purifier ``backend``; the graphs it needs are sha256-checked here.
+
+    ``allow_spinning`` defaults to off for ``modular`` (four sessions run in turn; spinning threads of the idle
+    ones compete for the cores) and on for ``fused``."""
+    params = params or PurifyParams.from_manifest(artifacts)
+    backend = resolve_backend(backend, artifacts)
+    if backend == "fused":
+        spin = True if allow_spinning is None else allow_spinning
+        return GraphPurifier(artifacts, params, ort_runner(artifacts, "purify", providers, threads, spin), "fused")
+    if backend == "modular":
+        spin = False if allow_spinning is None else allow_spinning
+        runners = {g: ort_runner(artifacts, g, providers, threads, spin) for g in ModularPurifier.GRAPHS}
+        return ModularPurifier(artifacts, params, runners)
+    ok, why = trt_usable(artifacts)
+    if not ok:
+        raise BackendUnavailableError(f"backend 'trt' is not usable: {why}")
+    from .backend.trt import EngineFromPath, TrtRunner
+
+    runner = TrtRunner(EngineFromPath(artifacts.engine_path("purify")), name="trt:purify", cuda_graph=cuda_graph)
+    return GraphPurifier(artifacts, params, runner, "trt")
+
+
+def make_classifier(artifacts: Artifacts, backend: str, providers=("cpu",), threads: int | None = None,
+                    cuda_graph: bool = True) -> Classifier:
+    """The classifier on the same kind of backend: a TensorRT engine when ``backend == 'trt'`` and the manifest has
+    one, else onnxruntime with ``providers``."""
+    if backend == "trt" and artifacts.has_engine("classifier"):
+        from .backend.trt import EngineFromPath, TrtRunner
+
+        runner = TrtRunner(EngineFromPath(artifacts.engine_path("classifier")), name="trt:classifier",
+                           cuda_graph=cuda_graph)
+    else:
+        runner = ort_runner(artifacts, "classifier", providers, threads, True)
+    return Classifier(runner, artifacts.classes)
