@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import sys
 import typing
+from pathlib import Path
 
 import click
 
@@ -114,9 +114,113 @@ def _lazy_train_commands():
 _lazy_train_commands()
 
 
-def _main_guard():
+# --------------------------------------------------------------------------------------------------- vaegan-attack
+
+ATTACK_NAMES = ("fgsm", "pgd", "tpgd", "cw")
+
+
+def _default(kind: str) -> str:
+    from .checkpoint import default_path
+
+    return str(default_path(kind))
+
+
+@click.command(help="Craft an adversarial dataset (test: first 2,000 images; train: first 10,000) against the "
+                    "classifier, or against the whole defended pipeline with --defended.")
+@click.version_option(__version__)
+@click.option("--attack", "name", required=True, help=f"one of {', '.join(ATTACK_NAMES)}")
+@click.option("--eps", type=float, default=0.1, show_default=True, help="L-inf budget in [0, 1] (pixels in [0, 1])")
+@click.option("--steps", type=int, default=40, show_default=True)
+@click.option("--alpha", type=float, default=0.01, show_default=True)
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--n", type=int, default=None, help="images (default 2000 test / 10000 train)")
+@click.option("--classifier", type=click.Path(dir_okay=False), default=None, help="default: shipped weights")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="VAE-GAN (with --defended)")
+@click.option("--defended", is_flag=True, help="attack classifier(purifier(x)) with full gradients")
+@click.option("--out", type=click.Path(file_okay=False), default="adv", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--data-root", default=None)
+@_friendly
+def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defended, out, seed, data_root):
+    from .attacks import AttackSpec  # validates name and eps before anything heavy
+
+    spec = AttackSpec(name, eps=eps, alpha=alpha, steps=steps, seed=seed)
+    import torch
+
+    from . import checkpoint as ckpt_io
+    from .attacks import run_attack, save_adversarial
+    from .data import test_subset, train_subset
+    from .evaluate import predict
+
+    classifier = classifier or _default("classifier")
+    clf, _ = ckpt_io.load_model(classifier, "classifier")
+    model = clf
+    if defended:
+        from .purifier import Defended, Purifier
+
+        vg, _ = ckpt_io.load_model(checkpoint or _default("vaegan"), "vaegan")
+        model = Defended(Purifier(vg, differentiable=True), clf)
+    x, y, idx = (test_subset if split == "test" else train_subset)(n or (2000 if split == "test" else 10000),
+                                                                    data_root)
+    x_adv, targets = run_attack(model, x, y, spec, progress=True)
+    with torch.no_grad():
+        acc = (predict(model, x_adv) == y).float().mean().item() * 100
+    path = save_adversarial(Path(out) / f"{split}_{spec.tag}{'_defended' if defended else ''}_seed{seed}.npz",
+                            x_adv, y, idx, spec, targets,
+                            {"split": split, "classifier_sha256": ckpt_io.file_sha256(classifier),
+                             "defended": defended, "attacked_accuracy": acc})
+    click.echo(f"{path}: {len(x)} images, {spec.tag}, accuracy of the attacked model {acc:.2f}%")
+
+
+# ----------------------------------------------------------------------------------------------------- vaegan-eval
+
+@click.command(help="Reproduce Table 1: classifier clean / under attack / after purification (oblivious attacker), "
+                    "ablations, Defense-GAN, targeted success; writes report.md, report.json and PNGs.")
+@click.version_option(__version__)
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="VAE-GAN (default: shipped)")
+@click.option("--classifier", type=click.Path(dir_okay=False), default=None, help="default: shipped weights")
+@click.option("--n", type=int, default=2000, show_default=True, help="first N test images")
+@click.option("--eps", "eps_list", default="0.05,0.1,0.2,0.3", show_default=True, help="comma-separated")
+@click.option("--no-targeted", is_flag=True, help="skip the targeted PGD sets")
+@click.option("--defense-gan-n", type=int, default=300, show_default=True)
+@click.option("--defense-gan-steps", type=int, default=200, show_default=True)
+@click.option("--defense-gan-restarts", type=int, default=10, show_default=True)
+@dataclass_options(__import__("vaegan.train.config", fromlist=["PurifyConfig"]).PurifyConfig)
+@click.option("--quick", is_flag=True, help="smoke run: 100 images, eps 0.1/0.3, PGD-10, Defense-GAN on 20")
+@click.option("--sweep", "do_sweep", is_flag=True, help="run the purifier-defaults sweep instead (sweep.md)")
+@click.option("--adv-dir", default="adv", show_default=True, help="cache of adversarial sets ('' to disable)")
+@click.option("--out", default="reports", show_default=True)
+@click.option("--data-root", default=None)
+@_friendly
+def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, defense_gan_steps,
+             defense_gan_restarts, quick, do_sweep, adv_dir, out, data_root, **pvalues):
+    from .config import PurifyConfig
+
     try:
-        train_cli()
-    except VaeganError as e:
-        click.echo(f"Error: {e}", err=True)
-        sys.exit(1)
+        eps = tuple(float(e) for e in eps_list.split(","))
+    except ValueError:
+        raise VaeganError(f"--eps {eps_list!r}: expected comma-separated numbers") from None
+    bad = [e for e in eps if not 0 <= e <= 1]
+    if bad:
+        raise VaeganError(f"eps {bad[0]} out of range: pixels are in [0, 1], eps must be in [0, 1]")
+    pcfg = build_config(PurifyConfig, pvalues)
+    from .evaluate import EvalConfig, evaluate, markdown_table, sweep
+
+    checkpoint = checkpoint or _default("vaegan")
+    classifier = classifier or _default("classifier")
+    if do_sweep:
+        grid = {"steps": [0, 5, 10, 20], "eta": [0.01, 0.02, 0.05], "lam": [0.0, 1.0, 5.0]}
+        sweep(checkpoint, classifier, grid, n=n if n != 2000 else 500, adv_dir=adv_dir or None, out=out,
+              data_root=data_root)
+        click.echo(f"wrote {out}/sweep.md")
+        return
+    cfg = EvalConfig(n=n, eps=eps, targeted=not no_targeted, defense_gan_n=defense_gan_n,
+                     defense_gan_steps=defense_gan_steps, defense_gan_restarts=defense_gan_restarts,
+                     purify=pcfg, adv_dir=adv_dir, out=out, data_root=data_root)
+    if quick:
+        cfg = EvalConfig(n=min(n, 100), eps=(0.1, 0.3), targeted=False, pgd_steps=10, defense_gan_n=20,
+                         defense_gan_steps=50, defense_gan_restarts=2, purify=pcfg, adv_dir="", out=out,
+                         data_root=data_root)
+    report = evaluate(checkpoint, classifier, cfg)
+    click.echo(markdown_table(report))
+    click.echo(f"wrote {out}/report.md, report.json, grid.png, accuracy_vs_eps.png")
