@@ -1,0 +1,153 @@
+"""``export_all``: checkpoints -> validated ONNX graphs (+ TensorRT engines) + manifest.json in one folder."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from vaegan.train.errors import VaeganError
+
+MIN_OPSET = 18   # torch.onnx's dynamo exporter emits opset 18 and newer
+MAX_OPSET = 22   # newest opset the TensorRT 10 ONNX parser accepts
+
+
+class TensorRTUnavailable(VaeganError):
+    """--trt was asked for but this machine cannot build engines; the ONNX files were written and validated."""
+
+
+def check_opset(opset: int) -> None:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise VaeganError(f"opset {opset} is out of range (supported: {MIN_OPSET}..{MAX_OPSET})")
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` and make sure a file can be written there, before any slow work."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise VaeganError(f"{out_dir}: output folder is not writable ({e.strerror or type(e).__name__})") from None
+
+
+def _images(n: int):
+    """Real Fashion-MNIST test images when the data is available, else uniform noise in [0, 1] (noted)."""
+    import torch
+
+    try:
+        from vaegan.train.data import test_subset
+
+        return test_subset(n)[0], "Fashion-MNIST test images"
+    except VaeganError:
+        g = torch.Generator().manual_seed(0)
+        return torch.rand(n, 1, 28, 28, generator=g), "uniform random images (Fashion-MNIST not found)"
+
+
+def export_all(vaegan_ckpt, classifier_ckpt, out_dir, *, opset: int = 18, max_batch: int = 64, trt: bool = False,
+               fp16: bool = False, purify_cfg=None, max_restarts: int = 8, echo=print) -> dict:
+    """Export, validate and describe every graph of docs/ARTIFACTS.md; returns the manifest (also written).
+
+    Raises ``VaeganError`` for bad input (before any slow work), ``ExportValidationError`` (a VaeganError) listing
+    every failed check, and ``TensorRTUnavailable`` when ``trt=True`` on a machine without TensorRT / an NVIDIA
+    GPU (after the ONNX files and manifest are written)."""
+    import onnx
+    import torch
+
+    from vaegan.train.checkpoint import file_sha256, load_model
+    from vaegan.train.config import PurifyConfig
+    from vaegan.train.purifier import check_config
+
+    from . import fused, manifest, specs, validate
+    from .grad import TRACE_BATCH, fold_batchnorm, to_onnx
+
+    t_start = time.perf_counter()
+    check_opset(opset)
+    if max_batch < 1:
+        raise VaeganError(f"max-batch must be >= 1 (got {max_batch})")
+    cfg = purify_cfg or PurifyConfig()
+    try:
+        check_config(cfg)
+    except ValueError as e:
+        raise VaeganError(str(e)) from None
+    if cfg.mode != "latent" or cfg.init != "encoder":
+        raise VaeganError(f"purify.onnx implements mode=latent, init=encoder (got mode={cfg.mode}, init={cfg.init})")
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir)
+    vaegan_ckpt, classifier_ckpt = Path(vaegan_ckpt), Path(classifier_ckpt)
+    vg, _ = load_model(vaegan_ckpt, "vaegan")
+    clf, _ = load_model(classifier_ckpt, "classifier")
+    nets = specs.Nets(vg, clf, fold_batchnorm(vg), fold_batchnorm(clf))
+    L = nets.latent
+    gspecs = specs.graph_specs(L)
+    pieces = specs.piece_specs(L)
+
+    # ---- export (torch route for every piece)
+    gen = torch.Generator().manual_seed(0)
+    images, image_source = _images(max(max_batch, TRACE_BATCH))
+    models: dict[str, onnx.ModelProto] = {}
+    timings: dict[str, float] = {}
+    for spec in list(gspecs.values()) + list(pieces.values()):
+        if spec.build is None:
+            continue
+        t0 = time.perf_counter()
+        ex = specs.dummy_inputs(spec, TRACE_BATCH, L, images, gen, cfg)
+        models[spec.name] = to_onnx(spec.build(nets), [ex[i.name] for i in spec.inputs],
+                                    [i.name for i in spec.inputs], [o.name for o in spec.outputs],
+                                    spec.dynamic_axes, opset)
+        timings[spec.name] = time.perf_counter() - t0
+        echo(f"exported {spec.name} ({timings[spec.name]:.1f} s)")
+    t0 = time.perf_counter()
+    models["purify"] = fused.assemble_purify(models["encoder"], models["purify_step"], models["purify_loss"],
+                                             models["decoder"], L)
+    timings["purify"] = time.perf_counter() - t0
+
+    # ---- write + validate
+    report = validate.Report()
+    graphs: dict = {}
+    echo(f"validating against PyTorch on {image_source}, batch 1 and {max_batch}:")
+    for name, spec in gspecs.items():
+        model = models[name]
+        model.producer_name = "vaegan-export"
+        path = out_dir / spec.file
+        onnx.save(model, path)
+        problems = validate.structural_problems(model, spec)
+        for p in problems:
+            echo(f"  [x] {p}")
+        report.failures += problems
+        feeds = {b: specs.dummy_inputs(spec, b, L, images, gen, cfg) for b in sorted({1, max_batch})}
+        validate.check_numerics(spec, path, nets, feeds, report, echo)
+        entry = spec.manifest_entry()
+        entry = {"file": entry.pop("file"), "sha256": file_sha256(path), **entry}
+        entry["bytes"] = path.stat().st_size
+        graphs[name] = entry
+    for name, errs in report.summary().items():
+        graphs[name]["validation"] = errs
+    report.raise_if_failed()
+    echo(f"all {len(gspecs)} graphs validated ({len(report.checks)} output checks)")
+
+    def _make_manifest(engines: dict) -> dict:
+        m = manifest.build(opset=opset, latent_dim=L, max_batch=max_batch,
+                           checkpoint=(str(vaegan_ckpt), file_sha256(vaegan_ckpt)),
+                           classifier_checkpoint=(str(classifier_ckpt), file_sha256(classifier_ckpt)),
+                           graphs=graphs, engines=engines, purify_cfg=cfg)
+        manifest.write(out_dir, m)
+        return m
+
+    man = _make_manifest({})
+    if trt:
+        from . import trt as trt_mod
+
+        missing = trt_mod.missing_requirements()
+        if missing:
+            raise TensorRTUnavailable(
+                f"TensorRT engines not built: {missing}. The ONNX files and manifest.json in {out_dir} are written "
+                "and validated; on a machine with an NVIDIA GPU run `pip install 'vaegan[gpu]'` and export with "
+                "--trt again.")
+        engines = trt_mod.build_engines(out_dir, gspecs, max_batch=max_batch, max_restarts=max_restarts,
+                                        fp16=fp16, images=images, purify_cfg=cfg, echo=echo)
+        man = _make_manifest(engines)
+    echo(f"export took {time.perf_counter() - t_start:.1f} s; wrote {out_dir / manifest.MANIFEST}")
+    return man

@@ -1,0 +1,211 @@
+"""Validation of every exported graph (optimum-onnx style): structural checks, then onnxruntime against PyTorch at
+batch 1 and at max-batch from the same file, one line per graph and output with ``[ok]`` / ``[x]``, max abs and
+max rel error; all failures are collected and raised together.
+
+Structural checks: ``onnx.checker`` (full check), inference-only (no ``ai.onnx.preview.training`` ops, no
+training-mode BatchNorm / Dropout), every op in ``TRT_SUPPORTED_OPS``, weights as initializers (no large
+``Constant`` nodes), symbolic dynamic axes on the inputs and outputs the spec names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from vaegan.train.errors import VaeganError
+
+# Ops of the default ONNX domain that the TensorRT ONNX parser supports (onnx-tensorrt docs/operators.md, TRT 10)
+# and that these graphs may use. An op outside this list fails validation: check onnx-tensorrt before adding one.
+TRT_SUPPORTED_OPS = frozenset({
+    "Abs", "Add", "ArgMax", "ArgMin", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "ConstantOfShape",
+    "Conv", "ConvTranspose", "Div", "Equal", "Exp", "Expand", "Flatten", "Gather", "GatherElements", "Gemm",
+    "Greater", "GreaterOrEqual", "Identity", "LeakyRelu", "Less", "LessOrEqual", "Log", "Loop", "MatMul", "Max",
+    "MaxPool", "Min", "Mul", "Neg", "Not", "Pad", "Pow", "Range", "Reciprocal", "ReduceMax", "ReduceMean",
+    "ReduceMin", "ReduceSum", "Relu", "Reshape", "Shape", "Sigmoid", "Slice", "Softplus", "Split", "Sqrt",
+    "Squeeze", "Sub", "Tanh", "Tile", "Transpose", "Unsqueeze", "Where",
+})
+TRAINING_DOMAINS = ("ai.onnx.preview.training",)
+MAX_CONSTANT_ELEMENTS = 64   # larger constants must be initializers
+
+
+class ExportValidationError(VaeganError):
+    """One or more exported graphs failed validation; the message lists every failure with its numbers."""
+
+
+@dataclass
+class OutputCheck:
+    graph: str
+    output: str
+    batch: int
+    max_abs: float
+    max_rel: float
+    ok: bool
+    shape_ok: bool = True
+
+    def line(self) -> str:
+        mark = "[ok]" if self.ok else "[x]"
+        return (f"  {mark} {self.graph}.{self.output} (batch {self.batch}): max abs {self.max_abs:.3e}, "
+                f"max rel {self.max_rel:.3e}" + ("" if self.shape_ok else " SHAPE MISMATCH"))
+
+
+@dataclass
+class Report:
+    checks: list[OutputCheck] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """Per graph and output: worst max abs / max rel over the batches checked (for the manifest)."""
+        out: dict = {}
+        for c in self.checks:
+            d = out.setdefault(c.graph, {}).setdefault(c.output, {"max_abs": 0.0, "max_rel": 0.0, "ok": True})
+            d["max_abs"] = max(d["max_abs"], c.max_abs)
+            d["max_rel"] = max(d["max_rel"], c.max_rel)
+            d["ok"] = d["ok"] and c.ok
+        return out
+
+    def raise_if_failed(self) -> None:
+        if self.failures:
+            raise ExportValidationError(f"{len(self.failures)} validation failure(s):\n  " + "\n  ".join(self.failures))
+
+
+# ---------------------------------------------------------------------------------------------------- structure
+
+def _all_nodes(graph: onnx.GraphProto):
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _all_nodes(g)
+
+
+def structural_problems(model: onnx.ModelProto, spec=None) -> list[str]:
+    """Everything wrong with ``model`` that does not need running it (empty list = fine)."""
+    name = spec.name if spec is not None else model.graph.name
+    problems = []
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:  # onnx raises several types (ValidationError, InferenceError)
+        problems.append(f"{name}: onnx.checker: {str(e).splitlines()[0]}")
+    for imp in model.opset_import:
+        if imp.domain in TRAINING_DOMAINS:
+            problems.append(f"{name}: imports training domain {imp.domain}")
+    if len(model.functions):
+        problems.append(f"{name}: has {len(model.functions)} local functions (expected inlined)")
+    init_names = {t.name for t in model.graph.initializer}
+    for n in _all_nodes(model.graph):
+        if n.domain not in ("", "ai.onnx"):
+            problems.append(f"{name}: node {n.name} ({n.op_type}) in non-default domain {n.domain!r}")
+            continue
+        if n.op_type not in TRT_SUPPORTED_OPS:
+            problems.append(f"{name}: op {n.op_type} (node {n.name}) is not in the TensorRT allowlist")
+        if n.op_type in ("Dropout",) or (n.op_type == "BatchNormalization" and
+                                         any(a.name == "training_mode" and a.i for a in n.attribute)):
+            problems.append(f"{name}: training-mode op {n.op_type} (node {n.name})")
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.TENSOR and np.prod(a.t.dims, dtype=np.int64) > MAX_CONSTANT_ELEMENTS:
+                    problems.append(f"{name}: Constant node {n.name} holds {int(np.prod(a.t.dims))} elements "
+                                    "(weights must be initializers)")
+    problems += _weights_problems(model, name, init_names)
+    if spec is not None:
+        problems += _io_problems(model, spec)
+    return problems
+
+
+def _weights_problems(model: onnx.ModelProto, name: str, init_names: set[str]) -> list[str]:
+    """Every Conv / ConvTranspose weight must be an initializer (a computed weight would mean the exporter did not
+    see the parameters as constants)."""
+    out = []
+    for n in _all_nodes(model.graph):
+        if n.op_type in ("Conv", "ConvTranspose") and n.input[1] not in init_names:
+            out.append(f"{name}: {n.op_type} node {n.name} takes its weight {n.input[1]!r} from a computed value")
+    return out
+
+
+def _io_problems(model: onnx.ModelProto, spec) -> list[str]:
+    out = []
+    g = model.graph
+    ins, outs = [i.name for i in g.input], [o.name for o in g.output]
+    if ins != [i.name for i in spec.inputs]:
+        out.append(f"{spec.name}: inputs {ins}, expected {[i.name for i in spec.inputs]}")
+    if outs != [o.name for o in spec.outputs]:
+        out.append(f"{spec.name}: outputs {outs}, expected {[o.name for o in spec.outputs]}")
+    declared = {vi.name: vi for vi in list(g.input) + list(g.output)}
+    for io in spec.inputs + spec.outputs:
+        vi = declared.get(io.name)
+        if vi is None:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) != len(io.shape):
+            out.append(f"{spec.name}.{io.name}: rank {len(dims)}, expected {len(io.shape)}")
+            continue
+        for ax, (d, want) in enumerate(zip(dims, io.shape)):
+            if isinstance(want, str) and d.dim_param != want:
+                got = d.dim_param or d.dim_value
+                out.append(f"{spec.name}.{io.name}: axis {ax} is {got!r}, expected the symbolic {want!r} "
+                           "(the trace size was baked in)")
+            elif not isinstance(want, str) and d.dim_value != want:
+                out.append(f"{spec.name}.{io.name}: axis {ax} is {d.dim_param or d.dim_value!r}, expected {want}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- numerics
+
+def compare(graph: str, name: str, got: np.ndarray, ref: np.ndarray, tol: dict, batch: int) -> OutputCheck:
+    """``ok`` iff shapes match and |got - ref| <= atol + rtol * |ref| elementwise. ``max_rel`` is the largest
+    |got - ref| / max(|ref|, atol) (relative error where the reference is not tiny)."""
+    ref = np.asarray(ref, dtype=np.float64)
+    got = np.asarray(got, dtype=np.float64)
+    if got.shape != ref.shape:
+        return OutputCheck(graph, name, batch, float("inf"), float("inf"), False, shape_ok=False)
+    diff = np.abs(got - ref)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    max_rel = float((diff / np.maximum(np.abs(ref), tol["atol"])).max()) if diff.size else 0.0
+    finite = bool(np.isfinite(got).all())
+    ok = finite and bool(np.all(diff <= tol["atol"] + tol["rtol"] * np.abs(ref)))
+    return OutputCheck(graph, name, batch, max_abs, max_rel, ok)
+
+
+def ort_session(path: str | Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def check_numerics(spec, path: Path, nets, feeds_per_batch: dict[int, dict], report: Report, echo=print) -> None:
+    """Run ``path`` in onnxruntime and ``spec.reference`` in torch on the same inputs, for each batch size."""
+    import torch
+
+    try:
+        sess = ort_session(path)
+    except Exception as e:  # onnxruntime raises its own Fail / InvalidGraph types
+        report.failures.append(f"{spec.name}: onnxruntime cannot load {path.name}: {str(e).splitlines()[0]}")
+        echo(f"  [x] {spec.name}: onnxruntime cannot load the file")
+        return
+    for batch, feed in feeds_per_batch.items():
+        with torch.no_grad():
+            ref = spec.reference(nets, *[feed[i.name] for i in spec.inputs])
+        try:
+            got = sess.run([o.name for o in spec.outputs], {k: v.numpy() for k, v in feed.items()})
+        except Exception as e:  # onnxruntime's runtime errors (e.g. a baked-in batch size)
+            msg = str(e).splitlines()[0]
+            report.failures.append(f"{spec.name} (batch {batch}): onnxruntime failed: {msg}")
+            echo(f"  [x] {spec.name} (batch {batch}): onnxruntime failed: {msg}")
+            continue
+        for io, g, r in zip(spec.outputs, got, ref):
+            c = compare(spec.name, io.name, g, r.numpy(), spec.tolerance, batch)
+            report.checks.append(c)
+            echo(c.line())
+            if not c.ok:
+                report.failures.append(
+                    f"{spec.name}.{io.name} (batch {batch}): max abs {c.max_abs:.3e}, max rel {c.max_rel:.3e} "
+                    f"exceeds atol {spec.tolerance['atol']:g} / rtol {spec.tolerance['rtol']:g}"
+                    + ("" if c.shape_ok else f" (shape {np.shape(g)} vs {tuple(r.shape)})"))
