@@ -1,0 +1,117 @@
+"""The runner interface: activation, feed checks, timing, explicit providers; TensorRT skipped without a GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vaegan.runtime.backend.onnxrt import OnnxrtRunner, SessionFromOnnx, available_providers, resolve_providers
+from vaegan.runtime.errors import BackendUnavailableError, FeedError
+
+
+def test_runner_context_manager_and_timing(artifacts_dir):
+    runner = OnnxrtRunner(SessionFromOnnx(artifacts_dir / "decoder.onnx", providers=["cpu"]))
+    assert not runner.is_active
+    assert runner.last_inference_time() is None
+    with runner:
+        assert runner.is_active
+        meta = {m.name: m for m in runner.get_input_metadata()}
+        assert set(meta) == {"z"} and meta["z"].dtype == np.float32
+        latent = meta["z"].shape[1]
+        out = runner.infer({"z": np.zeros((3, latent), np.float32)})
+        assert set(out) == {"x"} and out["x"].shape == (3, 1, 28, 28)
+        assert runner.last_inference_time() > 0
+    assert not runner.is_active
+    with pytest.raises(RuntimeError, match="not active"):
+        runner.infer({"z": np.zeros((1, latent), np.float32)})
+
+
+def test_infer_checks_names_dtypes_shapes(artifacts_dir):
+    with OnnxrtRunner(SessionFromOnnx(artifacts_dir / "decoder_vjp.onnx")) as r:
+        latent = r.get_input_metadata()[0].shape[1]
+        z = np.zeros((2, latent), np.float32)
+        v = np.zeros((2, 1, 28, 28), np.float32)
+        assert r.infer({"z": z, "v": v})["grad_z"].shape == (2, latent)
+        with pytest.raises(FeedError, match=r"missing input\(s\) \['v'\].*Got \{z: float32\[2, \d+\]\}"):
+            r.infer({"z": z})
+        with pytest.raises(FeedError, match=r"unexpected input\(s\) \['w'\]"):
+            r.infer({"z": z, "v": v, "w": v})
+        with pytest.raises(FeedError, match=r"input 'v' has dtype float64, expected float32"):
+            r.infer({"z": z, "v": v.astype(np.float64)})
+        with pytest.raises(FeedError, match=r"input 'v' has shape \[2, 1, 27, 28\]: dimension 2 is 27, expected 28"):
+            r.infer({"z": z, "v": np.zeros((2, 1, 27, 28), np.float32)})
+        with pytest.raises(FeedError, match=r"input 'z' has rank 1 .* expected rank 2"):
+            r.infer({"z": z[0], "v": v})
+        with pytest.raises(FeedError, match=r"input 'z' is a list, expected a numpy array"):
+            r.infer({"z": z.tolist(), "v": v})
+
+
+def test_missing_provider_is_an_error_listing_available():
+    assert "CPUExecutionProvider" in available_providers()
+    assert resolve_providers("cpu") == ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in available_providers():
+        with pytest.raises(BackendUnavailableError, match=r"'cuda' \(CUDAExecutionProvider\) is not available.*available: .*cpu"):
+            resolve_providers(["cuda"])
+    with pytest.raises(BackendUnavailableError, match=r"unknown execution provider 'tpu'.*choose from: cpu, cuda, tensorrt"):
+        resolve_providers("tpu")
+
+
+def test_session_loader_is_lazy(tmp_path):
+    loader = SessionFromOnnx(tmp_path / "nothing.onnx")  # building the loader touches nothing
+    with pytest.raises(FileNotFoundError, match="nothing.onnx: ONNX file not found"):
+        loader()
+
+
+def _has_trt() -> bool:
+    from vaegan.runtime.backend.trt import trt_status
+
+    return trt_status()[0]
+
+
+needs_trt = pytest.mark.skipif(not _has_trt(), reason="needs an NVIDIA GPU and the tensorrt package")
+
+
+def test_trt_status_says_why_when_unusable():
+    from vaegan.runtime.backend.trt import trt_status
+
+    ok, why = trt_status()
+    assert isinstance(ok, bool) and why
+    if not ok:
+        assert "pip install 'vaegan[gpu]'" in why or "no CUDA device" in why
+
+
+@pytest.mark.gpu
+@needs_trt
+def test_trt_runner_matches_onnxrt(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt, fmnist64):
+    from vaegan.export import export_all
+    from vaegan.runtime.artifacts import load_artifacts
+    from vaegan.runtime.backend.trt import EngineFromPath, TrtRunner
+
+    export_all(tiny_vaegan_ckpt, tiny_classifier_ckpt, tmp_path, trt=True)
+    arts = load_artifacts(tmp_path)
+    x = fmnist64[0][:16]
+    with TrtRunner(EngineFromPath(arts.engine_path("purify"))) as trt_r, \
+            OnnxrtRunner(SessionFromOnnx(arts.path("purify"))) as ort_r:
+        feed = {"x": x, "noise": np.zeros((1, 16, arts.latent_dim), np.float32),
+                "steps": np.array(5, np.int64), "eta": np.array(0.02, np.float32),
+                "lam": np.array(1.0, np.float32), "momentum": np.array(0.0, np.float32)}
+        a, b = trt_r.infer(feed), ort_r.infer(feed)
+        for _ in range(3):  # replays of the captured CUDA graph give the same result
+            np.testing.assert_allclose(trt_r.infer(feed)["purified"], a["purified"], atol=0)
+        np.testing.assert_allclose(a["purified"], b["purified"], atol=1e-3)
+        with pytest.raises(FeedError, match="input 'x' has dtype float64"):
+            trt_r.infer({**feed, "x": x.astype(np.float64)})
+
+
+@pytest.mark.gpu
+@needs_trt
+def test_trt_backend_end_to_end(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt, frames_dir):
+    from click.testing import CliRunner
+
+    from vaegan.export import export_all
+    from vaegan.runtime.cli import main
+
+    export_all(tiny_vaegan_ckpt, tiny_classifier_ckpt, tmp_path / "a", trt=True)
+    res = CliRunner().invoke(main, ["--input", str(frames_dir), "--artifacts", str(tmp_path / "a"),
+                                    "--out", str(tmp_path / "o"), "--backend", "trt", "--quiet"])
+    assert res.exit_code == 0, res.output
