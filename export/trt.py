@@ -1,0 +1,241 @@
+"""TensorRT engines from the exported ONNX graphs (TensorRT 10 Python API; device buffers through cuda-python,
+no torch): one engine per graph, fp32 (TF32 off) or fp16, one optimisation profile for batch 1..max-batch (and
+restarts 1..max-restarts for purify), a shared timing cache (``trt.timing_cache``), and each engine checked
+against onnxruntime on real images at batch 1 and max-batch.
+
+Polygraphy-style pieces: ``engine_from_onnx`` (loader) and ``TrtRunner`` (activate / infer / deactivate).
+Install on a machine with an NVIDIA GPU: ``pip install 'vaegan[gpu]'`` (tensorrt, cuda-python, onnxruntime-gpu).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vaegan.train.errors import VaeganError
+
+TIMING_CACHE = "trt.timing_cache"
+WORKSPACE_BYTES = 1 << 30
+MAX_STEPS = 1000            # profile range of purify's ``steps`` if TensorRT treats it as a shape tensor
+# engine vs onnxruntime (both fp32 apart from kernel choice / accumulation order; fp16 loses ~3 decimal digits,
+# and T descent steps in fp16 may drift further: the loop is checked on the purified image, in [0, 1])
+TOL_TRT = {"fp32": {"atol": 1e-4, "rtol": 1e-3}, "fp16": {"atol": 5e-2, "rtol": 5e-2}}
+
+
+def _cudart():
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        from cuda import cudart  # older cuda-python
+    return cudart
+
+
+def missing_requirements() -> str:
+    """'' when engines can be built here, else what is missing (one phrase)."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return "the Python package 'tensorrt' is not installed"
+    try:
+        cudart = _cudart()
+    except ImportError:
+        return "the Python package 'cuda-python' is not installed"
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) != 0 or count < 1:
+        return f"no NVIDIA GPU is visible (cudaGetDeviceCount: {err.name if hasattr(err, 'name') else err})"
+    return ""
+
+
+def _check(result):
+    """cuda-python returns (err, *values); raise on error, return the value(s)."""
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise RuntimeError(f"CUDA error {getattr(err, 'name', err)}")
+    return rest[0] if len(rest) == 1 else (tuple(rest) if rest else None)
+
+
+# -------------------------------------------------------------------------------------------------------- loader
+
+def _dims(io, sizes: dict) -> tuple:
+    return tuple(sizes[d] if isinstance(d, str) else d for d in io.shape)
+
+
+def engine_from_onnx(onnx_path: Path, spec, *, max_batch: int, max_restarts: int, opt_restarts: int,
+                     opt_steps: int, fp16: bool, timing_cache: Path, logger) -> bytes:
+    """Parse ``onnx_path`` and build a serialized engine with one optimisation profile."""
+    import tensorrt as trt
+
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise VaeganError(f"{onnx_path.name}: TensorRT cannot parse it: {errs}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    config.clear_flag(trt.BuilderFlag.TF32)   # fp32 means fp32
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+
+    profile = builder.create_optimization_profile()
+    lo = {"N": 1, "R": 1}
+    opt = {"N": max_batch, "R": opt_restarts}
+    hi = {"N": max_batch, "R": max_restarts}
+    by_name = {io.name: io for io in spec.inputs}
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        io = by_name[t.name]
+        profile.set_shape(t.name, _dims(io, lo), _dims(io, opt), _dims(io, hi))
+        if t.is_shape_tensor:  # e.g. the Loop's trip count: give the range of its *values*
+            profile.set_shape_input(t.name, [0], [opt_steps], [MAX_STEPS])
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise VaeganError(f"{onnx_path.name}: TensorRT engine build failed (see the TensorRT log above)")
+    timing_cache.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+    return bytes(memoryview(serialized))
+
+
+# -------------------------------------------------------------------------------------------------------- runner
+
+class TrtRunner:
+    """One engine: ``activate()``, ``infer(feed) -> dict``, ``deactivate()``; a context manager.
+    Records ``last_inference_time`` (seconds, host to host)."""
+
+    def __init__(self, engine_bytes: bytes, logger):
+        self._bytes = engine_bytes
+        self._logger = logger
+        self.last_inference_time: float | None = None
+
+    def activate(self):
+        import tensorrt as trt
+
+        self._cudart = _cudart()
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(self._bytes)
+        if self.engine is None:
+            raise VaeganError("TensorRT could not deserialize the engine")
+        self.context = self.engine.create_execution_context()
+        self.stream = _check(self._cudart.cudaStreamCreate())
+        self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in self.names if n not in self.inputs]
+        return self
+
+    def deactivate(self):
+        _check(self._cudart.cudaStreamDestroy(self.stream))
+        del self.context, self.engine, self._runtime
+
+    def __enter__(self):
+        return self.activate()
+
+    def __exit__(self, *exc):
+        self.deactivate()
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tensorrt as trt
+
+        if set(feed) != set(self.inputs):
+            raise VaeganError(f"engine inputs are {self.inputs}, got {sorted(feed)}")
+        cudart = self._cudart
+        allocs, host_keep = [], []
+        t0 = time.perf_counter()
+        try:
+            for name in self.inputs:
+                want = trt.nptype(self.engine.get_tensor_dtype(name))
+                arr = np.ascontiguousarray(feed[name], dtype=want)
+                if self.engine.is_shape_inference_io(name):  # shape tensors live in host memory
+                    host_keep.append(arr)
+                    self.context.set_tensor_address(name, arr.ctypes.data)
+                else:
+                    self.context.set_input_shape(name, arr.shape)
+                    ptr = _check(cudart.cudaMalloc(max(arr.nbytes, 1)))
+                    allocs.append(ptr)
+                    _check(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes,
+                                                  cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
+                    self.context.set_tensor_address(name, ptr)
+            missing = self.context.infer_shapes()
+            if missing:
+                raise VaeganError(f"TensorRT cannot infer output shapes; inputs not set: {missing}")
+            outs = {}
+            for name in self.outputs:
+                shape = tuple(self.context.get_tensor_shape(name))
+                host = np.empty(shape, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
+                ptr = _check(cudart.cudaMalloc(max(host.nbytes, 1)))
+                allocs.append(ptr)
+                self.context.set_tensor_address(name, ptr)
+                outs[name] = (host, ptr)
+            if not self.context.execute_async_v3(self.stream):
+                raise VaeganError("TensorRT execution failed")
+            for name, (host, ptr) in outs.items():
+                _check(cudart.cudaMemcpyAsync(host.ctypes.data, ptr, host.nbytes,
+                                              cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
+            _check(cudart.cudaStreamSynchronize(self.stream))
+        finally:
+            for p in allocs:
+                cudart.cudaFree(p)
+        self.last_inference_time = time.perf_counter() - t0
+        return {n: h for n, (h, _) in outs.items()}
+
+
+# -------------------------------------------------------------------------------------------------------- driver
+
+def build_engines(out_dir: Path, gspecs: dict, *, max_batch: int, max_restarts: int, fp16: bool, images,
+                  purify_cfg, echo=print) -> dict:
+    """Build, save and check one engine per graph; returns the manifest's ``engines`` section.
+    All comparison failures are collected and raised together (ExportValidationError)."""
+    import tensorrt as trt
+    import torch
+
+    from vaegan.train.checkpoint import file_sha256
+
+    from .specs import dummy_inputs
+    from .validate import ExportValidationError, Report, compare, ort_session
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    precision = "fp16" if fp16 else "fp32"
+    tol = TOL_TRT[precision]
+    cache = Path(out_dir) / TIMING_CACHE
+    engines: dict = {}
+    report = Report()
+    gen = torch.Generator().manual_seed(1)
+    latent = next(io.shape[1] for io in gspecs["decoder"].inputs if io.name == "z")
+    echo(f"building TensorRT {precision} engines (TensorRT {trt.__version__}), checking against onnxruntime:")
+    for name, spec in gspecs.items():
+        onnx_path = Path(out_dir) / spec.file
+        t0 = time.perf_counter()
+        blob = engine_from_onnx(onnx_path, spec, max_batch=max_batch, max_restarts=max_restarts,
+                                opt_restarts=purify_cfg.restarts, opt_steps=purify_cfg.steps, fp16=fp16,
+                                timing_cache=cache, logger=logger)
+        eng_path = Path(out_dir) / f"{name}.{precision}.engine"
+        eng_path.write_bytes(blob)
+        build_s = time.perf_counter() - t0
+        sess = ort_session(onnx_path)
+        with TrtRunner(blob, logger) as runner:
+            for b in sorted({1, max_batch}):
+                feed = {k: v.numpy() for k, v in dummy_inputs(spec, b, latent, images, gen, purify_cfg).items()}
+                want = dict(zip([o.name for o in spec.outputs], sess.run(None, feed)))
+                got = runner.infer(feed)
+                for io in spec.outputs:
+                    c = compare(f"{name}[trt]", io.name, got[io.name], want[io.name], tol, b)
+                    report.checks.append(c)
+                    echo(c.line())
+                    if not c.ok:
+                        report.failures.append(f"{name} engine.{io.name} (batch {b}): max abs {c.max_abs:.3e}, "
+                                               f"max rel {c.max_rel:.3e} vs onnxruntime")
+        entry = {"file": eng_path.name, "sha256": file_sha256(eng_path), "precision": precision,
+                 "profile": {"min": 1, "opt": max_batch, "max": max_batch}, "build_seconds": round(build_s, 2),
+                 "tensorrt_version": trt.__version__, "timing_cache": TIMING_CACHE}
+        if any("R" in io.shape for io in spec.inputs):
+            entry["restarts_profile"] = {"min": 1, "opt": purify_cfg.restarts, "max": max_restarts}
+        engines[name] = entry
+    for name, errs in report.summary().items():
+        base = name.removesuffix("[trt]")
+        engines[base]["validation"] = errs
+    if report.failures:
+        raise ExportValidationError(f"{len(report.failures)} TensorRT check(s) failed:\n  "
+                                    + "\n  ".join(report.failures))
+    return engines
