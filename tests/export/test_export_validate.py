@@ -1,0 +1,76 @@
+"""The validator catches what it claims to: ops outside the TensorRT allowlist, training ops, weights stored as
+constants, a baked-in batch size, numeric mismatches (all reported, not just the first)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from vaegan.export.specs import IO, GraphSpec, TOL_FORWARD
+from vaegan.export.validate import ExportValidationError, Report, compare, structural_problems
+
+
+def _model(nodes, inputs, outputs, inits=(), opset=18, domains=()):
+    g = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)] + list(domains))
+
+
+def _spec():
+    return GraphSpec("toy", [IO("x", ("N", 4))], [IO("y", ("N", 4))], TOL_FORWARD)
+
+
+def _vi(name, batch="N"):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, 4])
+
+
+def test_clean_model_passes():
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    m = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_vi("x")], [_vi("y")], [w])
+    assert structural_problems(m, _spec()) == []
+
+
+def test_op_outside_allowlist_is_reported():
+    m = _model([helper.make_node("Einsum", ["x"], ["y"], equation="ij->ij")], [_vi("x")], [_vi("y")])
+    probs = structural_problems(m, _spec())
+    assert any("op Einsum" in p and "TensorRT allowlist" in p for p in probs), probs
+
+
+def test_training_domain_is_reported():
+    m = _model([helper.make_node("Identity", ["x"], ["y"])], [_vi("x")], [_vi("y")],
+               domains=[helper.make_opsetid("ai.onnx.preview.training", 1)])
+    assert any("training domain" in p for p in structural_problems(m, _spec()))
+
+
+def test_weights_as_constant_node_are_reported():
+    w = helper.make_tensor("wc", TensorProto.FLOAT, [4, 4], np.eye(4, dtype=np.float32).ravel().tolist())
+    m = _model([helper.make_node("Constant", [], ["w"], value=w), helper.make_node("MatMul", ["x", "w"], ["y"])],
+               [_vi("x")], [_vi("y")])
+    probs = structural_problems(m, _spec())
+    assert not any("weights must be initializers" in p for p in probs)  # 16 elements: a small constant is fine
+    big = helper.make_tensor("wc", TensorProto.FLOAT, [4, 32], np.zeros(128, np.float32).tolist())
+    m = _model([helper.make_node("Constant", [], ["w"], value=big), helper.make_node("MatMul", ["x", "w"], ["t"]),
+                helper.make_node("Slice", ["t", "s", "e", "a"], ["y"])],
+               [_vi("x")], [_vi("y")],
+               [numpy_helper.from_array(np.array([0], np.int64), n) for n in ("s", "a")]
+               + [numpy_helper.from_array(np.array([4], np.int64), "e")])
+    assert any("weights must be initializers" in p for p in structural_problems(m, _spec()))
+
+
+def test_baked_batch_size_is_reported():
+    m = _model([helper.make_node("Identity", ["x"], ["y"])], [_vi("x", 4)], [_vi("y", 4)])
+    probs = structural_problems(m, _spec())
+    assert any("axis 0 is 4" in p and "baked in" in p for p in probs), probs
+
+
+def test_compare_and_collected_failures():
+    ref = np.array([1.0, 2.0, 3.0], np.float32)
+    assert compare("g", "y", ref + 1e-7, ref, TOL_FORWARD, 1).ok
+    bad = compare("g", "y", ref + np.array([0, 0, 1e-2], np.float32), ref, TOL_FORWARD, 1)
+    assert not bad.ok and bad.max_abs == pytest.approx(1e-2, rel=1e-3) and bad.line().startswith("  [x]")
+    assert not compare("g", "y", np.array([np.nan, 2, 3], np.float32), ref, TOL_FORWARD, 1).ok
+    assert not compare("g", "y", ref[:2], ref, TOL_FORWARD, 1).shape_ok
+    r = Report(failures=["a: first", "b: second"])
+    with pytest.raises(ExportValidationError, match=r"2 validation failure\(s\):\n  a: first\n  b: second"):
+        r.raise_if_failed()
