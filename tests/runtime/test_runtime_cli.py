@@ -1,0 +1,183 @@
+"""``vaegan-run`` end to end: outputs, bad inputs (one error record each, exit 1), resume, artifact errors (exit 2),
+the preprocessing path, and the torch-free import."""
+
+from __future__ import annotations
+
+import json
+import re
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from vaegan.runtime.cli import main
+from vaegan.runtime.errors import RuntimeUsageError
+from vaegan.runtime.io import open_source, to_model_input
+
+PRE = {"channels": 1, "height": 28, "width": 28, "layout": "NCHW", "dtype": "float32", "range": [0.0, 1.0]}
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_run_folder_writes_outputs(artifacts_dir, frames_dir, tmp_path):
+    out = tmp_path / "out"
+    res = _run("--input", frames_dir, "--artifacts", artifacts_dir, "--out", out, "--batch-size", "5", "--quiet",
+               "--backend", "modular", "--steps", "3")
+    assert res.exit_code == 0, res.output
+    recs = _records(out)
+    names = sorted(p.name for p in frames_dir.iterdir())
+    assert [Path(r["source"]).name for r in recs] == names  # one line per input, sorted input order
+    assert all(r["status"] == "ok" and 0 <= r["class_id"] < 10 and 0 < r["confidence"] <= 1 for r in recs)
+    assert {r["class_name"] for r in recs} <= set(json.loads((artifacts_dir / "manifest.json").read_text())["classes"])
+    assert (out / "purified" / "clean_0000_9.png").exists()
+    assert (out / "purified" / "rgb_200x160.jpg.png").exists()
+    img = Image.open(out / "purified" / "rgb_200x160.jpg.png")
+    assert img.size == (28, 28) and img.mode == "L"
+    s = json.loads((out / "summary.json").read_text())
+    assert s["frames"] == len(names) and s["errors"] == 0 and s["backend"] == "modular" and s["batch_size"] == 5
+    assert s["purify"]["steps"] == 3
+    assert s["throughput_fps"] > 0
+    for k in ("per_batch", "per_frame", "frame_end_to_end"):
+        assert set(s["latency_ms"][k]) >= {"p50", "p90", "p99"} and s["latency_ms"][k]["p50"] > 0
+    assert not list(out.rglob("*.tmp"))  # atomic writes leave no temp files
+
+
+def _bad_inputs(d: Path, frames_dir: Path) -> dict[str, str]:
+    """name -> expected error substring."""
+    good = (frames_dir / "clean_0000_9.png").read_bytes()
+    (d / "empty.png").write_bytes(b"")
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    (d / "truncated.png").write_bytes(good[: len(good) // 2])
+    (d / "notes.txt").write_text("not an image")
+    (d / "text.jpg").write_text("not a jpeg either")
+    (d / "ghost.png").symlink_to(d / "does-not-exist.png")
+    return {"empty.png": "empty file", "corrupt.png": "", "truncated.png": "", "notes.txt": "not an image file",
+            "text.jpg": "UnidentifiedImageError", "ghost.png": "FileNotFoundError"}
+
+
+def test_bad_inputs_become_error_records(artifacts_dir, frames_dir, tmp_path):
+    d = tmp_path / "in"
+    shutil.copytree(frames_dir, d)
+    bad = _bad_inputs(d, frames_dir)
+    out = tmp_path / "out"
+    res = _run("--input", d, "--artifacts", artifacts_dir, "--out", out, "--quiet", "--steps", "1")
+    assert res.exit_code == 1, res.output  # some inputs failed
+    recs = {Path(r["source"]).name: r for r in _records(out)}
+    assert len(recs) == len(list(d.iterdir()))
+    for name, msg in bad.items():
+        assert recs[name]["status"] == "error" and msg in recs[name]["error"], recs[name]
+        assert "class_id" not in recs[name]
+        assert not (out / "purified" / (name if name.endswith(".png") else name + ".png")).exists()
+    assert sum(r["status"] == "ok" for r in recs.values()) == len(list(frames_dir.iterdir()))
+    s = json.loads((out / "summary.json").read_text())
+    assert s["errors"] == len(bad) and s["ok"] == len(list(frames_dir.iterdir()))
+
+
+def test_video_input_needs_opencv_or_reports_zero_frames(artifacts_dir, tmp_path, monkeypatch):
+    video = tmp_path / "empty.mp4"
+    video.write_bytes(b"")
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeUsageError, match=r"needs OpenCV: pip install 'vaegan\[video\]'"):
+            open_source(str(video), PRE)
+        res = _run("--input", video, "--artifacts", artifacts_dir, "--out", tmp_path / "o", "--quiet")
+        assert res.exit_code == 2 and "vaegan[video]" in res.output
+        return
+    res = _run("--input", video, "--artifacts", artifacts_dir, "--out", tmp_path / "o", "--quiet")
+    assert res.exit_code == 1, res.output
+    (rec,) = _records(tmp_path / "o")
+    assert rec["status"] == "error" and ("0 frames" in rec["error"] or "cannot open" in rec["error"])
+
+
+def test_camera_index_without_opencv_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    with pytest.raises(RuntimeUsageError, match="needs OpenCV"):
+        open_source("0", PRE)
+
+
+def test_resume_skips_recorded_inputs(artifacts_dir, frames_dir, tmp_path):
+    out = tmp_path / "out"
+    first = _run("--input", str(frames_dir / "clean_000*.png"), "--artifacts", artifacts_dir, "--out", out,
+                 "--quiet", "--steps", "1")
+    assert first.exit_code == 0, first.output
+    n_first = len(_records(out))
+    assert 0 < n_first < len(list(frames_dir.iterdir()))
+    with open(out / "predictions.jsonl", "a") as f:  # a crash mid-write leaves a partial last line
+        f.write('{"source": "half-writ')
+    res = _run("--input", frames_dir, "--artifacts", artifacts_dir, "--out", out, "--quiet", "--steps", "1",
+               "--resume")
+    assert res.exit_code == 0, res.output
+    recs = _records(out)
+    sources = [r["source"] for r in recs]
+    assert len(sources) == len(set(sources)) == len(list(frames_dir.iterdir()))
+    s = json.loads((out / "summary.json").read_text())
+    assert s["skipped"] == n_first and s["frames"] == len(sources) - n_first
+    # without --resume the file starts over
+    res = _run("--input", str(frames_dir / "clean_0001*.png"), "--artifacts", artifacts_dir, "--out", out,
+               "--quiet", "--steps", "1")
+    assert res.exit_code == 0 and len(_records(out)) == 1
+
+
+def test_missing_or_corrupt_artifacts_exit_2_with_one_line(artifacts_copy, frames_dir, tmp_path):
+    res = _run("--input", frames_dir, "--artifacts", tmp_path / "nope", "--out", tmp_path / "o")
+    assert res.exit_code == 2
+    assert res.output.strip().count("\n") == 0
+    assert "artifacts directory not found" in res.output and "vaegan-export --out" in res.output
+
+    data = bytearray((artifacts_copy / "purify.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (artifacts_copy / "purify.onnx").write_bytes(bytes(data))
+    res = _run("--input", frames_dir, "--artifacts", artifacts_copy, "--out", tmp_path / "o", "--backend", "fused")
+    assert res.exit_code == 2 and "purify.onnx: sha256" in res.output and "vaegan-export --out" in res.output
+
+
+def test_bad_input_path_and_provider_exit_2(artifacts_dir, tmp_path):
+    res = _run("--input", tmp_path / "missing", "--artifacts", artifacts_dir, "--out", tmp_path / "o")
+    assert res.exit_code == 2 and "no such file, folder, glob match or camera index" in res.output
+    res = _run("--input", tmp_path, "--artifacts", artifacts_dir, "--out", tmp_path / "o", "--providers", "cuda")
+    assert res.exit_code == 2 and "not available" in res.output and re.search(r"available: .*cpu", res.output)
+
+
+def test_preprocessing_one_place():
+    a = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)
+    x = to_model_input(Image.fromarray(a, "L"), PRE)
+    assert x.shape == (1, 28, 28) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[0], a / np.float32(255))  # 28x28 grayscale: exact, no resampling
+    rgb = Image.new("RGB", (200, 160), (255, 0, 0))
+    x = to_model_input(rgb, PRE)
+    np.testing.assert_allclose(x, round(0.299 * 255) / 255, atol=1 / 255)  # ITU-R 601-2 luma
+    for img in (Image.new("RGBA", (50, 30), (10, 20, 30, 0)), Image.new("P", (7, 9)), Image.new("1", (40, 40), 1),
+                Image.new("CMYK", (31, 29)), Image.fromarray(np.full((30, 30), 65535, np.uint16))):
+        x = to_model_input(img, PRE)
+        assert x.shape == (1, 28, 28) and x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
+    assert to_model_input(Image.fromarray(np.full((30, 30), 65535, np.uint16)), PRE).min() == 1.0
+
+
+def test_import_is_torch_free(artifacts_dir, frames_dir, tmp_path):
+    """Importing torch raises in the child; the runtime still purifies frames end to end."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from vaegan.runtime.cli import main\n"
+        f"main(['--input', {str(frames_dir)!r}, '--artifacts', {str(artifacts_dir)!r}, '--out', "
+        f"{str(tmp_path / 'o')!r}, '--quiet', '--steps', '2', '--backend', 'modular'])\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None\n"
+                        "import vaegan.runtime, vaegan.runtime.purify, vaegan.runtime.io, vaegan.runtime.run, "
+                        "vaegan.runtime.backend.trt\nimport torch"], capture_output=True, text=True)
+    assert p.returncode == 1 and "import of torch halted" in p.stderr  # the trick works: torch really is blocked
+    assert len(_records(tmp_path / "o")) == len(list(frames_dir.iterdir()))
