@@ -157,8 +157,10 @@ def corrupt(x: torch.Tensor, eps_max: float, prob: float, gen: torch.Generator) 
     """L-inf sign noise of amplitude U(0, eps_max) on a 1/2/4-pixel grid, applied to a ``prob`` fraction of x."""
     n = x.shape[0]
     out = x.clone()
-    for block in (1, 2, 4):
-        sel = (torch.rand(n, generator=gen) < prob / 3)
+    chosen = torch.rand(n, generator=gen) < prob
+    block_of = torch.randint(0, 3, (n,), generator=gen)
+    for b, block in enumerate((1, 2, 4)):
+        sel = chosen & (block_of == b)
         k = int(sel.sum())
         if k == 0:
             continue

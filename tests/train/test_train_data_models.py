@@ -1,0 +1,83 @@
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from vaegan.train import data
+from vaegan.train.config import ClassifierArgs, VAEGANArgs
+from vaegan.train.errors import VaeganError
+from vaegan.train.models import VAEGAN, VGG16, count_params
+
+from ..conftest import requires_data
+
+
+def test_resolution_order_and_missing_message(monkeypatch, tmp_path):
+    monkeypatch.delenv("VAEGAN_DATA", raising=False)
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "no-debian")
+    with pytest.raises(VaeganError, match=r"--data-root.*\$VAEGAN_DATA.*dataset-fashion-mnist.*--download"):
+        data.resolve_data_root(None)
+    with pytest.raises(VaeganError, match=r"--data-root=.*nowhere: no Fashion-MNIST there"):
+        data.resolve_data_root(tmp_path / "nowhere")
+    monkeypatch.setenv("VAEGAN_DATA", str(tmp_path / "env-nowhere"))
+    with pytest.raises(VaeganError, match=r"\$VAEGAN_DATA=.*env-nowhere"):
+        data.resolve_data_root(None)
+    # --download falls back to the cache dir instead of failing
+    monkeypatch.delenv("VAEGAN_DATA")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert data.resolve_data_root(None, download=True) == tmp_path / "cache" / "vaegan" / "data"
+
+
+@requires_data
+def test_flat_gz_folder_like_debian(monkeypatch, tmp_path):
+    """Debian's package ships the four .gz files flat; they are decompressed into the cache in torchvision layout."""
+    import os
+
+    src = Path(os.environ["VAEGAN_DATA"]) / "FashionMNIST" / "raw"
+    flat = tmp_path / "debian"
+    flat.mkdir()
+    for name in data.RAW_FILES:
+        gz = src / f"{name}.gz"
+        if gz.exists():
+            shutil.copy(gz, flat / gz.name)
+        else:
+            with open(src / name, "rb") as f, gzip.open(flat / f"{name}.gz", "wb") as g:
+                shutil.copyfileobj(f, g)
+    monkeypatch.delenv("VAEGAN_DATA")
+    monkeypatch.setattr(data, "DEBIAN_DIR", flat)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = data.resolve_data_root(None)
+    assert root == tmp_path / "cache" / "vaegan" / "data"
+    x, y, idx = data.test_subset(5)
+    assert x.shape == (5, 1, 28, 28) and x.min() >= 0 and x.max() <= 1 and x.dtype == torch.float32
+    assert y.tolist() == [9, 2, 1, 1, 6]  # the first five Fashion-MNIST test labels
+    assert idx.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_vaegan_shapes_and_ranges():
+    vg = VAEGAN(VAEGANArgs()).eval()
+    x = torch.rand(3, 1, 28, 28)
+    mu, logvar = vg.encoder(x)
+    assert mu.shape == logvar.shape == (3, 48)
+    xr = vg.decoder(mu)
+    assert xr.shape == (3, 1, 28, 28) and 0 <= xr.min() and xr.max() <= 1
+    f, logit = vg.discriminator.features(x)
+    assert logit.shape == (3, 1) and f.shape[0] == 3
+    assert torch.allclose(vg.decoder(mu, logits=True).sigmoid(), xr)
+    # no MaxPool / Dropout in E, G, D (their input-gradients must export cleanly)
+    banned = (torch.nn.MaxPool2d, torch.nn.Dropout)
+    assert not any(isinstance(m, banned) for m in vg.modules())
+    # the sizes stated in models.py and the model card
+    assert (count_params(vg.encoder), count_params(vg.decoder), count_params(vg.discriminator)) == (
+        208_152, 323_209, 61_993)
+
+
+def test_vgg16_topology():
+    m = VGG16(ClassifierArgs())
+    convs = [l for l in m.modules() if isinstance(l, torch.nn.Conv2d)]
+    fcs = [l for l in m.modules() if isinstance(l, torch.nn.Linear)]
+    assert (len(convs), len(fcs)) == (13, 3)  # VGG16 configuration "D"
+    assert count_params(m) == 1_022_938
+    out = m.eval()(torch.rand(2, 1, 28, 28))
+    assert out.shape == (2, 10)
