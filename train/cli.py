@@ -182,7 +182,7 @@ def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defend
 @click.option("--n", type=int, default=2000, show_default=True, help="first N test images")
 @click.option("--eps", "eps_list", default="0.05,0.1,0.2,0.3", show_default=True, help="comma-separated")
 @click.option("--no-targeted", is_flag=True, help="skip the targeted PGD sets")
-@click.option("--defense-gan-n", type=int, default=300, show_default=True)
+@click.option("--defense-gan-n", type=int, default=100, show_default=True)
 @click.option("--defense-gan-steps", type=int, default=200, show_default=True)
 @click.option("--defense-gan-restarts", type=int, default=10, show_default=True)
 @dataclass_options(__import__("vaegan.train.config", fromlist=["PurifyConfig"]).PurifyConfig)
@@ -219,7 +219,7 @@ def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, de
                      purify=pcfg, adv_dir=adv_dir, out=out, data_root=data_root)
     if quick:
         cfg = EvalConfig(n=min(n, 100), eps=(0.1, 0.3), targeted=False, pgd_steps=10, defense_gan_n=20,
-                         defense_gan_steps=50, defense_gan_restarts=2, purify=pcfg, adv_dir="", out=out,
+                         defense_gan_steps=50, defense_gan_restarts=2, defense_gan_sets=("clean", "pgd10_eps0.1"), purify=pcfg, adv_dir="", out=out,
                          data_root=data_root)
     report = evaluate(checkpoint, classifier, cfg)
     click.echo(markdown_table(report))
