@@ -209,8 +209,8 @@ def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, de
     checkpoint = checkpoint or _default("vaegan")
     classifier = classifier or _default("classifier")
     if do_sweep:
-        grid = {"steps": [0, 5, 10, 20], "eta": [0.01, 0.02, 0.05], "lam": [0.0, 1.0, 5.0]}
-        sweep(checkpoint, classifier, grid, n=n if n != 2000 else 500, adv_dir=adv_dir or None, out=out,
+        grid = {"steps": [0, 5, 10, 20], "eta": [0.01, 0.03], "lam": [0.0, 1.0, 5.0]}
+        sweep(checkpoint, classifier, grid, n=n if n != 2000 else 300, adv_dir=adv_dir or None, out=out,
               data_root=data_root)
         click.echo(f"wrote {out}/sweep.md")
         return
@@ -224,3 +224,64 @@ def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, de
     report = evaluate(checkpoint, classifier, cfg)
     click.echo(markdown_table(report))
     click.echo(f"wrote {out}/report.md, report.json, grid.png, accuracy_vs_eps.png")
+
+
+# -------------------------------------------------------------------------------------------- vaegan-eval-adaptive
+
+@click.command(help="Adaptive attacks on the whole defended pipeline classifier(purifier(x)): BPDA, BPDA+EOT, "
+                    "full-gradient PGD through the unrolled purifier, APGD-CE/APGD-T, Square on the deployed "
+                    "runtime, transfer from a surrogate, latent-space PGD; writes adaptive.md, adaptive.json, "
+                    "adaptive.png (beside OUT/report.json's oblivious numbers). Purifier options as vaegan-eval.")
+@click.version_option(__version__)
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="VAE-GAN (default: shipped)")
+@click.option("--classifier", type=click.Path(dir_okay=False), default=None, help="default: shipped weights")
+@click.option("--n", type=int, default=1000, show_default=True, help="first N test images")
+@click.option("--eps", "eps_list", default="0.05,0.1,0.2,0.3", show_default=True, help="comma-separated")
+@click.option("--attacks", "attack_list", default="bpda,bpda_eot,full,apgd,square,transfer,latent",
+              show_default=True, help="comma-separated")
+@click.option("--attack-steps", type=int, default=100, show_default=True, help="PGD / APGD iterations")
+@click.option("--curve", "curve_list", default="10,20,50,100", show_default=True,
+              help="convergence check: accuracy after these steps")
+@click.option("--alpha-ratio", type=float, default=0.1, show_default=True, help="PGD step = ratio x eps")
+@click.option("--attack-restarts", type=int, default=1, show_default=True, help="PGD random restarts")
+@click.option("--loss", type=click.Choice(["ce", "margin"]), default="ce", show_default=True)
+@click.option("--eot-samples", type=int, default=20, show_default=True)
+@click.option("--eot-restarts", type=int, default=4, show_default=True, help="R of the randomized purifier")
+@click.option("--apgd-grad", type=click.Choice(["auto", "bpda", "full"]), default="auto", show_default=True)
+@click.option("--apgd-targets", type=int, default=9, show_default=True)
+@click.option("--square-queries", type=int, default=1000, show_default=True)
+@click.option("--artifacts", type=click.Path(file_okay=False), default=None,
+              help="exported artifacts for square (default: export to OUT/artifacts)")
+@click.option("--surrogate", type=click.Path(dir_okay=False), default=None,
+              help="surrogate classifier for transfer (default: train one in OUT/surrogate)")
+@click.option("--surrogate-epochs", type=int, default=2, show_default=True)
+@click.option("--surrogate-train-limit", type=int, default=None)
+@click.option("--attack-seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=100, show_default=True)
+@click.option("--threads", type=int, default=None, help="torch intra-op threads")
+@dataclass_options(__import__("vaegan.train.config", fromlist=["PurifyConfig"]).PurifyConfig)
+@click.option("--out", default="reports", show_default=True)
+@click.option("--data-root", default=None)
+@_friendly
+def adaptive_cli(checkpoint, classifier, n, eps_list, attack_list, attack_steps, curve_list, alpha_ratio,
+                 attack_restarts, loss, eot_samples, eot_restarts, apgd_grad, apgd_targets, square_queries, artifacts,
+                 surrogate, surrogate_epochs, surrogate_train_limit, attack_seed, batch_size, threads, out, data_root,
+                 **pvalues):
+    from .config import PurifyConfig
+
+    try:
+        eps = tuple(float(e) for e in eps_list.split(","))
+        curve = tuple(int(c) for c in curve_list.split(","))
+    except ValueError:
+        raise VaeganError(f"--eps {eps_list!r} / --curve {curve_list!r}: expected comma-separated numbers") from None
+    from .adaptive import AdaptiveConfig, evaluate_adaptive  # validates attack names, eps, ...
+
+    cfg = AdaptiveConfig(n=n, eps=eps, attacks=tuple(a.strip() for a in attack_list.split(",") if a.strip()),
+                         steps=attack_steps, checkpoints=curve, alpha_ratio=alpha_ratio, restarts=attack_restarts,
+                         loss=loss, eot_samples=eot_samples, eot_restarts=eot_restarts, apgd_grad=apgd_grad,
+                         apgd_targets=apgd_targets, square_queries=square_queries, artifacts=artifacts,
+                         surrogate=surrogate, surrogate_epochs=surrogate_epochs,
+                         surrogate_train_limit=surrogate_train_limit, seed=attack_seed, batch_size=batch_size,
+                         threads=threads, purify=build_config(PurifyConfig, pvalues), out=out, data_root=data_root)
+    evaluate_adaptive(checkpoint or _default("vaegan"), classifier or _default("classifier"), cfg, echo=click.echo)
+    click.echo(f"wrote {out}/adaptive.md, adaptive.json, adaptive.png")

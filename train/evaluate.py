@@ -228,8 +228,14 @@ def sweep(vaegan_path, classifier_path, grid: dict, n: int = 500, adv_dir: str |
     y = y[:n]
     results = []
     keys = list(grid)
+    seen = set()
     for values in itertools.product(*(grid[k] for k in keys)):
         pcfg = replace(PurifyConfig(), **dict(zip(keys, values)))
+        if pcfg.steps == 0:  # eta, lam and momentum do not matter without steps: run T=0 once
+            pcfg = replace(pcfg, eta=0.0, lam=0.0, momentum=0.0)
+        if repr(pcfg) in seen:
+            continue
+        seen.add(repr(pcfg))
         res = {"config": asdict(pcfg)}
         for name, xs in sets.items():
             xp, ms = purify_batched(vg, xs, pcfg)
