@@ -1,0 +1,510 @@
+"""``python bench/latency.py``: every purifier backend side by side -- same weights, same real Fashion-MNIST test
+images, same purification settings, same thread count.
+
+Backends: ``eager`` (the torch reference ``vaegan.train.purifier.purify``, autograd), ``compile`` (torch.compile of
+it, with ``--compile``; compile time reported apart), ``modular`` and ``fused`` (``vaegan.runtime`` on
+onnxruntime), ``trt`` (the TensorRT purify engine; skipped with the reason when there is no GPU / TensorRT / engine).
+
+Per cell (batch size x steps T): the first run's output is checked against the eager reference at the export
+tolerance of the fused loop (``vaegan.export.specs.TOL_LOOP``); a backend that disagrees is reported, not timed. Then
+warm-up, then timed runs until 20 runs or 5 s (whichever first; at least 3). Each backend runs in its own process
+(spawned), so peak RSS is the backend's own and no idle thread pool of another backend competes for the cores; the
+torch-free runtime backends do not import torch there.
+
+Cost model: FLOPs per purification counted from the ONNX graphs (``bench/flops.py``), achieved GFLOP/s, peak GFLOP/s
+of this machine from a GEMM / conv micro-benchmark in the same run, and the Defense-GAN operating point (L = 200
+steps, R = 10 restarts) for scale.
+
+    python bench/latency.py --json results.json --plot latency.png
+    python bench/latency.py --quick                     # smoke run, under a minute
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+BACKENDS = ("eager", "compile", "modular", "fused", "trt")
+REFERENCE = "eager"
+
+
+# ----------------------------------------------------------------------------------------------- the backends
+
+class Backend:
+    """``setup()`` once, ``run(x, noise, steps) -> purified`` (numpy), ``teardown()``. ``skip`` is a reason or None."""
+
+    name = "?"
+    skip: str | None = None
+
+    def setup(self) -> None: ...
+
+    def run(self, x: np.ndarray, noise: np.ndarray, steps: int) -> np.ndarray: ...
+
+    def teardown(self) -> None: ...
+
+
+class TorchBackend(Backend):
+    def __init__(self, opts: dict, compiled: bool):
+        self.opts = opts
+        self.compiled = compiled
+        self.name = "compile" if compiled else "eager"
+        self.compile_s: float | None = None
+
+    def setup(self) -> None:
+        import torch
+
+        from vaegan.train.checkpoint import load_model
+
+        torch.set_num_threads(self.opts["threads"])
+        self.torch = torch
+        self.vg, _ = load_model(self.opts["checkpoint"], "vaegan")
+        from vaegan.train.purifier import purify
+
+        self.fn = purify
+        if self.compiled:
+            self.fn = torch.compile(purify, dynamic=False)
+        self._seen: set = set()
+
+    def run(self, x, noise, steps):
+        from dataclasses import replace
+
+        cfg = replace(self.opts["cfg"], steps=steps, restarts=noise.shape[0])
+        key = (x.shape[0], steps)
+        t0 = time.perf_counter()
+        with self.torch.no_grad():
+            out = self.fn(self.vg, self.torch.from_numpy(x), cfg, noise=self.torch.from_numpy(noise)).x.numpy()
+        if self.compiled and key not in self._seen:  # first call per shape = compile (+ one run)
+            self._seen.add(key)
+            self.compile_s = (self.compile_s or 0.0) + time.perf_counter() - t0
+        return out
+
+
+class RuntimeBackend(Backend):
+    def __init__(self, opts: dict, kind: str):
+        self.opts = opts
+        self.name = kind
+
+    def setup(self) -> None:
+        from vaegan.runtime.artifacts import load_artifacts
+        from vaegan.runtime.purify import PurifyParams, make_purifier
+
+        arts = load_artifacts(self.opts["artifacts"])
+        c = self.opts["cfg"]
+        self.params = PurifyParams(steps=c.steps, eta=c.eta, lam=c.lam, momentum=c.momentum, restarts=c.restarts,
+                                   noise=c.noise, seed=c.seed)
+        self.pur = make_purifier(arts, self.name, self.params, threads=self.opts["threads"])
+        self.pur.activate()
+
+    def run(self, x, noise, steps):
+        from dataclasses import replace
+
+        return self.pur.purify(x, noise=noise, params=replace(self.params, steps=steps)).purified
+
+    def teardown(self) -> None:
+        self.pur.deactivate()
+
+
+def trt_skip_reason(artifacts) -> str | None:
+    try:
+        from vaegan.runtime.artifacts import load_artifacts
+        from vaegan.runtime.purify import trt_usable
+
+        ok, why = trt_usable(load_artifacts(artifacts))
+    except Exception as e:  # noqa: BLE001 - any failure to probe TensorRT is a reason to skip it
+        return f"{type(e).__name__}: {e}"
+    return None if ok else why
+
+
+def make_backend(name: str, opts: dict) -> Backend:
+    if name in ("eager", "compile"):
+        return TorchBackend(opts, compiled=name == "compile")
+    if name in ("modular", "fused", "trt"):
+        return RuntimeBackend(opts, name)
+    raise ValueError(name)
+
+
+# ----------------------------------------------------------------------------------------------- measurement
+
+def agreement(got: np.ndarray, ref: np.ndarray, tol: dict) -> dict:
+    """|got - ref| <= atol + rtol * |ref| elementwise (the export's rule)."""
+    if got.shape != ref.shape:
+        return {"ok": False, "max_abs": float("inf"), "why": f"shape {list(got.shape)} vs {list(ref.shape)}"}
+    diff = np.abs(got.astype(np.float64) - ref)
+    ok = bool(np.isfinite(got).all() and np.all(diff <= tol["atol"] + tol["rtol"] * np.abs(ref)))
+    return {"ok": ok, "max_abs": float(diff.max())}
+
+
+def percentiles(ts: list[float]) -> dict:
+    a = np.asarray(ts) * 1e3
+    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
+            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "runs": len(ts)}
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM: per address space, reset by exec -- unlike ru_maxrss, which a
+    spawned child inherits from its parent on Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_backend(name: str, opts: dict, cells: list[tuple[int, int]], images: np.ndarray, refs: dict,
+                noise_for) -> dict:
+    """Setup, then per cell: check against ``refs`` (if given), warm up, time. Returns a JSON-able dict."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(opts["threads"]))
+    b = make_backend(name, opts)
+    t0 = time.perf_counter()
+    b.setup()
+    res: dict = {"backend": name, "setup_s": time.perf_counter() - t0, "cells": [], "outputs": {}}
+    perturb = opts.get("perturb") == name
+    try:
+        for n, steps in cells:
+            x, noise = images[:n], noise_for(n)
+            out = b.run(x, noise, steps)
+            if perturb:  # testing hook: a backend whose output is wrong
+                out = out + np.float32(1e-2)
+            cell = {"batch": n, "steps": steps}
+            if refs is not None:
+                ag = agreement(out, refs[(n, steps)], opts["tol"])
+                cell["agreement"] = ag
+                if not ag["ok"]:
+                    cell["status"] = "disagrees"
+                    res["cells"].append(cell)
+                    continue
+            else:
+                res["outputs"][f"{n}x{steps}"] = out
+            for _ in range(opts["warmup"]):
+                b.run(x, noise, steps)
+            ts: list[float] = []
+            start = time.perf_counter()
+            while len(ts) < 3 or (len(ts) < opts["min_runs"] and time.perf_counter() - start < opts["max_time"]):
+                t = time.perf_counter()
+                b.run(x, noise, steps)
+                ts.append(time.perf_counter() - t)
+            cell.update(status="timed", **percentiles(ts))
+            cell["per_frame_ms"] = cell["p50_ms"] / n
+            cell["frames_per_s"] = 1e3 * n / cell["p50_ms"]
+            res["cells"].append(cell)
+    finally:
+        b.teardown()
+    if isinstance(b, TorchBackend) and b.compiled:
+        res["compile_s"] = b.compile_s
+    res["peak_rss_mb"] = _peak_rss_mb()
+    return res
+
+
+def _child(conn, name, opts, cells, images, refs, noise_all):
+    try:
+        out = run_backend(name, opts, cells, images, refs, lambda n: noise_all[:, :n])
+        conn.send(("ok", out))
+    except Exception as e:  # noqa: BLE001 - reported in the table, the other backends still run
+        import traceback
+
+        conn.send(("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                   traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def run_isolated(name, opts, cells, images, refs, noise_all) -> dict:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_child, args=(child, name, opts, cells, images, refs, noise_all))
+    p.start()
+    child.close()
+    try:
+        msg = parent.recv()
+    except EOFError:
+        msg = ("error", f"backend process died (exit code {p.exitcode})", "")
+    p.join()
+    if msg[0] == "ok":
+        return msg[1]
+    return {"backend": name, "error": msg[1], "traceback": msg[2], "cells": []}
+
+
+# ----------------------------------------------------------------------------------------------- machine peak
+
+def measure_peak_gflops(threads: int, seconds: float = 1.0) -> dict:
+    """Best sustained fp32 GFLOP/s of a large GEMM (torch.mm, 1024^2 .. 2048^2) and a conv (torch conv2d) at
+    ``threads`` threads: the ceiling the purifier's FLOP rate is compared against."""
+    import torch
+
+    torch.set_num_threads(threads)
+    out = {}
+    for m in (1024, 2048):
+        a, b = torch.randn(m, m), torch.randn(m, m)
+        torch.mm(a, b)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            torch.mm(a, b)
+            n += 1
+        out[f"gemm_{m}"] = 2 * m ** 3 * n / (time.perf_counter() - t0) / 1e9
+    x, w = torch.randn(64, 64, 28, 28), torch.randn(64, 64, 3, 3)
+    torch.conv2d(x, w, padding=1)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.conv2d(x, w, padding=1)
+        n += 1
+    out["conv_64x64x28x28_k3"] = 2 * 64 * 64 * 64 * 28 * 28 * 9 * n / (time.perf_counter() - t0) / 1e9
+    out["peak"] = max(out.values())
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- orchestration
+
+def export_if_needed(checkpoint, classifier, artifacts, echo) -> Path:
+    artifacts = Path(artifacts)
+    if not (artifacts / "manifest.json").exists():
+        from vaegan.export import export_all
+
+        echo(f"exporting {checkpoint} to {artifacts} ...")
+        export_all(checkpoint, classifier, artifacts, echo=lambda *_: None)
+    return artifacts
+
+
+def load_images(n: int) -> tuple[np.ndarray, str]:
+    from vaegan.train.data import test_subset
+
+    x = test_subset(n)[0].numpy().astype(np.float32)
+    return np.ascontiguousarray(x), f"Fashion-MNIST test images 0..{n - 1}"
+
+
+def markdown(results: dict) -> str:
+    rows = ["| backend | batch | T | p50 ms | p90 ms | p99 ms | ms/frame | frames/s | GFLOP/s | % peak | vs eager | "
+            "peak RSS MB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    eager = {(c["batch"], c["steps"]): c for c in results["backends"].get("eager", {}).get("cells", [])
+             if c.get("status") == "timed"}
+    for name, r in results["backends"].items():
+        if "skipped" in r or "error" in r:
+            rows.append(f"| {name} | - | - | {'skipped: ' + r['skipped'] if 'skipped' in r else 'error: ' + r['error']}"
+                        " | | | | | | | | |")
+            continue
+        for c in r["cells"]:
+            if c["status"] != "timed":
+                rows.append(f"| {name} | {c['batch']} | {c['steps']} | DISAGREES (max abs "
+                            f"{c['agreement']['max_abs']:.2e}): not timed | | | | | | | | |")
+                continue
+            e = eager.get((c["batch"], c["steps"]))
+            speed = f"{e['p50_ms'] / c['p50_ms']:.2f}x" if e else "-"
+            rows.append(f"| {name} | {c['batch']} | {c['steps']} | {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | "
+                        f"{c['p99_ms']:.2f} | {c['per_frame_ms']:.3f} | {c['frames_per_s']:.0f} | "
+                        f"{c['gflops']:.2f} | {c['pct_peak']:.1f} | {speed} | {r['peak_rss_mb']:.0f} |")
+    return "\n".join(rows)
+
+
+def plot(results: dict, path: Path, steps: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, r in results["backends"].items():
+        pts = sorted((c["batch"], c["p50_ms"]) for c in r.get("cells", [])
+                     if c.get("status") == "timed" and c["steps"] == steps)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("p50 latency per batch (ms)")
+    ax.set_title(f"purification latency, T = {steps}, {results['machine']['threads']} threads")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _ints(s: str) -> list[int]:
+    return [int(v) for v in s.split(",") if v.strip()]
+
+
+@click.command(help=__doc__.split("\n\n")[0])
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default="models/vaegan.pt", show_default=True)
+@click.option("--classifier", type=click.Path(dir_okay=False), default="models/classifier.pt", show_default=True)
+@click.option("--artifacts", type=click.Path(file_okay=False), default="artifacts", show_default=True,
+              help="exported artifacts (exported from --checkpoint/--classifier if the folder has no manifest)")
+@click.option("--batches", default="1,8,64", show_default=True)
+@click.option("--steps", "steps_opt", default="5,10,50", show_default=True,
+              help="T values; the shipped default PurifyConfig().steps is always added")
+@click.option("--backends", default="eager,modular,fused,trt", show_default=True)
+@click.option("--compile", "use_compile", is_flag=True, help="also time torch.compile of the reference")
+@click.option("--threads", type=int, default=None, help="threads for every backend (default: CPU count)")
+@click.option("--min-runs", type=int, default=20, show_default=True)
+@click.option("--max-time", type=float, default=5.0, show_default=True, help="seconds of timed runs per cell")
+@click.option("--warmup", type=int, default=2, show_default=True)
+@click.option("--dgan-steps", type=int, default=20, show_default=True,
+              help="Defense-GAN: steps actually timed (extrapolated linearly to 200)")
+@click.option("--quick", is_flag=True, help="smoke run: batches 1,8, T = 2 and the default, 3 runs per cell")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--perturb", type=click.Choice(BACKENDS), default=None,
+              help="(testing) add 1e-2 to this backend's output, to exercise the agreement check")
+def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_compile, threads, min_runs, max_time,
+         warmup, dgan_steps, quick, json_path, plot_path, perturb):
+    import torch  # the parent process only: references, FLOP counts, peak micro-benchmark
+
+    import flops
+    from vaegan.export.specs import TOL_LOOP
+    from vaegan.train.config import PurifyConfig
+    from vaegan.train.purifier import defense_gan_config
+
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    cfg = PurifyConfig()
+    batches, steps_list = _ints(batches), _ints(steps_opt)
+    if quick:
+        batches, steps_list, min_runs, max_time, warmup, dgan_steps = [1, 8], [2], 3, 0.5, 1, 2
+    steps_list = sorted(set(steps_list) | {cfg.steps})
+    names = [b for b in backends.split(",") if b]
+    if use_compile and "compile" not in names:
+        names.insert(1, "compile")
+    bad = [b for b in names if b not in BACKENDS]
+    if bad:
+        raise click.UsageError(f"unknown backend(s) {bad} (choose from {', '.join(BACKENDS)})")
+    if REFERENCE not in names:
+        names.insert(0, REFERENCE)
+    names.sort(key=BACKENDS.index)
+    echo = lambda s: click.echo(s, err=True)  # noqa: E731 - progress on stderr, the table on stdout
+
+    arts = export_if_needed(checkpoint, classifier, artifacts, echo)
+    from vaegan.runtime.artifacts import load_artifacts
+
+    man = load_artifacts(arts)
+    L = man.latent_dim
+    images, image_source = load_images(max(batches))
+    rng = np.random.default_rng(cfg.seed)
+    noise_all = np.zeros((cfg.restarts, max(batches), L), np.float32)  # R = 1 at the shipped default: zeros
+    if cfg.restarts > 1:
+        noise_all[1:] = rng.standard_normal((cfg.restarts - 1, max(batches), L), dtype=np.float32) * cfg.noise
+    cells = [(n, t) for n in batches for t in steps_list]
+    opts = {"checkpoint": str(checkpoint), "artifacts": str(arts), "threads": threads, "cfg": cfg, "tol": TOL_LOOP,
+            "min_runs": min_runs, "max_time": max_time, "warmup": warmup, "perturb": perturb}
+
+    results: dict = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": threads,
+                    "python": platform.python_version(), "torch": torch.__version__,
+                    "onnxruntime": __import__("onnxruntime").__version__, "load_avg": os.getloadavg()},
+        "settings": {"checkpoint": str(checkpoint), "artifacts": str(arts), "images": image_source,
+                     "batches": batches, "steps": steps_list, "purify": cfg.__dict__, "tolerance": TOL_LOOP,
+                     "min_runs": min_runs, "max_time_s": max_time, "warmup": warmup, "quick": quick},
+        "backends": {},
+    }
+
+    # reference outputs, computed once (the eager backend is then timed in its own process like the others)
+    echo("reference outputs (torch eager) ...")
+    ref_run = run_backend(REFERENCE, {**opts, "min_runs": 0, "max_time": 0, "warmup": 0, "perturb": None}, cells,
+                          images, None, lambda n: noise_all[:, :n])
+    refs = {(n, t): ref_run["outputs"][f"{n}x{t}"] for n, t in cells}
+
+    for name in names:
+        if name == "trt":
+            why = trt_skip_reason(arts)
+            if why:
+                results["backends"][name] = {"backend": name, "skipped": why, "cells": []}
+                echo(f"trt: skipped ({why})")
+                continue
+        echo(f"{name} ...")
+        r = run_isolated(name, opts, cells, images, refs, noise_all)
+        r.pop("outputs", None)
+        results["backends"][name] = r
+        if "error" in r:
+            echo(f"{name}: error: {r['error']}\n{r.get('traceback', '')}")
+
+    # cost model
+    echo("FLOPs and machine peak ...")
+    cost = flops.purify_flops(arts, L, batch=1)
+    peak = measure_peak_gflops(threads, seconds=0.3 if quick else 1.5)
+    results["cost"] = {"purify_flops_per_image": cost, "peak_gflops": peak}
+    for r in results["backends"].values():
+        for c in r.get("cells", []):
+            f = flops.flops_at(cost, c["steps"]) * c["batch"]
+            c["flops"] = f
+            if c.get("status") == "timed":
+                c["gflops"] = f / (c["p50_ms"] * 1e-3) / 1e9
+                c["pct_peak"] = 100.0 * c["gflops"] / peak["peak"]
+
+    # Defense-GAN operating point: FLOPs from the graphs, time from the eager reference at fewer steps
+    dcfg = defense_gan_config()
+    dg = flops.defense_gan_flops(arts, L, dcfg.steps, dcfg.restarts)
+    from vaegan.train.checkpoint import load_model
+    from vaegan.train.purifier import purify
+
+    vg, _ = load_model(checkpoint, "vaegan")
+    x1 = torch.from_numpy(images[:1])
+    from dataclasses import replace
+
+    times = {}
+    for s in sorted({max(1, dgan_steps // 2), dgan_steps}):
+        c = replace(dcfg, steps=s)
+        purify(vg, x1, c)
+        ts = []
+        for _ in range(2 if quick else 5):
+            t = time.perf_counter()
+            purify(vg, x1, c)
+            ts.append(time.perf_counter() - t)
+        times[s] = float(np.median(ts))
+    s0, s1 = sorted(times)
+    slope = (times[s1] - times[s0]) / (s1 - s0) if s1 != s0 else times[s1] / s1
+    dgan_ms = 1e3 * (times[s1] + slope * (dcfg.steps - s1))
+    ours_flops = flops.flops_at(cost, cfg.steps, cfg.restarts)
+    fused = {(c["batch"], c["steps"]): c for c in results["backends"].get("fused", {}).get("cells", [])
+             if c.get("status") == "timed"}
+    ours1 = fused.get((1, cfg.steps))
+    results["defense_gan"] = {
+        "steps": dcfg.steps, "restarts": dcfg.restarts, "flops_per_frame": dg["total"],
+        "ms_per_frame_eager_batch1": dgan_ms,
+        "ms_measured": {str(k): 1e3 * v for k, v in times.items()},
+        "extrapolated": f"timed {sorted(times)} steps at batch 1 (R = {dcfg.restarts} rows), linear in steps to "
+                        f"{dcfg.steps}",
+        "ours": {"steps": cfg.steps, "restarts": cfg.restarts, "flops_per_frame": ours_flops,
+                 "fused_ms_batch1": ours1["p50_ms"] if ours1 else None},
+        "flops_ratio": dg["total"] / ours_flops,
+        "time_ratio_vs_fused_batch1": dgan_ms / ours1["p50_ms"] if ours1 else None,
+    }
+
+    click.echo(f"# purification latency ({image_source}; {threads} threads for every backend; "
+               f"load avg {results['machine']['load_avg'][0]:.2f})\n")
+    click.echo(markdown(results))
+    click.echo(f"\nFLOPs per image: {cost['fixed'] / 1e6:.1f} M fixed + {cost['per_step'] / 1e6:.1f} M per step "
+               f"(T = {cfg.steps}: {ours_flops / 1e6:.1f} MFLOP). Peak: {peak['peak']:.1f} GFLOP/s "
+               f"({', '.join(f'{k} {v:.1f}' for k, v in peak.items() if k != 'peak')}).")
+    comp = results["backends"].get("compile", {})
+    if comp.get("compile_s") is not None:
+        click.echo(f"torch.compile: {comp['compile_s']:.1f} s of compilation (first call per shape), not in the table.")
+    d = results["defense_gan"]
+    click.echo(f"Defense-GAN (L = {d['steps']}, R = {d['restarts']}): {d['flops_per_frame'] / 1e9:.2f} GFLOP/frame, "
+               f"{d['ms_per_frame_eager_batch1']:.0f} ms/frame (torch eager, batch 1; {d['extrapolated']}); "
+               f"ours (T = {cfg.steps}): {ours_flops / 1e6:.0f} MFLOP/frame -> {d['flops_ratio']:.0f}x less compute"
+               + (f", {d['time_ratio_vs_fused_batch1']:.0f}x less time (fused, batch 1)" if ours1 else "") + ".")
+    skipped = {n: r["skipped"] for n, r in results["backends"].items() if "skipped" in r}
+    for n, why in skipped.items():
+        click.echo(f"{n}: skipped: {why}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if plot_path:
+        plot(results, Path(plot_path), cfg.steps)
+    if any(c.get("status") == "disagrees" for r in results["backends"].values() for c in r.get("cells", [])):
+        click.echo("some backends disagree with the torch reference (see DISAGREES rows)", err=True)
+
+
+if __name__ == "__main__":
+    main()

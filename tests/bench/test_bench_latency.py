@@ -1,0 +1,98 @@
+"""``bench/latency.py --quick`` on the tiny random-init nets: the JSON's structure, and that the agreement check
+rejects a backend whose output is wrong (``--perturb``) instead of timing it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench" / "latency.py"
+sys.path.insert(0, str(ROOT / "bench"))
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_artifacts(tmp_path_factory, tiny_vaegan_ckpt, tiny_classifier_ckpt):
+    from vaegan.export import export_all
+
+    out = tmp_path_factory.mktemp("bench_artifacts")
+    export_all(tiny_vaegan_ckpt, tiny_classifier_ckpt, out, opset=18, max_batch=64, echo=lambda *_: None)
+    return out
+
+
+def _run(tmp_path, ckpt, clf, arts, *extra):
+    js, png = tmp_path / "results.json", tmp_path / "latency.png"
+    cmd = [sys.executable, str(BENCH), "--quick", "--checkpoint", str(ckpt), "--classifier", str(clf),
+           "--artifacts", str(arts), "--threads", "1", "--json", str(js), "--plot", str(png), *extra]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res, json.loads(js.read_text()), png
+
+
+def test_quick_json_structure(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt, tiny_artifacts):
+    from vaegan.train.config import PurifyConfig
+
+    res, r, png = _run(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt, tiny_artifacts)
+    assert "| backend | batch | T |" in res.stdout
+    assert png.stat().st_size > 1000
+    assert r["machine"]["threads"] == 1
+    assert PurifyConfig().steps in r["settings"]["steps"]
+    assert set(r["backends"]) == {"eager", "modular", "fused", "trt"}
+    for name in ("eager", "modular", "fused"):
+        b = r["backends"][name]
+        assert "error" not in b, b.get("traceback")
+        assert b["peak_rss_mb"] > 0
+        assert {(c["batch"], c["steps"]) for c in b["cells"]} == {(n, t) for n in r["settings"]["batches"]
+                                                                  for t in r["settings"]["steps"]}
+        for c in b["cells"]:
+            assert c["status"] == "timed" and c["agreement"]["ok"]
+            assert 0 < c["p50_ms"] <= c["p90_ms"] <= c["p99_ms"]
+            assert c["frames_per_s"] > 0 and c["gflops"] > 0 and c["flops"] > 0 and c["runs"] >= 3
+    trt = r["backends"]["trt"]
+    assert "skipped" in trt or all(c["status"] == "timed" for c in trt["cells"])
+    cost = r["cost"]
+    assert cost["purify_flops_per_image"]["per_step"] > 0 and cost["peak_gflops"]["peak"] > 0
+    d = r["defense_gan"]
+    assert d["steps"] == 200 and d["restarts"] == 10 and d["flops_ratio"] > 1 and d["ms_per_frame_eager_batch1"] > 0
+
+
+def test_disagreeing_backend_is_reported_not_timed(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt, tiny_artifacts):
+    res, r, _ = _run(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt, tiny_artifacts, "--backends",
+                     "eager,fused", "--perturb", "fused")
+    cells = r["backends"]["fused"]["cells"]
+    assert cells and all(c["status"] == "disagrees" and not c["agreement"]["ok"] for c in cells)
+    assert all("p50_ms" not in c for c in cells)
+    assert all(c["status"] == "timed" for c in r["backends"]["eager"]["cells"])
+    assert "DISAGREES" in res.stdout
+
+
+def test_agreement_rule():
+    from latency import agreement
+
+    ref = np.linspace(0, 1, 100, dtype=np.float64).reshape(1, 1, 10, 10)
+    tol = {"atol": 1e-4, "rtol": 1e-4}
+    assert agreement(ref.astype(np.float32), ref, tol)["ok"]
+    assert not agreement((ref + 1e-3).astype(np.float32), ref, tol)["ok"]
+    assert not agreement(ref[:, :, :5].astype(np.float32), ref, tol)["ok"]
+    bad = ref.astype(np.float32).copy()
+    bad[0, 0, 0, 0] = np.nan
+    assert not agreement(bad, ref, tol)["ok"]
+
+
+def test_flop_counter_matches_hand_count(tiny_artifacts):
+    """The counter on decoder.onnx equals the MACs of the tiny decoder's layers (latent 8, width 8), x2."""
+    import flops
+
+    L, w = 8, 8
+    macs = L * 4 * w * 49 + 4 * w * 49 * 2 * w * 16 + 2 * w * 196 * w * 16 + w * 784 * 9
+    z = np.zeros((3, L), np.float32)
+    assert flops.graph_flops(tiny_artifacts / "decoder.onnx", {"z": z}) == 2 * 3 * macs
+    cost = flops.purify_flops(tiny_artifacts, L)
+    assert cost["per_step"] > 2 * macs  # one step = G forward + G and D backward + D forward
