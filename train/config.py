@@ -34,6 +34,9 @@ class ClassifierConfig:
     train_limit: int | None = None  # use the first N training images (tests, smoke runs)
     eval_limit: int = TEST_SUBSET
     data_root: str | None = None
+    init: str | None = None        # start from this classifier checkpoint's weights (fine-tuning)
+    purifier: str | None = None    # VAE-GAN checkpoint: train on its reconstructions too (see trainer.py)
+    purifier_prob: float = 0.5     # fraction of each batch replaced by G(mu_E(x~)), x~ = x with sign noise
     model: ClassifierArgs = field(default_factory=ClassifierArgs)
 
 
