@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 PEAK_BOUND_MB = 400
 GROWTH_BOUND_MB = 25
@@ -53,6 +55,7 @@ def peak_rss_mb(artifacts: Path, frames: Path, out: Path, *extra: str) -> tuple[
     return int(kb) / 1024, json.loads((out / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_over_2000_frames(artifacts_dir, tmp_path):
     src = ROOT / "samples" / "frames"
     small, s_small = peak_rss_mb(artifacts_dir, repeated_frames(src, tmp_path / "f200", 200), tmp_path / "o200")
