@@ -85,3 +85,42 @@ def shipped_classifier() -> Path:
     if not p.exists():
         pytest.skip("shipped weights models/classifier.pt not present yet")
     return p
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_vaegan_ckpt, tiny_classifier_ckpt, tmp_path_factory):
+    """ONE export of the tiny nets per session, through the CLI with --trt, shared by the export, runtime and bench
+    tests. Without TensorRT / an NVIDIA GPU the command must still write and validate every ONNX file, then exit 2
+    with the install hint; with them it exits 0 and also writes engines."""
+    import json
+
+    from click.testing import CliRunner
+
+    from vaegan.export.cli import main
+
+    out = tmp_path_factory.mktemp("artifacts")
+    res = CliRunner().invoke(main, ["--checkpoint", str(tiny_vaegan_ckpt), "--classifier", str(tiny_classifier_ckpt),
+                                    "--out", str(out), "--trt", "--threads", "1"])
+    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else None
+    return {"out": Path(out), "result": res, "manifest": manifest, "vaegan": tiny_vaegan_ckpt,
+            "classifier": tiny_classifier_ckpt}
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tiny_export) -> Path:
+    """The tiny export's folder (do not modify it: copy it first)."""
+    assert tiny_export["manifest"] is not None, tiny_export["result"].output
+    return tiny_export["out"]
+
+
+@pytest.fixture(scope="session")
+def shipped_export(tmp_path_factory, shipped_vaegan, shipped_classifier) -> tuple[Path, dict]:
+    """ONE export of the shipped weights per session: (folder, manifest)."""
+    import torch
+
+    from vaegan.export import export_all
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("shipped_artifacts")
+    m = export_all(shipped_vaegan, shipped_classifier, out, opset=18, max_batch=64, echo=lambda *_: None)
+    return Path(out), m

@@ -11,13 +11,8 @@ _MISSING = trt_missing()
 
 
 @pytest.mark.slow
-def test_export_shipped_weights(shipped_vaegan, shipped_classifier, tmp_path):
-    import torch
-
-    from vaegan.export import export_all
-
-    torch.set_num_threads(1)
-    m = export_all(shipped_vaegan, shipped_classifier, tmp_path, echo=lambda s: None)
+def test_export_shipped_weights(shipped_export):
+    tmp_path, m = shipped_export
     assert m["latent_dim"] == 48
     for name, g in m["graphs"].items():
         assert all(v["ok"] for v in g["validation"].values()), (name, g["validation"])

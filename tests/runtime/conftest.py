@@ -15,21 +15,14 @@ SAMPLES = ROOT / "samples" / "frames"
 
 
 @pytest.fixture(scope="session")
-def artifacts_dir(tmp_path_factory, tiny_vaegan_ckpt, tiny_classifier_ckpt) -> Path:
-    from vaegan.export import export_all
-
-    out = tmp_path_factory.mktemp("artifacts")
-    export_all(tiny_vaegan_ckpt, tiny_classifier_ckpt, out, opset=18, max_batch=64)
-    return out
+def artifacts_dir(tiny_artifacts) -> Path:
+    """The session's one export of the tiny checkpoints (tests/conftest.py)."""
+    return tiny_artifacts
 
 
 @pytest.fixture(scope="session")
-def shipped_artifacts_dir(tmp_path_factory, shipped_vaegan, shipped_classifier) -> Path:
-    from vaegan.export import export_all
-
-    out = tmp_path_factory.mktemp("shipped_artifacts")
-    export_all(shipped_vaegan, shipped_classifier, out, opset=18, max_batch=64)
-    return out
+def shipped_artifacts_dir(shipped_export) -> Path:
+    return shipped_export[0]
 
 
 @pytest.fixture
