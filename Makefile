@@ -27,9 +27,7 @@ $(STAMP): pyproject.toml
 # with the torch-free runtime, and a small evaluation that writes a purification grid.
 demo: $(STAMP)
 	$(BIN)/vaegan-export --out artifacts
-	$(BIN)/vaegan-run --input samples/frames --artifacts artifacts --out out/demo --quiet; rc=$$?; \
-	  echo "vaegan-run exit code $$rc (1 = some inputs failed: samples/frames/broken_*.png are corrupt on purpose)"; \
-	  test $$rc -le 1
+	$(BIN)/vaegan-run --input samples/frames --artifacts artifacts --out out/demo --quiet
 	@echo "--- summary (out/demo/summary.json)"; cat out/demo/summary.json; echo
 	@echo "purified frames: out/demo/purified/   predictions: out/demo/predictions.jsonl"
 	$(BIN)/vaegan-eval --quick --out reports/demo
