@@ -8,7 +8,8 @@
    and an arithmetic ``aten.leaky_relu_backward`` (``g * (slope + (1 - slope) * (x > 0))``, faster than ``Where``
    on ORT-CPU);
 3. export the resulting ``GraphModule`` with ``torch.onnx.export(dynamo=True)`` and a symbolic batch dimension;
-4. tidy the ONNX graph: inline local functions, fold ``Transpose`` of initializers into the initializer.
+4. tidy the ONNX graph: inline local functions, fold ``Transpose`` of initializers into the initializer (a
+   weight with other uses keeps its original and gets a transposed copy: no Transpose left in the Loop body).
 
 Why this route: exporting a module whose ``forward`` calls ``torch.autograd.grad`` / ``torch.func.vjp`` fails in
 ``torch.export`` (strict and non-strict) and in the legacy exporter, and ``aot_export_joint_simple`` silently bakes
@@ -168,12 +169,14 @@ def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
             uses[i] = uses.get(i, 0) + 1
     keep = []
     for n in g.node:
-        if n.op_type == "Transpose" and n.input[0] in inits and uses.get(n.input[0], 0) == 1:
+        if n.op_type == "Transpose" and n.input[0] in inits:
+            # (an initializer with other uses stays; the transposed copy is a new initializer)
             perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None)
             arr = numpy_helper.to_array(inits[n.input[0]])
             arr = np.ascontiguousarray(np.transpose(arr, perm))
             new = numpy_helper.from_array(arr, n.output[0])
-            g.initializer.remove(inits.pop(n.input[0]))
+            if uses.get(n.input[0], 0) == 1:
+                g.initializer.remove(inits.pop(n.input[0]))
             g.initializer.append(new)
             inits[new.name] = new
             continue
