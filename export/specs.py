@@ -18,7 +18,7 @@ from vaegan.train.purifier import latent_loss
 
 IMAGE = ("N", 1, 28, 28)
 
-# Tolerances (|onnx - torch| <= atol + rtol * |torch|, elementwise), fp32 on CPU, against the unfolded torch module.
+# Tolerances (|onnx - torch| <= atol + rtol * max|torch| over each output, see validate.compare), fp32 on CPU, against the unfolded torch module.
 TOL_FORWARD = {"atol": 1e-5, "rtol": 1e-4}
 TOL_GRAD = {"atol": 1e-5, "rtol": 1e-4}
 TOL_LOOP = {"atol": 1e-4, "rtol": 1e-4}   # T steps of descent accumulate fp32 rounding
