@@ -18,15 +18,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def tiny_artifacts(tmp_path_factory, tiny_vaegan_ckpt, tiny_classifier_ckpt):
-    from vaegan.export import export_all
-
-    out = tmp_path_factory.mktemp("bench_artifacts")
-    export_all(tiny_vaegan_ckpt, tiny_classifier_ckpt, out, opset=18, max_batch=64, echo=lambda *_: None)
-    return out
-
-
 def _run(tmp_path, ckpt, clf, arts, *extra):
     js, png = tmp_path / "results.json", tmp_path / "latency.png"
     cmd = [sys.executable, str(BENCH), "--quick", "--checkpoint", str(ckpt), "--classifier", str(clf),
