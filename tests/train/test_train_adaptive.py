@@ -1,0 +1,216 @@
+"""Adaptive attacks (vaegan.train.adaptive) on the tiny random-init nets and a handful of images."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from vaegan.train import checkpoint
+from vaegan.train.adaptive import (AdaptiveConfig, RandomizedPurifier, RuntimeModel, StraightThrough, TrackedPGD,
+                                   margin)
+from vaegan.train.cli import adaptive_cli
+from vaegan.train.config import PurifyConfig
+from vaegan.train.errors import VaeganError
+from vaegan.train.purifier import Defended, Purifier, purify
+
+from ..conftest import requires_data
+
+CFG = PurifyConfig(steps=3, eta=0.05)
+
+
+def _calibrate_bn(net, *batches):
+    """Set every BatchNorm's statistics to those of one batch per callable (training-mode forward)."""
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: one batch sets the statistics to that batch's
+    net.train()
+    with torch.no_grad():
+        for fn in batches:
+            fn()
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def live_ckpts(tmp_path_factory, tiny_vaegan_ckpt, tiny_classifier_ckpt):
+    """The tiny checkpoints with BatchNorm statistics calibrated on one batch of noise: with the init statistics
+    the classifier's activations vanish through 13 layers (logits independent of the input) and G(z) is a flat grey
+    image whatever z, so there would be nothing to attack."""
+    g = torch.Generator().manual_seed(2)
+    out = tmp_path_factory.mktemp("live")
+    paths = []
+    for kind, src in (("vaegan", tiny_vaegan_ckpt), ("classifier", tiny_classifier_ckpt)):
+        net, raw = checkpoint.load_model(src, kind)
+        if kind == "classifier":
+            _calibrate_bn(net, lambda: net(torch.rand(64, 1, 28, 28, generator=g)))
+        else:
+            _calibrate_bn(net, lambda: net.encoder(torch.rand(64, 1, 28, 28, generator=g)),
+                          lambda: net.decoder(torch.randn(64, net.args.latent_dim, generator=g)))
+        path = out / f"live_{kind}.pt"
+        checkpoint.save(path, {**{k: v for k, v in raw.items() if k != "format"}, "model": net.state_dict()})
+        paths.append(path)
+    return tuple(paths)
+
+
+@pytest.fixture(scope="module")
+def nets(live_ckpts):
+    return checkpoint.load_model(live_ckpts[0], "vaegan")[0], checkpoint.load_model(live_ckpts[1], "classifier")[0]
+
+
+@pytest.fixture(scope="module")
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(4, 1, 28, 28, generator=g), torch.tensor([0, 3, 5, 7])
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, live_ckpts):
+    from vaegan.export import export_all
+
+    out = tmp_path_factory.mktemp("adaptive_artifacts")
+    export_all(*live_ckpts, out, opset=18, max_batch=16, echo=lambda *a, **k: None)
+    return out
+
+
+def test_bpda_gradient_is_the_classifier_gradient_at_purify_x(nets, batch):
+    vg, clf = nets
+    x, y = batch
+    xg = x.clone().requires_grad_(True)
+    out = Defended(StraightThrough(Purifier(vg, CFG)), clf)(xg)
+    g_bpda, = torch.autograd.grad(F.cross_entropy(out, y, reduction="sum"), xg)
+    p = purify(vg, x, CFG).x.detach().requires_grad_(True)
+    ref_logits = clf(p)
+    g_ref, = torch.autograd.grad(F.cross_entropy(ref_logits, y, reduction="sum"), p)
+    assert torch.allclose(out, ref_logits, atol=1e-5)  # forward: the real defended model
+    assert g_bpda.abs().sum() > 0
+    assert torch.allclose(g_bpda, g_ref, atol=1e-6)
+
+
+def test_full_gradient_pgd_through_all_steps_lowers_the_defended_margin(nets, batch):
+    vg, clf = nets
+    x, y = batch
+    full = Defended(Purifier(vg, CFG, differentiable=True), clf).eval()
+    defended = Defended(Purifier(vg, CFG), clf).eval()
+    atk = TrackedPGD(full, eps=0.1, alpha=0.02, steps=3, loss="margin", checkpoints=(1, 2), seed=0)
+    g, _ = atk.gradient(x, y)
+    bpda_g, _ = TrackedPGD(Defended(StraightThrough(Purifier(vg, CFG)), clf).eval(), loss="margin").gradient(x, y)
+    assert g.abs().sum() > 0 and not torch.allclose(g, bpda_g)  # it goes through the unrolled loop
+    x_adv = atk(x, y)
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    with torch.no_grad():
+        before, after = margin(defended(x), y), margin(defended(x_adv), y)
+        assert defended(x).std(0).max() > 1e-5  # the logits depend on the input (weakly: a random-init G)
+    assert after.mean() < before.mean() - 1e-4
+    assert set(atk.curve) == {1, 2, 3} and atk.fooled.shape == (4,)
+    assert not clf.training  # torchattacks restores the wrapper's mode: it must have been eval
+
+
+@pytest.mark.parametrize("eot_rows", [2000, 4])
+def test_eot_averages_the_configured_number_of_samples(nets, batch, eot_rows):
+    vg, clf = nets
+    x, y = batch
+    rcfg = PurifyConfig(steps=1, restarts=3, noise=1.0)
+    rp = RandomizedPurifier(vg, rcfg, seed=7)
+    atk = TrackedPGD(Defended(StraightThrough(rp), clf).eval(), eot_iter=20, eot_rows=eot_rows)
+    g, logits = atk.gradient(x, y)
+    assert rp.draws == 20 * len(x)
+    assert rp.calls == (1 if eot_rows == 2000 else 20)
+    assert logits.shape == (4, 10)
+    with pytest.raises(VaeganError, match="no randomness"):
+        RandomizedPurifier(vg, PurifyConfig(restarts=1), noisy_seed=False)
+    # the gradient is the mean of the per-sample BPDA gradients (replayed with the same noise stream)
+    if eot_rows == 4:
+        ref = RandomizedPurifier(vg, rcfg, seed=7)
+        grads = []
+        for _ in range(20):
+            xs = x.clone().requires_grad_(True)
+            out = clf(xs + (ref(xs) - xs).detach())  # = clf(purify_s(x)); d/dx = the classifier's gradient there
+            grads.append(torch.autograd.grad(F.cross_entropy(out, y, reduction="sum"), xs)[0])
+        err = (g - torch.stack(grads).mean(0)).abs().max().item()
+        assert err < 1e-5 * g.abs().max().item() + 1e-6, err
+        assert not all(torch.allclose(grads[0], gs) for gs in grads[1:])  # the draws really differ
+
+
+def test_square_queries_the_runtime_wrapper_for_scores_only(nets, batch, artifacts):
+    import torchattacks
+
+    vg, clf = nets
+    x, y = batch
+    rt = RuntimeModel(artifacts, PurifyConfig()).eval()
+    outputs = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rt = rt
+
+        def forward(self, inp):
+            out = self.rt(inp)
+            outputs.append(out)
+            return out
+
+    spy = Spy().eval()
+    xg = x.clone().requires_grad_(True)
+    out = rt(xg)
+    assert out.grad_fn is None and not out.requires_grad  # no gradient path from the runtime's scores
+    with torch.no_grad():
+        ref = Defended(Purifier(vg, PurifyConfig()), clf).eval()(x)
+    assert torch.allclose(out, ref, atol=1e-3)  # the wrapper is the same model
+    q0 = rt.queries
+    x_adv = torchattacks.Square(spy, norm="Linf", eps=0.1, n_queries=4, seed=0)(x, y)
+    rt.close()
+    assert rt.queries > q0 and outputs and all(o.grad_fn is None and not o.requires_grad for o in outputs)
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6
+
+
+def test_bad_input_is_a_one_line_error():
+    with pytest.raises(VaeganError, match="unknown adaptive attack 'pgd'"):
+        AdaptiveConfig(attacks=("bpda", "pgd"))
+    with pytest.raises(VaeganError, match="eps 1.5 out of range"):
+        AdaptiveConfig(eps=(0.1, 1.5))
+    r = CliRunner().invoke(adaptive_cli, ["--attacks", "bpda,deepfool"])
+    assert r.exit_code == 1 and r.output.strip() == (
+        "Error: unknown adaptive attack 'deepfool' (expected one of bpda, bpda_eot, full, apgd, square, transfer, "
+        "latent)")
+    for bad in ("-0.1", "0.1,2"):
+        r = CliRunner().invoke(adaptive_cli, ["--eps", bad])
+        assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1 and "out of range" in r.output
+    r = CliRunner().invoke(adaptive_cli, ["--eps", "a"])
+    assert r.exit_code == 1 and "expected comma-separated numbers" in r.output and "Traceback" not in r.output
+
+
+@requires_data
+def test_cli_writes_the_report_on_4_images(live_ckpts, tiny_vaegan_ckpt, artifacts, tmp_path):
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "report.json").write_text(json.dumps({"n": 4, "table": {
+        "none": {"clean": 10.0, "pgd40_eps0.1": 0.0},
+        "vaegan (T=10, eta=0.02, lam=1, R=1)": {"clean": 9.0, "pgd40_eps0.1": 50.0}}}))
+    r = CliRunner().invoke(adaptive_cli, [
+        "--checkpoint", str(live_ckpts[0]), "--classifier", str(live_ckpts[1]), "--n", "4",
+        "--eps", "0.1,0.3", "--attack-steps", "2", "--curve", "1,2", "--eot-samples", "2", "--eot-restarts", "2",
+        "--apgd-targets", "1", "--square-queries", "3", "--artifacts", str(artifacts),
+        "--surrogate", str(live_ckpts[1]), "--steps", "1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    # artifacts exported from other weights are refused: square must query the model under test
+    r2 = CliRunner().invoke(adaptive_cli, ["--checkpoint", str(tiny_vaegan_ckpt), "--classifier", str(live_ckpts[1]),
+                                           "--n", "4", "--attacks", "square", "--artifacts", str(artifacts),
+                                           "--out", str(tmp_path / "other")])
+    assert r2.exit_code == 1 and "exported from another checkpoint" in r2.output
+    rep = json.loads((out / "adaptive.json").read_text())
+    assert rep["n"] == 4 and set(rep["attacks"]) == {"bpda", "bpda_eot", "full", "apgd", "square", "transfer",
+                                                     "latent"}
+    for name, per in rep["attacks"].items():
+        assert set(per) == {"0.1", "0.3"}
+        for e, v in per.items():
+            assert 0 <= v["accuracy"] <= 100 and v["linf"] <= float(e) + 1e-5
+    assert set(rep["attacks"]["bpda"]["0.1"]["curve"]) == {"1", "2"}
+    for name in ("bpda", "full", "transfer", "latent"):  # deterministic scoring: the table agrees with the curve
+        for e in ("0.1", "0.3"):
+            assert rep["attacks"][name][e]["accuracy"] == pytest.approx(rep["attacks"][name][e]["curve"]["2"])
+    assert rep["any"]["0.3"] <= min(rep["attacks"][a]["0.3"]["accuracy"] for a in ("bpda", "full", "apgd", "square"))
+    md = (out / "adaptive.md").read_text()
+    assert "BPDA + PGD" in md and "oblivious pgd40 (purified), first 4" in md and "Convergence" in md
+    assert (out / "adaptive.png").stat().st_size > 1000

@@ -1,0 +1,736 @@
+"""Adaptive attacks on the whole defended pipeline ``classifier(purifier(x))`` (L-inf, images Nx1x28x28 in [0, 1]).
+
+Purification defenses look strong against attackers who ignore them (``evaluate.py``: the oblivious attacker) and
+often fall to attackers who do not (Athalye, Carlini & Wagner 2018, "Obfuscated gradients give a false sense of
+security"; Croce et al. 2022, "Evaluating the adversarial robustness of adaptive test-time defenses"). Every attack
+here targets the defended model, each at every ``eps`` on the first ``n`` test images:
+
+| name       | attacker | gradient / access |
+|------------|----------|-------------------|
+| ``bpda``     | PGD (``TrackedPGD``) | BPDA: purifier = identity on the backward pass, ``x + (purify(x) - x).detach()`` |
+| ``bpda_eot`` | PGD + EOT | BPDA, averaged over ``eot_samples`` draws of a *randomised* purifier (R noisy restarts, fresh noise per draw) |
+| ``full``     | PGD | exact gradient through all T unrolled purification steps (``Purifier(differentiable=True)``) |
+| ``apgd``     | APGD-CE then APGD-T (torchattacks; AutoAttack's gradient components) | the better of bpda / full |
+| ``square``   | Square (torchattacks), scores only | queries the deployed runtime (``vaegan.runtime``, fused ONNX backend) |
+| ``transfer`` | PGD on an independently trained surrogate classifier | none of the defended model |
+| ``latent``   | PGD on ``||mu_E(x + d) - mu_E(x_target)||^2`` (x_target: an image of another class) | encoder only |
+
+Accuracy is the defended model's accuracy on the attack's output. PGD attacks (``TrackedPGD``) keep, per image, the
+first iterate that fools the (deterministic) defended model, checked every step where the model's own logits come
+for free and at the convergence checkpoints (accuracy vs steps, e.g. 10/20/50/100) otherwise. ``bpda_eot`` attacks
+(and is scored on) the randomised purifier, a different defense from the deployed deterministic one: its row says so.
+``transfer`` scores the final iterate only (choosing iterates by querying the defended model would not be transfer),
+and so does ``bpda_eot``, with a fresh draw of the randomised purifier (a lucky draw must not count as a success).
+The ``any`` row is the per-image worst case over the white-box/black-box attacks on the deterministic defense.
+
+Outputs: ``OUT/adaptive.md``, ``OUT/adaptive.json``, ``OUT/adaptive.png`` (accuracy vs eps per attack, with the
+oblivious numbers from ``OUT/report.json`` when ``vaegan-eval`` wrote one there).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchattacks.attack import Attack
+
+from . import checkpoint as ckpt_io
+from .config import PurifyConfig
+from .errors import VaeganError
+from .purifier import Defended, Purifier, check_config, purify
+
+ATTACKS = ("bpda", "bpda_eot", "full", "apgd", "square", "transfer", "latent")
+WHITE_OR_BLACK_BOX = ("bpda", "full", "apgd", "square", "latent")  # scored on the deterministic defense: "any" row
+LOSSES = ("ce", "margin")
+
+
+@dataclass
+class AdaptiveConfig:
+    n: int = 1000                        # the first n test images (fixed subset)
+    eps: tuple = (0.05, 0.1, 0.2, 0.3)
+    attacks: tuple = ATTACKS
+    steps: int = 100                     # PGD steps (bpda, bpda_eot, full, transfer, latent); APGD steps too
+    checkpoints: tuple = (10, 20, 50, 100)  # convergence check: accuracy after this many steps (<= steps)
+    alpha_ratio: float = 0.1             # PGD step size = alpha_ratio * eps
+    restarts: int = 1                    # PGD random restarts (per-image worst case over restarts)
+    loss: str = "ce"                     # PGD loss: "ce" or "margin" (CW margin)
+    eot_samples: int = 20                # draws of the randomised purifier per gradient (bpda_eot)
+    eot_restarts: int = 4                # R of the randomised purifier attacked by bpda_eot (fresh noise per draw)
+    apgd_grad: str = "auto"              # "bpda", "full" or "auto" (the one with the lower accuracy at that eps)
+    apgd_targets: int = 9                # APGD-T target classes (AutoAttack: 9)
+    square_queries: int = 1000           # per image (AutoAttack standard: 5000)
+    artifacts: str | None = None         # exported artifacts for square (default: export to OUT/artifacts)
+    surrogate: str | None = None         # surrogate classifier checkpoint for transfer (default: train one)
+    surrogate_epochs: int = 2
+    surrogate_train_limit: int | None = None
+    surrogate_width_div: int = 8
+    latent_pool: int = 2000              # x_target is the first image of the target class among the first K test images
+    seed: int = 0
+    batch_size: int = 100
+    threads: int | None = None
+    purify: PurifyConfig = field(default_factory=PurifyConfig)
+    out: str = "reports"
+    data_root: str | None = None
+
+    def __post_init__(self):
+        self.eps = tuple(float(e) for e in self.eps)
+        self.attacks = tuple(self.attacks)
+        self.checkpoints = tuple(int(c) for c in self.checkpoints)
+        bad = [a for a in self.attacks if a not in ATTACKS]
+        if bad:
+            raise VaeganError(f"unknown adaptive attack {bad[0]!r} (expected one of {', '.join(ATTACKS)})")
+        if not self.attacks:
+            raise VaeganError("no attack selected")
+        bad = [e for e in self.eps if not 0.0 <= e <= 1.0]
+        if bad:
+            raise VaeganError(f"eps {bad[0]:g} out of range: pixels are in [0, 1], eps must be in [0, 1]")
+        if self.n < 1 or self.steps < 1 or self.restarts < 1 or self.eot_samples < 1 or self.batch_size < 1:
+            raise VaeganError(f"n, steps, restarts, eot-samples and batch-size must be >= 1 (got n={self.n}, "
+                              f"steps={self.steps}, restarts={self.restarts}, eot_samples={self.eot_samples}, "
+                              f"batch_size={self.batch_size})")
+        if self.eot_restarts < 2:
+            raise VaeganError(f"eot-restarts must be >= 2 (the randomness of the purifier; got {self.eot_restarts})")
+        if self.loss not in LOSSES:
+            raise VaeganError(f"unknown loss {self.loss!r} (expected one of {', '.join(LOSSES)})")
+        if self.apgd_grad not in ("auto", "bpda", "full"):
+            raise VaeganError(f"unknown apgd gradient {self.apgd_grad!r} (expected auto, bpda or full)")
+        if not 0 < self.alpha_ratio <= 1:
+            raise VaeganError(f"alpha-ratio must be in (0, 1] (got {self.alpha_ratio})")
+        if not 1 <= self.apgd_targets <= 9:
+            raise VaeganError(f"apgd-targets must be in 1..9 (got {self.apgd_targets})")
+        try:
+            check_config(self.purify)
+        except ValueError as e:
+            raise VaeganError(str(e)) from None
+
+
+# ------------------------------------------------------------------------------------------------ defended models
+
+class StraightThrough(nn.Module):
+    """BPDA (Athalye et al. 2018): the purifier on the forward pass, the identity on the backward pass,
+    ``x + (purify(x) - x).detach()``; so d classifier(purifier(x)) / dx = the classifier's gradient at purify(x)."""
+
+    def __init__(self, purifier: nn.Module):
+        super().__init__()
+        self.purifier = purifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            p = self.purifier(x.detach())
+        return x + (p - x).detach()
+
+
+class RandomizedPurifier(nn.Module):
+    """The purifier with fresh restart noise on every call (its own generator, so every row of every call is an
+    independent draw): R = ``cfg.restarts`` restarts from mu_E(x) + ``cfg.noise`` * N(0, I) (init "encoder") or
+    from ``cfg.noise`` * N(0, I) (init "random"); per image the restart with the lowest objective wins (``purify``).
+
+    ``noisy_seed=False`` keeps ``purify``'s convention that restart 0 starts at mu_E(x) itself; that restart usually
+    wins, which makes the purifier nearly deterministic, so the default puts noise on every restart.
+    ``draws`` counts purified rows (EOT samples x images), ``calls`` forward calls."""
+
+    def __init__(self, vg, cfg: PurifyConfig, seed: int = 0, noisy_seed: bool = True):
+        super().__init__()
+        if cfg.noise <= 0 or (cfg.restarts < 2 and cfg.init == "encoder" and not noisy_seed):
+            raise VaeganError(f"purifier config restarts={cfg.restarts}, noise={cfg.noise} has no randomness")
+        self.vg = vg.eval()
+        self.cfg = cfg
+        self.noisy_seed = noisy_seed
+        self.gen = torch.Generator().manual_seed(seed)
+        self.draws = 0
+        self.calls = 0
+
+    def noise(self, n: int) -> torch.Tensor:
+        noise = torch.randn(self.cfg.restarts, n, self.vg.args.latent_dim, generator=self.gen) * self.cfg.noise
+        if self.cfg.init == "encoder" and not self.noisy_seed:
+            noise[0] = 0
+        return noise
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.draws += x.shape[0]
+        self.calls += 1
+        with torch.no_grad():
+            return purify(self.vg, x.detach(), self.cfg, noise=self.noise(x.shape[0])).x
+
+
+class MeanEncoder(nn.Module):
+    """x -> mu_E(x) (the latent attack's target network)."""
+
+    def __init__(self, vg):
+        super().__init__()
+        self.vg = vg.eval()
+
+    def forward(self, x):
+        return self.vg.encoder(x)[0]
+
+
+class RuntimeModel(nn.Module):
+    """The deployed runtime (``vaegan.runtime``: purifier backend + classifier over ONNX Runtime) as an
+    ``nn.Module`` that returns logits computed in numpy: scores only, no gradient ever reaches the input (the output
+    is a fresh leaf tensor, ``grad_fn is None``). For black-box attacks (Square).
+
+    ``queries`` counts the images sent to the runtime; ``grad_enabled_calls`` how many calls arrived with autograd
+    on (harmless: nothing here is differentiable, it is recorded so tests can see it)."""
+
+    def __init__(self, artifacts_dir, purify_cfg: PurifyConfig | None = None, backend: str = "fused",
+                 threads: int | None = None):
+        super().__init__()
+        from vaegan.runtime.artifacts import load_artifacts
+        from vaegan.runtime.purify import PurifyParams, make_classifier, make_purifier
+
+        self.artifacts = load_artifacts(artifacts_dir)
+        params = None
+        if purify_cfg is not None:
+            if purify_cfg.mode != "latent" or purify_cfg.init != "encoder":
+                raise VaeganError(f"the runtime implements mode=latent, init=encoder only (got mode={purify_cfg.mode}"
+                                  f", init={purify_cfg.init}): square cannot attack this purifier")
+            params = PurifyParams(steps=purify_cfg.steps, eta=purify_cfg.eta, lam=purify_cfg.lam,
+                                  momentum=purify_cfg.momentum, restarts=purify_cfg.restarts, noise=purify_cfg.noise,
+                                  seed=purify_cfg.seed)
+        self.purifier = make_purifier(self.artifacts, backend, params, threads=threads)
+        self.classifier = make_classifier(self.artifacts, backend, threads=threads)
+        self._active = False
+        # a zero-size frozen parameter so torchattacks finds the device (it reads next(model.parameters()))
+        self._device_anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
+        self.queries = 0
+        self.calls = 0
+        self.grad_enabled_calls = 0
+
+    def activate(self):
+        if not self._active:
+            self.purifier.activate()
+            self.classifier.runner.activate()
+            self._active = True
+
+    def close(self):
+        if self._active:
+            self.purifier.deactivate()
+            self.classifier.runner.deactivate()
+            self._active = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.grad_enabled_calls += int(torch.is_grad_enabled())
+        self.queries += x.shape[0]
+        self.activate()
+        xn = x.detach().cpu().float().numpy()
+        out = self.purifier.purify(xn)
+        _, _, logits = self.classifier(out.purified, self.artifacts.max_batch)
+        return torch.from_numpy(logits.copy()).to(x.device)
+
+
+# ------------------------------------------------------------------------------------------------ attacks
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """logit of the label minus the largest other logit, per image (> 0: correctly classified)."""
+    true = logits.gather(1, y[:, None])[:, 0]
+    other = logits.clone()
+    other.scatter_(1, y[:, None], float("-inf"))
+    return true - other.max(1).values
+
+
+class TrackedPGD(Attack):
+    r"""L-inf PGD (Madry et al. 2018) with random start, random restarts, EOT (Athalye et al. 2018) and a
+    convergence record.
+
+    Arguments:
+        model (nn.Module): the attacked function (its gradient is what the attack follows): a BPDA defended model,
+            a differentiable defended model, a surrogate, ...
+        eps (float): L-inf budget. alpha (float): step size. steps (int): iterations. restarts (int).
+        loss (str): "ce" (ascend cross-entropy) or "margin" (descend the CW margin).
+        eot_iter (int): forward/backward samples averaged per gradient (``model`` should be random); the samples
+            run as one batch of ``eot_iter * N`` rows (in chunks of at most ``eot_rows``).
+        eval_model (nn.Module | None): the defended model that scores iterates (default: ``model``).
+        checkpoints (tuple): steps at which ``eval_model`` scores the iterate (accuracy vs steps); the last step
+            is always one.
+        worst_case (bool): keep per image the first scored iterate that fools ``eval_model`` (and score every step
+            for free from ``model``'s logits when ``model`` is ``eval_model`` and ``eot_iter == 1``); False: score
+            and return the final iterate (transfer attacks).
+        seed (int): seeds the random start (own generator).
+
+    Shape: images (N, C, H, W) in [0, 1]; labels (N,). After a call, ``curve`` maps step -> accuracy (%) and
+    ``fooled`` is the per-image bool tensor.
+    """
+
+    def __init__(self, model, eps=0.1, alpha=0.01, steps=100, restarts=1, loss="ce", eot_iter=1, eval_model=None,
+                 checkpoints=(), worst_case=True, seed=0, eot_rows=2000):
+        super().__init__("TrackedPGD", model)
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}")
+        self.eps, self.alpha, self.steps, self.restarts = eps, alpha, steps, restarts
+        self.loss, self.eot_iter, self.eval_model = loss, eot_iter, eval_model
+        self.checkpoints = tuple(sorted({c for c in checkpoints if 0 < c < steps} | {steps}))
+        self.worst_case, self.seed, self.eot_rows = worst_case, seed, eot_rows
+        self.supported_mode = ["default"]
+        self.curve: dict[int, float] = {}
+        self.fooled: torch.Tensor | None = None
+
+    def objective(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-image quantity to *ascend*."""
+        if self.loss == "ce":
+            return F.cross_entropy(logits, y, reduction="none")
+        return -margin(logits, y)
+
+    def gradient(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean over ``eot_iter`` samples of d objective / dx, mean logits), both for the N images of x."""
+        n = x.shape[0]
+        per = max(1, self.eot_rows // max(n, 1))
+        grad = torch.zeros_like(x)
+        logits_sum = None
+        done = 0
+        while done < self.eot_iter:
+            k = min(per, self.eot_iter - done)
+            xk = x.detach().repeat(k, 1, 1, 1).requires_grad_(True)  # sample-major: row s*n + i
+            with torch.enable_grad():
+                logits = self.get_logits(xk)
+                obj = self.objective(logits, y.repeat(k, *([1] * (y.dim() - 1)))).sum()
+                g, = torch.autograd.grad(obj, xk)
+            grad += g.view(k, *x.shape).sum(0)
+            ls = logits.detach().view(k, n, -1).sum(0)
+            logits_sum = ls if logits_sum is None else logits_sum + ls
+            done += k
+        return grad / self.eot_iter, logits_sum / self.eot_iter
+
+    @torch.no_grad()
+    def _predict(self, x):
+        model = self.eval_model if self.eval_model is not None else self.model
+        return model(x).argmax(1)
+
+    def forward(self, images, labels):
+        return self.run(images, labels, labels)
+
+    def run(self, images, labels, eval_labels):
+        """``labels`` feed the objective, ``eval_labels`` the scoring (the latent attack's labels are codes)."""
+        x0 = images.clone().detach().to(self.device)
+        y = labels.clone().detach().to(self.device)
+        ye = eval_labels.clone().detach().to(self.device)
+        gen = torch.Generator().manual_seed(self.seed)
+        n = x0.shape[0]
+        best = x0.clone()
+        fooled = torch.zeros(n, dtype=torch.bool)
+        fooled_by = {t: torch.zeros(n, dtype=torch.bool) for t in self.checkpoints}
+        free = self.worst_case and self.eval_model is None and self.eot_iter == 1
+        for r in range(self.restarts):
+            x = (x0 + torch.empty_like(x0).uniform_(-self.eps, self.eps, generator=gen)).clamp(0, 1)
+            fooled_r = torch.zeros(n, dtype=torch.bool)
+            for t in range(1, self.steps + 1):
+                g, logits = self.gradient(x, y)
+                if free:  # the logits of the exact defended model at the current iterate
+                    new = (logits.argmax(1) != ye) & ~fooled
+                    best[new], fooled[new] = x[new], True
+                    fooled_r |= logits.argmax(1) != ye
+                x = x.detach() + self.alpha * g.sign()
+                x = (x0 + (x - x0).clamp(-self.eps, self.eps)).clamp(0, 1)
+                if t in fooled_by:
+                    wrong = self._predict(x) != ye
+                    if self.worst_case:
+                        new = wrong & ~fooled
+                        best[new], fooled[new] = x[new], True
+                        fooled_r |= wrong
+                        fooled_by[t] |= fooled_r
+                    else:
+                        fooled_by[t] = wrong
+            if not self.worst_case:
+                best, fooled = x.detach(), fooled_by[self.steps]
+        self.curve = {t: 100.0 * (1 - fooled_by[t].float().mean().item()) for t in self.checkpoints}
+        self.fooled = fooled.clone()
+        return best.detach()
+
+
+def apgd(model, eps: float, steps: int, seed: int = 0, targets: int = 9):
+    """AutoAttack's gradient components (Croce & Hein 2020): APGD-CE, then APGD-T (DLR, ``targets`` target
+    classes) on the images APGD-CE did not fool (torchattacks ``MultiAttack``)."""
+    import torchattacks
+
+    ce = torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, loss="ce")
+    t = torchattacks.APGDT(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, n_classes=10)
+    t.n_target_classes = targets
+    return torchattacks.MultiAttack([ce, t])
+
+
+def latent_targets(y: torch.Tensor, pool_x: torch.Tensor, pool_y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image a target class != y (seeded, as ``attacks.random_targets``) and x_target: the first image of that
+    class in the pool."""
+    from .attacks import random_targets
+
+    t = random_targets(y, seed)
+    first = {}
+    for i, c in enumerate(pool_y.tolist()):
+        first.setdefault(c, i)
+    missing = sorted({c for c in t.tolist() if c not in first})
+    if missing:
+        raise VaeganError(f"the latent-target pool has no image of class(es) {missing}: raise --latent-pool")
+    return t, pool_x[torch.tensor([first[c] for c in t.tolist()])]
+
+
+# ------------------------------------------------------------------------------------------------ the evaluation
+
+@torch.no_grad()
+def accuracy(model, x, y, bs=250) -> float:
+    pred = torch.cat([model(x[i:i + bs]).argmax(1) for i in range(0, len(x), bs)])
+    return 100.0 * (pred == y).float().mean().item()
+
+
+def _pgd_over(model, x, y, cfg: AdaptiveConfig, eps, eval_model=None, eot_iter=1, worst_case=True, restarts=None,
+              labels=None):
+    """TrackedPGD in batches; returns (x_adv, fooled (N,), curve {step: acc})."""
+    adv, fooled, curves, sizes = [], [], [], []
+    lab = y if labels is None else labels
+    for i in range(0, len(x), cfg.batch_size):
+        atk = TrackedPGD(model, eps=eps, alpha=cfg.alpha_ratio * eps, steps=cfg.steps,
+                         restarts=cfg.restarts if restarts is None else restarts, loss=cfg.loss, eot_iter=eot_iter,
+                         eval_model=eval_model, checkpoints=cfg.checkpoints, worst_case=worst_case,
+                         seed=cfg.seed + i)
+        sl = slice(i, i + cfg.batch_size)
+        adv.append(atk.run(x[sl], lab[sl], y[sl]) if labels is not None else atk(x[sl], y[sl]))
+        fooled.append(atk.fooled)
+        curves.append(atk.curve)
+        sizes.append(len(x[sl]))
+    curve = {t: sum(c[t] * s for c, s in zip(curves, sizes)) / sum(sizes) for t in curves[0]}
+    return torch.cat(adv), torch.cat(fooled), curve
+
+
+def ensure_artifacts(cfg: AdaptiveConfig, vaegan_path, classifier_path, echo=print) -> Path:
+    """The artifacts Square queries: ``cfg.artifacts``, else OUT/artifacts (exported there on first use). Refuses
+    artifacts exported from other checkpoints."""
+    root = Path(cfg.artifacts) if cfg.artifacts else Path(cfg.out) / "artifacts"
+    if not (root / "manifest.json").is_file():
+        if cfg.artifacts:
+            raise VaeganError(f"{root}: no manifest.json (export with `vaegan-export --out {root}`)")
+        from vaegan.export import export_all
+
+        echo(f"exporting the runtime artifacts to {root} (for square) ...")
+        export_all(vaegan_path, classifier_path, root, purify_cfg=cfg.purify, echo=lambda *a, **k: None)
+    m = json.loads((root / "manifest.json").read_text())
+    for key, path in (("checkpoint", vaegan_path), ("classifier_checkpoint", classifier_path)):
+        sha = (m.get(key) or {}).get("sha256")
+        if sha != ckpt_io.file_sha256(path):
+            raise VaeganError(f"{root}: exported from another {key.replace('_', ' ')} than {path} "
+                              f"(sha256 {str(sha)[:12]}...); square must query the model under test: re-export")
+    return root
+
+
+def surrogate_checkpoint(cfg: AdaptiveConfig, echo=print) -> Path:
+    """``cfg.surrogate``, else a VGG16 trained here on another seed and width (OUT/surrogate/model.pt)."""
+    if cfg.surrogate:
+        return Path(cfg.surrogate)
+    from .config import ClassifierArgs, ClassifierConfig
+    from .trainer import train_classifier
+
+    out = Path(cfg.out) / "surrogate"
+    if not (out / "model.pt").is_file():
+        echo(f"training a surrogate classifier (seed {cfg.seed + 1}, width_div {cfg.surrogate_width_div}, "
+             f"{cfg.surrogate_epochs} epochs) in {out} ...")
+        train_classifier(ClassifierConfig(out=str(out), epochs=cfg.surrogate_epochs, seed=cfg.seed + 1,
+                                          train_limit=cfg.surrogate_train_limit, eval_limit=500,
+                                          data_root=cfg.data_root,
+                                          model=ClassifierArgs(width_div=cfg.surrogate_width_div, fc_width=128)))
+    return out / "model.pt"
+
+
+def evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, data=None, echo=print) -> dict:
+    """Run ``cfg.attacks`` at every ``cfg.eps`` on the first ``cfg.n`` test images; write OUT/adaptive.{md,json,png}.
+    ``data`` = (x, y) overrides the test subset (tests); the latent-target pool is then x itself."""
+    from .data import test_subset
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    vg, _ = ckpt_io.load_model(vaegan_path, "vaegan")
+    clf, _ = ckpt_io.load_model(classifier_path, "classifier")
+    if data is None:
+        x, y, _ = test_subset(cfg.n, cfg.data_root)
+    else:
+        x, y = data[0][: cfg.n], data[1][: cfg.n]
+    pcfg = cfg.purify
+    # .eval() on every wrapper: nn.Module starts in training mode, and torchattacks restores the mode it found
+    # after each attack (``_recover_model_mode``), which would leave the shared classifier in training mode
+    # (dropout, batch-statistics BatchNorm) for everything scored afterwards.
+    defended = Defended(Purifier(vg, pcfg), clf).eval()                   # scores everything deterministic
+    bpda = Defended(StraightThrough(Purifier(vg, pcfg)), clf).eval()
+    full = Defended(Purifier(vg, pcfg, differentiable=True), clf).eval()
+    rcfg = replace(pcfg, restarts=max(cfg.eot_restarts, pcfg.restarts))
+    rand_eval = Defended(RandomizedPurifier(vg, rcfg, seed=cfg.seed + 1_000_003), clf).eval()
+
+    res: dict = {"clean": {"classifier": accuracy(clf, x, y), "defended": accuracy(defended, x, y)},
+                 "attacks": {}, "any": {}}
+    if "bpda_eot" in cfg.attacks:
+        res["clean"]["defended_randomized"] = accuracy(rand_eval, x, y)
+    echo(f"clean: classifier {res['clean']['classifier']:.2f}%, defended {res['clean']['defended']:.2f}% "
+         f"(first {len(x)} test images)")
+    fooled_any = {e: torch.zeros(len(x), dtype=torch.bool) for e in cfg.eps}
+    extras: dict = {}
+    if "transfer" in cfg.attacks:
+        sp = surrogate_checkpoint(cfg, echo)
+        surrogate, _ = ckpt_io.load_model(sp, "classifier")
+        extras["surrogate"] = {"path": str(sp), "sha256": ckpt_io.file_sha256(sp),
+                               "clean_accuracy": accuracy(surrogate, x, y)}
+    if "square" in cfg.attacks:
+        runtime = RuntimeModel(ensure_artifacts(cfg, vaegan_path, classifier_path, echo), pcfg,
+                               threads=cfg.threads).eval()
+        extras["runtime"] = {"backend": runtime.purifier.name, "clean_accuracy": accuracy(runtime, x, y)}
+    if "latent" in cfg.attacks:
+        if data is None:
+            px, py, _ = test_subset(max(cfg.latent_pool, cfg.n), cfg.data_root)
+        else:
+            px, py = data
+        tcls, xt = latent_targets(y, px, py, cfg.seed)
+        with torch.no_grad():
+            codes = MeanEncoder(vg)(xt)
+
+    for name in [a for a in ATTACKS if a in cfg.attacks]:
+        res["attacks"][name] = {}
+        for eps in cfg.eps:
+            t0 = time.perf_counter()
+            rec: dict = {}
+            if name in ("bpda", "full"):
+                xa, fooled, curve = _pgd_over(bpda if name == "bpda" else full, x, y, cfg, eps)
+                rec["curve"] = curve
+            elif name == "bpda_eot":
+                rand_grad = Defended(StraightThrough(RandomizedPurifier(vg, rcfg, seed=cfg.seed + int(eps * 1e4))),
+                                     clf).eval()
+                xa, fooled, curve = _pgd_over(rand_grad, x, y, cfg, eps, eval_model=rand_eval,
+                                              eot_iter=cfg.eot_samples, worst_case=False, restarts=1)
+                seed_at = "mu_E(x) + " if rcfg.init == "encoder" else ""
+                rec.update(curve=curve, defense=f"R={rcfg.restarts} restarts, all seeded at {seed_at}"
+                                                f"{rcfg.noise:g} N(0, I), fresh noise per call",
+                           eot_samples=cfg.eot_samples)
+            elif name == "apgd":
+                grad = cfg.apgd_grad
+                if grad == "auto":
+                    done = {g: res["attacks"][g][str(eps)]["accuracy"] for g in ("bpda", "full")
+                            if str(eps) in res["attacks"].get(g, {})}
+                    grad = min(done, key=done.get) if done else "full"
+                model = bpda if grad == "bpda" else full
+                xa = torch.cat([apgd(model, eps, cfg.steps, cfg.seed, cfg.apgd_targets)(xb, yb)
+                                for xb, yb in zip(x.split(cfg.batch_size), y.split(cfg.batch_size))])
+                with torch.no_grad():
+                    fooled = torch.cat([defended(b).argmax(1) for b in xa.split(cfg.batch_size)]) != y
+                rec["gradient"] = grad
+            elif name == "square":
+                import torchattacks
+
+                q0 = runtime.queries
+                xa = torch.cat([torchattacks.Square(runtime, norm="Linf", eps=eps, n_queries=cfg.square_queries,
+                                                    n_restarts=1, seed=cfg.seed, loss="margin")(xb, yb)
+                                for xb, yb in zip(x.split(cfg.batch_size), y.split(cfg.batch_size))])
+                with torch.no_grad():
+                    fooled = torch.cat([runtime(b).argmax(1) for b in xa.split(cfg.batch_size)]) != y
+                    torch_acc = accuracy(defended, xa, y)
+                rec.update(queries=runtime.queries - q0, torch_reference_accuracy=torch_acc)
+            elif name == "transfer":
+                xa, _, curve = _pgd_over(surrogate, x, y, cfg, eps, eval_model=defended, worst_case=False,
+                                         restarts=1)
+                with torch.no_grad():
+                    fooled = torch.cat([defended(b).argmax(1) for b in xa.split(cfg.batch_size)]) != y
+                rec.update(curve=curve, surrogate_accuracy=accuracy(surrogate, xa, y),
+                           undefended_accuracy=accuracy(clf, xa, y))
+            else:  # latent
+                xa, fooled, curve = _latent_over(vg, defended, x, y, codes, cfg, eps)
+                with torch.no_grad():
+                    pred = torch.cat([defended(b).argmax(1) for b in xa.split(cfg.batch_size)])
+                rec.update(curve=curve, target_success=100.0 * (pred == tcls).float().mean().item(),
+                           latent_distance_before=_latent_dist(vg, x, codes),
+                           latent_distance_after=_latent_dist(vg, xa, codes))
+            assert not clf.training and not vg.training, f"{name}: a net was left in training mode"
+            linf = (xa - x).abs().amax().item()
+            if linf > eps + 1e-5:  # a bug, not a user error
+                raise AssertionError(f"{name} eps {eps}: perturbation {linf} exceeds the budget")
+            rec.update(accuracy=100.0 * (1 - fooled.float().mean().item()), seconds=time.perf_counter() - t0,
+                       linf=linf)
+            if name in WHITE_OR_BLACK_BOX or name == "transfer":
+                fooled_any[eps] |= fooled
+            res["attacks"][name][str(eps)] = rec
+            echo(f"{name:9s} eps {eps:<5g} accuracy {rec['accuracy']:6.2f}%  ({rec['seconds']:.0f}s)"
+                 + (f"  curve {_fmt_curve(rec['curve'])}" if "curve" in rec else ""))
+    if any(a in cfg.attacks for a in WHITE_OR_BLACK_BOX + ("transfer",)):
+        res["any"] = {str(e): 100.0 * (1 - f.float().mean().item()) for e, f in fooled_any.items()}
+    report = {"n": len(x), "eps": list(cfg.eps), "config": json.loads(json.dumps(asdict(cfg), default=list)),
+              **res, **extras,
+              "checkpoints": {"vaegan": ckpt_io.file_sha256(vaegan_path),
+                              "classifier": ckpt_io.file_sha256(classifier_path)},
+              "threads": torch.get_num_threads(), "oblivious": oblivious_numbers(Path(cfg.out) / "report.json")}
+    if "square" in cfg.attacks:
+        runtime.close()
+    write_adaptive(report, Path(cfg.out))
+    return report
+
+
+def _latent_dist(vg, x, codes) -> float:
+    with torch.no_grad():
+        return (MeanEncoder(vg)(x) - codes).pow(2).sum(1).sqrt().mean().item()
+
+
+class _LatentLoss(nn.Module):
+    """-||mu_E(x) - code||^2 as a 'logits' stand-in: TrackedPGD ascends ``objective(model(x), labels)``."""
+
+    def __init__(self, vg):
+        super().__init__()
+        self.enc = MeanEncoder(vg)
+
+    def forward(self, x):
+        return self.enc(x)
+
+
+class LatentPGD(TrackedPGD):
+    """Latent-space attack (the paper's future work): PGD on ``||mu_E(x + d) - mu_E(x_target)||^2`` (descended),
+    x_target an image of another class; iterates are scored on the defended model. ``labels`` are target codes."""
+
+    def objective(self, codes_pred, codes):
+        return -(codes_pred - codes).pow(2).sum(1)
+
+
+def _latent_over(vg, defended, x, y, codes, cfg, eps):
+    adv, fooled, curves, sizes = [], [], [], []
+    enc = _LatentLoss(vg).eval()
+    for i in range(0, len(x), cfg.batch_size):
+        sl = slice(i, i + cfg.batch_size)
+        atk = LatentPGD(enc, eps=eps, alpha=cfg.alpha_ratio * eps, steps=cfg.steps, restarts=cfg.restarts,
+                        eval_model=defended, checkpoints=cfg.checkpoints, seed=cfg.seed + i)
+        adv.append(atk.run(x[sl], codes[sl], y[sl]))
+        fooled.append(atk.fooled)
+        curves.append(atk.curve)
+        sizes.append(len(x[sl]))
+    curve = {t: sum(c[t] * s for c, s in zip(curves, sizes)) / sum(sizes) for t in curves[0]}
+    return torch.cat(adv), torch.cat(fooled), curve
+
+
+def _fmt_curve(curve: dict) -> str:
+    return " ".join(f"{t}:{a:.1f}" for t, a in curve.items())
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+def oblivious_numbers(path: Path) -> dict | None:
+    """From ``vaegan-eval``'s report.json: {attack: {eps: accuracy}} of the classifier alone ("none") and of the
+    vaegan purifier row, and the n they were measured on; None if there is no report."""
+    if not path.is_file():
+        return None
+    try:
+        rep = json.loads(path.read_text())
+        table = rep["table"]
+    except (OSError, ValueError, KeyError):
+        return None
+    rows = {"undefended": table.get("none", {})}
+    rows.update({"purified": v for k, v in table.items() if k.startswith("vaegan (")})
+    out: dict = {"n": rep.get("n"), "rows": {}}
+    for row, vals in rows.items():
+        for col, acc in vals.items():
+            if "_eps" in col:
+                atk, e = col.split("_eps")
+                out["rows"].setdefault(f"oblivious {atk} ({row})", {})[str(float(e))] = acc
+    return out
+
+
+LABELS = {"bpda": "BPDA + PGD", "bpda_eot": "BPDA + EOT + PGD (randomized purifier)",
+          "full": "full-gradient PGD (unrolled T steps)", "apgd": "APGD-CE + APGD-T", "square": "Square (runtime, scores)",
+          "transfer": "transfer from surrogate", "latent": "latent-space PGD"}
+
+
+def write_adaptive(report: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    eps = [str(e) for e in report["eps"]]
+    c = report["clean"]
+    md = [f"# Adaptive attacks on classifier(purifier(x)) (first {report['n']} test images, L-inf)", "",
+          f"Clean accuracy: classifier {c['classifier']:.2f}%, defended {c['defended']:.2f}%"
+          + (f", defended with the randomized purifier {c['defended_randomized']:.2f}%"
+             if "defended_randomized" in c else "") + ".", "",
+          "Accuracy (%) of the defended model on each attack's output:", "",
+          "| attack | " + " | ".join(f"eps {e}" for e in eps) + " |", "|---" * (len(eps) + 1) + "|"]
+    for name, per in report["attacks"].items():
+        md.append(f"| {LABELS[name]} | " + " | ".join(f"{per[e]['accuracy']:.2f}" if e in per else "–" for e in eps)
+                  + " |")
+    if report["any"]:
+        md.append("| **worst case over the attacks above (per image; deterministic purifier)** | "
+                  + " | ".join(f"**{report['any'][e]:.2f}**" for e in eps) + " |")
+    obl = report.get("oblivious")
+    if obl:
+        for row, per in obl["rows"].items():
+            md.append(f"| {row}, first {obl['n']} | " + " | ".join(f"{per[e]:.2f}" if e in per else "–" for e in eps)
+                      + " |")
+    else:
+        md.append("")
+        md.append("(No OUT/report.json: run `vaegan-eval --out OUT` for the oblivious numbers beside these.)")
+    md += ["", "## Convergence: accuracy (%) vs attack steps", "",
+           "Per image, the worst iterate so far (transfer, bpda_eot: the iterate at that step). Flat = more steps do not help.",
+           "", "| attack | eps | " + " | ".join(f"{t}" for t in _curve_steps(report)) + " |",
+           "|---" * (len(_curve_steps(report)) + 2) + "|"]
+    for name, per in report["attacks"].items():
+        for e in eps:
+            if e in per and "curve" in per[e]:
+                cur = {int(k): v for k, v in per[e]["curve"].items()}
+                md.append(f"| {name} | {e} | " + " | ".join(f"{cur[t]:.2f}" if t in cur else "–"
+                                                           for t in _curve_steps(report)) + " |")
+    notes = []
+    if "bpda_eot" in report["attacks"]:
+        notes.append(f"- bpda_eot attacks and is scored on a *randomized* purifier "
+                     f"({next(iter(report['attacks']['bpda_eot'].values()))['defense']}), not the deployed "
+                     f"deterministic one; it is left out of the worst-case row.")
+    if "apgd" in report["attacks"]:
+        notes.append("- apgd gradient per eps: " + ", ".join(f"{e}: {v['gradient']}"
+                                                             for e, v in report["attacks"]["apgd"].items()))
+    if "square" in report["attacks"]:
+        sq = report["attacks"]["square"]
+        notes.append(f"- square queried the runtime ({report['runtime']['backend']} backend, clean accuracy "
+                     f"{report['runtime']['clean_accuracy']:.2f}%); torch reference accuracy on its outputs: "
+                     + ", ".join(f"{e}: {v['torch_reference_accuracy']:.2f}" for e, v in sq.items()))
+    if "transfer" in report["attacks"]:
+        s = report["surrogate"]
+        notes.append(f"- transfer surrogate `{s['path']}` (clean {s['clean_accuracy']:.2f}%); undefended classifier "
+                     f"on the transfer examples: " + ", ".join(f"{e}: {v['undefended_accuracy']:.2f}"
+                                                              for e, v in report["attacks"]["transfer"].items()))
+    if "latent" in report["attacks"]:
+        notes.append("- latent: defended prediction = target class: " + ", ".join(
+            f"{e}: {v['target_success']:.2f}%" for e, v in report["attacks"]["latent"].items()))
+    cfgd = report["config"]
+    md += ["", "## Notes", ""] + notes + [
+        f"- steps {cfgd['steps']}, step size {cfgd['alpha_ratio']:g} x eps, restarts {cfgd['restarts']}, loss "
+        f"{cfgd['loss']}, EOT samples {cfgd['eot_samples']}, square queries {cfgd['square_queries']}; purifier "
+        f"{cfgd['purify']}.",
+        f"- Threads: {report['threads']}. Checkpoints: vaegan `{report['checkpoints']['vaegan'][:12]}`, classifier "
+        f"`{report['checkpoints']['classifier'][:12]}`.", "", "![accuracy vs eps](adaptive.png)", ""]
+    (out / "adaptive.md").write_text("\n".join(md))
+    (out / "adaptive.json").write_text(json.dumps(report, indent=2))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = [0.0] + [float(e) for e in eps]
+    for name, per in report["attacks"].items():
+        clean = c["defended_randomized"] if name == "bpda_eot" else c["defended"]
+        pts = [(float(e), per[e]["accuracy"]) for e in eps if e in per]
+        ax.plot([0.0] + [p[0] for p in pts], [clean] + [p[1] for p in pts], marker="o", label=LABELS[name])
+    if report["any"]:
+        ax.plot(xs, [c["defended"]] + [report["any"][e] for e in eps], "k-", lw=2.5, label="worst case (adaptive)")
+    if obl:
+        for row, per in obl["rows"].items():
+            pts = sorted((float(e), v) for e, v in per.items())
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="--", marker="x", alpha=0.6, label=row)
+    ax.set_xlabel("eps (L-inf)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"defended accuracy, first {report['n']} test images")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "adaptive.png", dpi=120)
+    plt.close(fig)
+
+
+def _curve_steps(report) -> list[int]:
+    s = set()
+    for per in report["attacks"].values():
+        for v in per.values():
+            s |= {int(k) for k in v.get("curve", {})}
+    return sorted(s)
+
+
+__all__ = ["ATTACKS", "AdaptiveConfig", "StraightThrough", "RandomizedPurifier", "RuntimeModel", "TrackedPGD",
+           "LatentPGD", "apgd", "margin", "evaluate_adaptive", "write_adaptive", "oblivious_numbers"]
