@@ -142,7 +142,8 @@ class Defended(nn.Module):
     def __init__(self, purifier: nn.Module, classifier: nn.Module):
         super().__init__()
         self.purifier = purifier
-        self.classifier = classifier.eval()
+        self.classifier = classifier
+        self.eval()  # both parts are inference-only; an attack that toggles train() would enable dropout/BN stats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.purifier(x))
