@@ -463,7 +463,10 @@ def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_co
             ts.append(time.perf_counter() - t)
         times[s] = float(np.median(ts))
     s0, s1 = sorted(times)
-    slope = (times[s1] - times[s0]) / (s1 - s0) if s1 != s0 else times[s1] / s1
+    slope = (times[s1] - times[s0]) / (s1 - s0) if s1 != s0 else 0.0
+    proportional = slope <= 0  # one step count, or timing noise on a loaded machine: scale the longest run instead
+    if proportional:
+        slope = times[s1] / s1
     dgan_ms = 1e3 * (times[s1] + slope * (dcfg.steps - s1))
     ours_flops = flops.flops_at(cost, cfg.steps, cfg.restarts)
     fused = {(c["batch"], c["steps"]): c for c in results["backends"].get("fused", {}).get("cells", [])
@@ -473,7 +476,8 @@ def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_co
         "steps": dcfg.steps, "restarts": dcfg.restarts, "flops_per_frame": dg["total"],
         "ms_per_frame_eager_batch1": dgan_ms,
         "ms_measured": {str(k): 1e3 * v for k, v in times.items()},
-        "extrapolated": f"timed {sorted(times)} steps at batch 1 (R = {dcfg.restarts} rows), linear in steps to "
+        "extrapolated": f"timed {sorted(times)} steps at batch 1 (R = {dcfg.restarts} rows), "
+                        f"{'proportional' if proportional else 'linear'} in steps to "
                         f"{dcfg.steps}",
         "ours": {"steps": cfg.steps, "restarts": cfg.restarts, "flops_per_frame": ours_flops,
                  "fused_ms_batch1": ours1["p50_ms"] if ours1 else None},
