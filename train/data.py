@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from torch.utils.data import Subset, TensorDataset
+from torch.utils.data import TensorDataset
 
 from .errors import VaeganError
 
@@ -134,5 +134,4 @@ def train_subset(n: int = TRAIN_SUBSET, data_root=None) -> tuple[torch.Tensor, t
 
 __all__ = [
     "CLASSES", "TRAIN_SUBSET", "TEST_SUBSET", "resolve_data_root", "load_split", "test_subset", "train_subset",
-    "Subset",
 ]

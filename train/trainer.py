@@ -73,7 +73,8 @@ def _eval_set(cfg):
 def _resume_state(out: Path, resume: bool, kind: str) -> dict | None:
     path = out / "ckpt.pt"
     if resume and path.exists():
-        return ckpt_io.load_raw(path) if ckpt_io.load_raw(path)["kind"] == kind else None
+        state = ckpt_io.load_raw(path)
+        return state if state["kind"] == kind else None
     return None
 
 
