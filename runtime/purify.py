@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from .artifacts import Artifacts
-from .backend.base import BaseRunner
+from .backend.base import Activatable, BaseRunner
 from .backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 from .backend.onnxrt.loader import SessionOptionsFromConfig
 from .errors import BackendUnavailableError, RuntimeUsageError
@@ -79,7 +79,7 @@ class PurifyOutput:
     z: np.ndarray         # N x L, chosen latent
 
 
-class Purifier:
+class Purifier(Activatable):
     """Base: owns runners, activates them together, splits a batch into chunks the graphs accept."""
 
     name = "purifier"
@@ -103,14 +103,6 @@ class Purifier:
     def deactivate(self) -> None:
         for r in self.runners.values():
             r.deactivate()
-
-    def __enter__(self):
-        self.activate()
-        return self
-
-    def __exit__(self, *exc):
-        self.deactivate()
-        return False
 
     def rows_per_call(self, restarts: int) -> int:
         """Most images per graph call (the graphs' batch dimension is limited to ``max_batch`` for TensorRT)."""

@@ -74,6 +74,22 @@ def build_config(cls, values: dict):
     return cls(**kw)
 
 
+def parse_numbers(option: str, text: str, cast=float) -> tuple:
+    """``"0.05,0.1"`` -> ``(0.05, 0.1)``; a one-line VaeganError naming the option otherwise."""
+    try:
+        return tuple(cast(v) for v in text.split(","))
+    except ValueError:
+        raise VaeganError(f"{option} {text!r}: expected comma-separated numbers") from None
+
+
+def parse_eps(text: str) -> tuple:
+    eps = parse_numbers("--eps", text)
+    bad = [e for e in eps if not 0 <= e <= 1]
+    if bad:
+        raise VaeganError(f"eps {bad[0]} out of range: pixels are in [0, 1], eps must be in [0, 1]")
+    return eps
+
+
 # ---------------------------------------------------------------------------------------------------- vaegan-train
 
 @click.group(help="Train the VGG16 classifier or the VAE-GAN purifier (runs under torchrun for DDP).")
@@ -196,13 +212,7 @@ def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, de
              defense_gan_restarts, quick, do_sweep, adv_dir, out, data_root, **pvalues):
     from .config import PurifyConfig
 
-    try:
-        eps = tuple(float(e) for e in eps_list.split(","))
-    except ValueError:
-        raise VaeganError(f"--eps {eps_list!r}: expected comma-separated numbers") from None
-    bad = [e for e in eps if not 0 <= e <= 1]
-    if bad:
-        raise VaeganError(f"eps {bad[0]} out of range: pixels are in [0, 1], eps must be in [0, 1]")
+    eps = parse_eps(eps_list)
     pcfg = build_config(PurifyConfig, pvalues)
     from .evaluate import EvalConfig, evaluate, markdown_table, sweep
 
@@ -269,11 +279,8 @@ def adaptive_cli(checkpoint, classifier, n, eps_list, attack_list, attack_steps,
                  **pvalues):
     from .config import PurifyConfig
 
-    try:
-        eps = tuple(float(e) for e in eps_list.split(","))
-        curve = tuple(int(c) for c in curve_list.split(","))
-    except ValueError:
-        raise VaeganError(f"--eps {eps_list!r} / --curve {curve_list!r}: expected comma-separated numbers") from None
+    eps = parse_eps(eps_list)
+    curve = parse_numbers("--curve", curve_list, int)
     from .adaptive import AdaptiveConfig, evaluate_adaptive  # validates attack names, eps, ...
 
     cfg = AdaptiveConfig(n=n, eps=eps, attacks=tuple(a.strip() for a in attack_list.split(",") if a.strip()),

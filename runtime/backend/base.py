@@ -66,7 +66,19 @@ def check_feed(runner_name: str, expected: list[TensorMeta], feed: dict) -> None
         raise FeedError(f"{runner_name}: bad feed: {'; '.join(problems)}. Got {{{got}}}; expected {{{exp}}}")
 
 
-class BaseRunner:
+class Activatable:
+    """``with thing:`` for anything with ``activate()`` / ``deactivate()`` (runners and the purifier backends)."""
+
+    def __enter__(self):
+        self.activate()
+        return self
+
+    def __exit__(self, *exc):
+        self.deactivate()
+        return False
+
+
+class BaseRunner(Activatable):
     """Subclasses implement ``activate_impl``, ``get_input_metadata_impl``, ``infer_impl``, ``deactivate_impl``."""
 
     def __init__(self, name: str):
@@ -92,13 +104,6 @@ class BaseRunner:
             self.is_active = False
             self._input_meta = None
 
-    def __enter__(self):
-        self.activate()
-        return self
-
-    def __exit__(self, *exc):
-        self.deactivate()
-        return False
 
     # -- inference -------------------------------------------------------------------------------------------
     def get_input_metadata(self) -> list[TensorMeta]:
