@@ -47,6 +47,7 @@ class VAEGANConfig:
     batch_size: int = 128
     lr: float = 3e-4
     lr_d: float = 3e-4
+    lr_decay_epochs: int = 0       # the last N epochs decay both learning rates linearly (per step) to 10%
     kl_weight: float = 0.5
     fm_weight: float = 1.0
     adv_weight: float = 1.0

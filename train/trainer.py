@@ -195,6 +195,16 @@ def corrupt(x: torch.Tensor, eps_max: float, prob: float, gen: torch.Generator) 
     return out
 
 
+def _lr_scale(step: int, epochs: int, decay_epochs: int, steps_per_epoch: int) -> float:
+    """1 until the last ``decay_epochs`` epochs, then linear to 0.1 at the last step (constant before the decay, so
+    a run stopped early is the exact prefix of a longer one)."""
+    start = (epochs - decay_epochs) * steps_per_epoch
+    span = decay_epochs * steps_per_epoch
+    if decay_epochs <= 0 or step < start:
+        return 1.0
+    return 1.0 - 0.9 * min(1.0, (step - start) / span)
+
+
 def train_vaegan(cfg: VAEGANConfig, resume: bool = False) -> dict:
     rank, world = _dist_setup()
     torch.manual_seed(cfg.seed)
@@ -219,6 +229,7 @@ def train_vaegan(cfg: VAEGANConfig, resume: bool = False) -> dict:
         clf, _ = ckpt_io.load_model(cfg.classifier, "classifier")
     gen = torch.Generator().manual_seed(cfg.seed + 1 + rank)
     metrics = {}
+    steps_per_epoch = len(_loader(train_ds, cfg, world, rank, 0))
     for epoch in range(start_epoch, cfg.epochs):
         vg.train()
         t0 = time.time()
@@ -227,6 +238,10 @@ def train_vaegan(cfg: VAEGANConfig, resume: bool = False) -> dict:
         loader = _loader(train_ds, cfg, world, rank, epoch)
         for x, _ in tqdm(loader, desc=f"vaegan epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, leave=False):
             b = x.shape[0]
+            scale = _lr_scale(step, cfg.epochs, cfg.lr_decay_epochs, steps_per_epoch)
+            for opt, base in ((opt_eg, cfg.lr), (opt_d, cfg.lr_d)):
+                for group in opt.param_groups:
+                    group["lr"] = base * scale
             x_in = corrupt(x, cfg.denoise_eps, cfg.denoise_prob, gen)
             mu, logvar = enc(x_in)
             z = mu + torch.randn(mu.shape, generator=gen) * torch.exp(0.5 * logvar)

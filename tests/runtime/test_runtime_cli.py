@@ -88,18 +88,80 @@ def test_bad_inputs_become_error_records(artifacts_dir, frames_dir, tmp_path):
 def test_video_input_needs_opencv_or_reports_zero_frames(artifacts_dir, tmp_path, monkeypatch):
     video = tmp_path / "empty.mp4"
     video.write_bytes(b"")
-    try:
-        import cv2  # noqa: F401
-    except ImportError:
-        with pytest.raises(RuntimeUsageError, match=r"needs OpenCV: pip install 'vaegan\[video\]'"):
-            open_source(str(video), PRE)
-        res = _run("--input", video, "--artifacts", artifacts_dir, "--out", tmp_path / "o", "--quiet")
-        assert res.exit_code == 2 and "vaegan[video]" in res.output
-        return
+    monkeypatch.setitem(sys.modules, "cv2", None)  # as on an install without the [video] extra
+    with pytest.raises(RuntimeUsageError, match=r"needs OpenCV: pip install 'vaegan\[video\]'"):
+        open_source(str(video), PRE)
     res = _run("--input", video, "--artifacts", artifacts_dir, "--out", tmp_path / "o", "--quiet")
+    assert res.exit_code == 2 and "vaegan[video]" in res.output
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fourcc: str = "FFV1") -> None:
+    cv2 = pytest.importorskip("cv2", reason="OpenCV is the optional [video] extra (make test installs it)")
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10, (w, h))
+    assert writer.isOpened(), f"this OpenCV build cannot write {fourcc}"
+    for rgb in frames:
+        writer.write(np.ascontiguousarray(rgb[..., ::-1]))  # OpenCV wants BGR
+    writer.release()
+
+
+def test_video_frames_match_the_same_frames_as_images(artifacts_dir, fmnist64, tmp_path):
+    """A lossless (FFV1) RGB video of 8 upscaled test images gives, frame by frame, the predictions and purified
+    frames of the same 8 images read as PNG files: the video path decodes to the same model input."""
+    x, _ = fmnist64
+    rgb = [np.repeat(np.kron((x[i, 0] * 255).round().astype(np.uint8), np.ones((2, 2), np.uint8))[..., None], 3, 2)
+           for i in range(8)]
+    rgb = [np.ascontiguousarray(np.stack([f[..., 0], f[..., 1] // 2 + 60, 255 - f[..., 2]], 2)) for f in rgb]
+    video, folder = tmp_path / "clip.avi", tmp_path / "pngs"
+    _write_video(video, rgb)
+    folder.mkdir()
+    for i, f in enumerate(rgb):
+        Image.fromarray(f, mode="RGB").save(folder / f"frame_{i:06d}.png")
+    common = ("--artifacts", artifacts_dir, "--quiet", "--steps", "2", "--batch-size", "3", "--backend", "fused")
+    res_v = _run("--input", video, "--out", tmp_path / "ov", *common)
+    res_f = _run("--input", folder, "--out", tmp_path / "of", *common)
+    assert res_v.exit_code == 0 and res_f.exit_code == 0, res_v.output + res_f.output
+    rv, rf = _records(tmp_path / "ov"), _records(tmp_path / "of")
+    assert [r["source"] for r in rv] == [f"{video}#frame={i}" for i in range(8)]
+    assert [r["class_id"] for r in rv] == [r["class_id"] for r in rf]
+    np.testing.assert_allclose([r["confidence"] for r in rv], [r["confidence"] for r in rf], rtol=1e-6)
+    for i in range(8):
+        a = np.asarray(Image.open(tmp_path / "ov" / "purified" / "clip.avi" / f"frame_{i:06d}.png"))
+        b = np.asarray(Image.open(tmp_path / "of" / "purified" / f"frame_{i:06d}.png"))
+        assert a.shape == (28, 28) and np.array_equal(a, b)
+    assert json.loads((tmp_path / "ov" / "summary.json").read_text())["frames"] == 8
+
+
+def test_video_max_frames_stops_early(artifacts_dir, fmnist64, tmp_path):
+    x, _ = fmnist64
+    video = tmp_path / "clip.mkv"
+    _write_video(video, [np.repeat((x[i, 0] * 255).astype(np.uint8)[..., None], 3, 2) for i in range(6)])
+    res = _run("--input", video, "--artifacts", artifacts_dir, "--out", tmp_path / "o", "--quiet", "--steps", "1",
+               "--max-frames", "4")
+    assert res.exit_code == 0, res.output
+    assert [r["source"].rsplit("#", 1)[1] for r in _records(tmp_path / "o")] == [f"frame={i}" for i in range(4)]
+
+
+@pytest.mark.parametrize("content", [b"", b"RIFF" + bytes(range(256)) * 4], ids=["empty", "garbage"])
+def test_unreadable_video_is_one_error_record(artifacts_dir, tmp_path, content):
+    pytest.importorskip("cv2", reason="OpenCV is the optional [video] extra (make test installs it)")
+    video = tmp_path / "broken.avi"
+    video.write_bytes(content)
+    res = _run("--input", video, "--artifacts", artifacts_dir, "--out", tmp_path / "o", "--quiet")
+    assert res.exit_code == 1, res.output  # some inputs failed
+    (rec,) = _records(tmp_path / "o")
+    assert rec["source"] == str(video) and rec["status"] == "error"
+    assert "0 frames" in rec["error"] or "cannot open" in rec["error"], rec
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["errors"] == 1
+
+
+def test_missing_camera_is_one_error_record(artifacts_dir, tmp_path):
+    pytest.importorskip("cv2", reason="OpenCV is the optional [video] extra (make test installs it)")
+    index = next(str(i) for i in range(90, 100) if not Path(f"/dev/video{i}").exists())
+    res = _run("--input", index, "--artifacts", artifacts_dir, "--out", tmp_path / "o", "--quiet")
     assert res.exit_code == 1, res.output
     (rec,) = _records(tmp_path / "o")
-    assert rec["status"] == "error" and ("0 frames" in rec["error"] or "cannot open" in rec["error"])
+    assert rec["source"] == f"camera:{index}" and rec["status"] == "error", rec
 
 
 def test_camera_index_without_opencv_is_a_clear_error(monkeypatch):
