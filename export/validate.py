@@ -44,11 +44,13 @@ class OutputCheck:
     max_rel: float
     ok: bool
     shape_ok: bool = True
+    fp32_error: float | None = None  # iterative graphs: max|torch fp32 - torch fp64| (the reference's own error)
 
     def line(self) -> str:
         mark = "[ok]" if self.ok else "[x]"
         return (f"  {mark} {self.graph}.{self.output} (batch {self.batch}): max abs {self.max_abs:.3e}, "
-                f"max rel {self.max_rel:.3e}" + ("" if self.shape_ok else " SHAPE MISMATCH"))
+                f"max rel {self.max_rel:.3e}" + ("" if self.shape_ok else " SHAPE MISMATCH")
+                + ("" if self.fp32_error is None else f" (vs torch fp64; torch fp32's own error {self.fp32_error:.3e})"))
 
 
 @dataclass
@@ -176,6 +178,39 @@ def compare(graph: str, name: str, got: np.ndarray, ref: np.ndarray, tol: dict, 
     return OutputCheck(graph, name, batch, max_abs, max_rel, ok)
 
 
+def compare_iterative(graph: str, name: str, got: np.ndarray, ref32: np.ndarray, ref64: np.ndarray, tol: dict,
+                      batch: int) -> OutputCheck:
+    """For an iterative graph (the T-step loop), whose trajectory can amplify fp32 rounding: ``ok`` iff
+    ``compare`` against the torch fp32 reference passes, or |got - ref64| <= atol + rtol * max|ref64| + 2 * e32
+    everywhere, e32 = max|ref32 - ref64| being PyTorch's own fp32 error on the same inputs. So the export may be
+    at most twice as far from exact arithmetic as PyTorch itself is, and never further than the fixed tolerance
+    when the loop is well conditioned (e32 ~ 0)."""
+    c = compare(graph, name, got, ref32, tol, batch)
+    if c.ok or not c.shape_ok:
+        return c
+    r64 = np.asarray(ref64, dtype=np.float64)
+    e32 = float(np.abs(np.asarray(ref32, dtype=np.float64) - r64).max())
+    diff = np.abs(np.asarray(got, dtype=np.float64) - r64)
+    scale = float(np.abs(r64).max())
+    ok = bool(np.isfinite(got).all()) and bool(np.all(diff <= tol["atol"] + tol["rtol"] * scale + 2 * e32))
+    max_abs = float(diff.max())
+    return OutputCheck(graph, name, batch, max_abs, max_abs / max(scale, tol["atol"]), ok, fp32_error=e32)
+
+
+def _float64_reference(spec, nets, feed: dict):
+    """``spec.reference`` with every network and floating input in float64 (deep copies; ``nets`` untouched)."""
+    import copy
+    import dataclasses
+
+    import torch
+
+    nets64 = dataclasses.replace(nets, **{f.name: copy.deepcopy(getattr(nets, f.name)).double()
+                                          for f in dataclasses.fields(nets)})
+    args = [feed[i.name].double() if feed[i.name].is_floating_point() else feed[i.name] for i in spec.inputs]
+    with torch.no_grad():
+        return spec.reference(nets64, *args)
+
+
 def ort_session(path: str | Path):
     import onnxruntime as ort
 
@@ -204,12 +239,17 @@ def check_numerics(spec, path: Path, nets, feeds_per_batch: dict[int, dict], rep
             report.failures.append(f"{spec.name} (batch {batch}): onnxruntime failed: {msg}")
             echo(f"  [x] {spec.name} (batch {batch}): onnxruntime failed: {msg}")
             continue
-        for io, g, r in zip(spec.outputs, got, ref):
+        ref64 = None
+        for k, (io, g, r) in enumerate(zip(spec.outputs, got, ref)):
             c = compare(spec.name, io.name, g, r.numpy(), spec.tolerance, batch)
+            if not c.ok and c.shape_ok and spec.kind == "fused":
+                ref64 = ref64 if ref64 is not None else _float64_reference(spec, nets, feed)
+                c = compare_iterative(spec.name, io.name, g, r.numpy(), ref64[k].numpy(), spec.tolerance, batch)
             report.checks.append(c)
             echo(c.line())
             if not c.ok:
                 report.failures.append(
                     f"{spec.name}.{io.name} (batch {batch}): max abs {c.max_abs:.3e}, max rel {c.max_rel:.3e} "
                     f"exceeds atol {spec.tolerance['atol']:g} / rtol {spec.tolerance['rtol']:g}"
+                    + ("" if c.fp32_error is None else f" + 2 x torch's fp32 error {c.fp32_error:.3e}")
                     + ("" if c.shape_ok else f" (shape {np.shape(g)} vs {tuple(r.shape)})"))

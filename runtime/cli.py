@@ -39,7 +39,8 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 @click.option("--providers", default="cpu", show_default=True,
               help="onnxruntime execution providers, comma-separated: cpu, cuda, tensorrt (no fallback)")
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: CPU count)")
-@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
+              help="frames per purify call; from a camera, whatever has arrived is purified without waiting")
 @click.option("--steps", type=click.IntRange(0), default=None, help="T (default: the manifest's purify_defaults)")
 @click.option("--eta", type=float, default=None, help="step size (default: manifest)")
 @click.option("--lam", type=float, default=None, help="weight of the discriminator term (default: manifest)")

@@ -111,9 +111,12 @@ def purified_name(rel: str) -> str:
 
 
 class Source:
-    """Iterable of ``Frame``; ``total`` is the frame count when known up front (for the progress bar)."""
+    """Iterable of ``Frame``; ``total`` is the frame count when known up front (for the progress bar). A ``live``
+    source (a camera) produces frames in real time: ``vaegan-run`` then purifies whatever has arrived instead of
+    waiting for a full batch, so a frame's latency is never held hostage by the batch size."""
 
     total: int | None = None
+    live: bool = False
 
     def __iter__(self):
         raise NotImplementedError
@@ -172,6 +175,7 @@ class VideoSource(Source):
 
     def __init__(self, target, source: str, relbase: str, preprocess: dict, max_frames: int | None = None):
         self.target = target  # path string or camera index
+        self.live = isinstance(target, int)
         self.source = source
         self.relbase = relbase
         self.preprocess = preprocess
@@ -298,6 +302,10 @@ class Prefetcher:
             if isinstance(item, _Failed):
                 raise item.exc
             yield item
+
+    def waiting(self) -> bool:
+        """True when a decoded frame (or the end of the stream) is already queued."""
+        return not self._q.empty()
 
     def close(self) -> None:
         self._stop.set()

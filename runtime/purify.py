@@ -35,9 +35,9 @@ BACKENDS = ("auto", "fused", "modular", "trt")
 
 @dataclass(frozen=True)
 class PurifyParams:
-    steps: int = 10
-    eta: float = 0.02
-    lam: float = 1.0
+    steps: int = 3           # the shipped operating point (train.config.PurifyConfig); manifests carry their own
+    eta: float = 0.005
+    lam: float = 30.0
     momentum: float = 0.0
     restarts: int = 1
     noise: float = 0.5

@@ -198,7 +198,7 @@ def run(opts: RunOptions) -> dict:
                     continue
                 pending.append(frame)
                 n_ok += frame.error is None
-                if n_ok >= opts.batch_size:
+                if n_ok >= opts.batch_size or (source.live and n_ok and not frames.waiting()):
                     flush(pending, pred_file, bar)
                     pending, n_ok = [], 0
             if pending:
@@ -214,6 +214,7 @@ def run(opts: RunOptions) -> dict:
         "backend": purifier.name,
         "providers": opts.providers if purifier.name != "trt" else "tensorrt-engine",
         "batch_size": opts.batch_size,
+        "batches": len(stats.batch),
         "purify": purifier.describe(),
         "classify": opts.classify,
         "wall_s": round(wall, 4),

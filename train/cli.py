@@ -74,6 +74,24 @@ def build_config(cls, values: dict):
     return cls(**kw)
 
 
+def parse_grid(text: str) -> dict:
+    """``"steps=0,5;lam=0,10"`` -> ``{"steps": (0, 5), "lam": (0.0, 10.0)}`` (types from PurifyConfig)."""
+    from .config import PurifyConfig
+
+    hints = typing.get_type_hints(PurifyConfig)
+    grid = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        key, sep, values = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in hints or hints[key] not in (int, float):
+            numeric = sorted(k for k, t in hints.items() if t in (int, float))
+            raise VaeganError(f"--grid: '{part}' is not FIELD=V1,V2,... with FIELD one of {', '.join(numeric)}")
+        grid[key] = parse_numbers(f"--grid {key}", values, hints[key])
+    if not grid:
+        raise VaeganError("--grid: empty")
+    return grid
+
+
 def parse_numbers(option: str, text: str, cast=float) -> tuple:
     """``"0.05,0.1"`` -> ``(0.05, 0.1)``; a one-line VaeganError naming the option otherwise."""
     try:
@@ -195,7 +213,7 @@ def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defend
 @click.version_option(__version__)
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="VAE-GAN (default: shipped)")
 @click.option("--classifier", type=click.Path(dir_okay=False), default=None, help="default: shipped weights")
-@click.option("--n", type=int, default=2000, show_default=True, help="first N test images")
+@click.option("--n", type=click.IntRange(1), default=None, help="first N test images [default: 2000; --sweep: 300]")
 @click.option("--eps", "eps_list", default="0.05,0.1,0.2,0.3", show_default=True, help="comma-separated")
 @click.option("--no-targeted", is_flag=True, help="skip the targeted PGD sets")
 @click.option("--defense-gan-n", type=int, default=100, show_default=True)
@@ -204,12 +222,14 @@ def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defend
 @dataclass_options(__import__("vaegan.train.config", fromlist=["PurifyConfig"]).PurifyConfig)
 @click.option("--quick", is_flag=True, help="smoke run: 100 images, eps 0.1/0.3, PGD-10, Defense-GAN on 20")
 @click.option("--sweep", "do_sweep", is_flag=True, help="run the purifier-defaults sweep instead (sweep.md)")
+@click.option("--grid", default="steps=0,5,10,20;eta=0.01,0.03;lam=0,1,5", show_default=True,
+              help="the sweep's grid: PurifyConfig fields and their values")
 @click.option("--adv-dir", default="adv", show_default=True, help="cache of adversarial sets ('' to disable)")
 @click.option("--out", default="reports", show_default=True)
 @click.option("--data-root", default=None)
 @_friendly
 def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, defense_gan_steps,
-             defense_gan_restarts, quick, do_sweep, adv_dir, out, data_root, **pvalues):
+             defense_gan_restarts, quick, do_sweep, grid, adv_dir, out, data_root, **pvalues):
     from .config import PurifyConfig
 
     eps = parse_eps(eps_list)
@@ -219,11 +239,11 @@ def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, de
     checkpoint = checkpoint or _default("vaegan")
     classifier = classifier or _default("classifier")
     if do_sweep:
-        grid = {"steps": [0, 5, 10, 20], "eta": [0.01, 0.03], "lam": [0.0, 1.0, 5.0]}
-        sweep(checkpoint, classifier, grid, n=n if n != 2000 else 300, adv_dir=adv_dir or None, out=out,
+        sweep(checkpoint, classifier, parse_grid(grid), n=n or 300, adv_dir=adv_dir or None, out=out,
               data_root=data_root)
         click.echo(f"wrote {out}/sweep.md")
         return
+    n = n or 2000
     cfg = EvalConfig(n=n, eps=eps, targeted=not no_targeted, defense_gan_n=defense_gan_n,
                      defense_gan_steps=defense_gan_steps, defense_gan_restarts=defense_gan_restarts,
                      purify=pcfg, adv_dir=adv_dir, out=out, data_root=data_root)

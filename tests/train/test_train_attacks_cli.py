@@ -96,3 +96,14 @@ def test_attack_cli_writes_dataset(tiny_classifier_ckpt, tmp_path):
     d = load_adversarial(tmp_path / "test_pgd2_eps0.1_seed0.npz")
     assert d["x_adv"].shape == (6, 1, 28, 28) and d["index"].tolist() == list(range(6))
     assert d["meta"]["split"] == "test" and d["meta"]["steps"] == 2
+
+
+def test_sweep_grid_parsing():
+    from vaegan.train.cli import parse_grid
+
+    assert parse_grid("steps=0,5; lam=0,10;eta=0.02") == {"steps": (0, 5), "lam": (0.0, 10.0), "eta": (0.02,)}
+    for bad in ("steps", "mode=latent", "nope=1", "steps=a,b", ""):
+        with pytest.raises(VaeganError, match="--grid"):
+            parse_grid(bad)
+    res = CliRunner().invoke(eval_cli, ["--sweep", "--grid", "T=1"])
+    assert res.exit_code != 0 and "--grid" in res.output and "Traceback" not in res.output

@@ -28,6 +28,19 @@ def test_vaegan_trains_and_resumes(tmp_path):
     assert ck2["epoch"] == 2 and ck2["step"] == 8
     vg, _ = checkpoint.load_model(out / "model.pt", "vaegan")
     assert vg.args.latent_dim == 8
+    # a third epoch with --lr-decay-epochs 1 decays the optimizer's learning rate from the resumed state
+    trainer.train_vaegan(VAEGANConfig(out=str(out), epochs=3, lr_decay_epochs=1, **TINY_V), resume=True)
+    ck3 = checkpoint.load_raw(out / "ckpt.pt")
+    lr_last = ck3["optimizer"]["eg"]["param_groups"][0]["lr"]
+    assert ck3["epoch"] == 3 and 0.1 * 3e-4 < lr_last < 0.5 * 3e-4
+
+
+def test_lr_decay_is_constant_then_linear_to_ten_percent():
+    scale = [trainer._lr_scale(s, epochs=4, decay_epochs=2, steps_per_epoch=10) for s in range(41)]
+    assert scale[:21] == [1.0] * 21  # the first 2 epochs: a shorter run with the same lr is an exact prefix
+    assert all(a > b for a, b in zip(scale[20:], scale[21:]))
+    assert abs(scale[30] - 0.55) < 1e-12 and abs(scale[40] - 0.1) < 1e-12
+    assert trainer._lr_scale(5, epochs=4, decay_epochs=0, steps_per_epoch=10) == 1.0
 
 
 @requires_data
