@@ -9,7 +9,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from vaegan.export.specs import IO, GraphSpec, TOL_FORWARD
-from vaegan.export.validate import ExportValidationError, Report, compare, structural_problems
+from vaegan.export.specs import TOL_LOOP
+from vaegan.export.validate import (ExportValidationError, Report, compare, compare_iterative,
+                                     structural_problems)
 
 
 def _model(nodes, inputs, outputs, inits=(), opset=18, domains=()):
@@ -74,3 +76,20 @@ def test_compare_and_collected_failures():
     r = Report(failures=["a: first", "b: second"])
     with pytest.raises(ExportValidationError, match=r"2 validation failure\(s\):\n  a: first\n  b: second"):
         r.raise_if_failed()
+
+
+def test_iterative_bound_uses_torch_fp32_error_against_fp64():
+    """A loop whose trajectory amplifies rounding: torch fp32 itself is 3e-4 off exact (fp64). An export as close
+    to fp64 as that passes; one twice as far as torch's own error plus the fixed tolerance does not; with a
+    well-conditioned reference (fp32 == fp64) the bound is the fixed tolerance."""
+    ref64 = np.linspace(0, 1, 50)
+    ref32 = (ref64 + 3e-4 * (np.arange(50) == 7)).astype(np.float32)
+    near_exact = (ref64 + 1e-6).astype(np.float32)
+    assert not compare("purify", "purified", near_exact, ref32, TOL_LOOP, 64).ok   # the fixed bound alone fails
+    c = compare_iterative("purify", "purified", near_exact, ref32, ref64, TOL_LOOP, 64)
+    assert c.ok and c.fp32_error == pytest.approx(3e-4, rel=1e-3) and "fp64" in c.line()
+    far = (ref64 + 1e-3 * (np.arange(50) == 3)).astype(np.float32)   # > atol + rtol + 2 * 3e-4
+    assert not compare_iterative("purify", "purified", far, ref32, ref64, TOL_LOOP, 64).ok
+    off = (ref64 + 5e-4 * (np.arange(50) == 3)).astype(np.float32)
+    assert not compare_iterative("purify", "purified", off, ref64.astype(np.float32), ref64, TOL_LOOP, 64).ok
+    assert compare_iterative("purify", "purified", ref32, ref32, ref64, TOL_LOOP, 64).fp32_error is None
