@@ -21,6 +21,7 @@ steps, R = 10 restarts) for scale.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -103,8 +104,7 @@ class RuntimeBackend(Backend):
 
         arts = load_artifacts(self.opts["artifacts"])
         c = self.opts["cfg"]
-        self.params = PurifyParams(steps=c.steps, eta=c.eta, lam=c.lam, momentum=c.momentum, restarts=c.restarts,
-                                   noise=c.noise, seed=c.seed)
+        self.params = PurifyParams.from_settings(dataclasses.asdict(c))
         self.pur = make_purifier(arts, self.name, self.params, threads=self.opts["threads"])
         self.pur.activate()
 

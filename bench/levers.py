@@ -19,17 +19,12 @@ import numpy as np
 
 
 def session(path, threads: int, opt: str = "all", spin: bool = True):
+    """An onnxruntime CPU session with the runtime's own options builder (so the baseline is what vaegan-run uses)."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[opt]
-    so.log_severity_level = 3
+    from vaegan.runtime.backend.onnxrt.loader import SessionOptionsFromConfig
+
+    so = SessionOptionsFromConfig(threads, allow_spinning=spin, graph_optimization=opt)()
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 

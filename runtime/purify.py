@@ -35,17 +35,21 @@ BACKENDS = ("auto", "fused", "modular", "trt")
 
 @dataclass(frozen=True)
 class PurifyParams:
-    steps: int = 3           # the shipped operating point (train.config.PurifyConfig); manifests carry their own
-    eta: float = 0.005
-    lam: float = 30.0
-    momentum: float = 0.0
-    restarts: int = 1
-    noise: float = 0.5
-    seed: int = 0
+    """The loop's settings. No defaults here: they come from the manifest's ``purify_defaults`` (what the export
+    wrote from ``train.config.PurifyConfig``), so the shipped operating point has one definition."""
+
+    steps: int
+    eta: float
+    lam: float
+    momentum: float
+    restarts: int
+    noise: float
+    seed: int
 
     @classmethod
-    def from_manifest(cls, artifacts: Artifacts, **overrides) -> "PurifyParams":
-        d = artifacts.purify_defaults
+    def from_settings(cls, d: dict, **overrides) -> "PurifyParams":
+        """From a ``PurifyConfig`` as a dict (a manifest's ``purify_defaults``, or ``dataclasses.asdict`` of one);
+        ``overrides`` that are not None replace fields."""
         if d.get("mode", "latent") != "latent" or d.get("init", "encoder") != "encoder":
             raise RuntimeUsageError(f"purify_defaults mode={d.get('mode')!r} init={d.get('init')!r}: the runtime "
                                     f"implements mode 'latent' with init 'encoder' only (the contract)")
@@ -54,6 +58,10 @@ class PurifyParams:
         p = replace(p, **{k: v for k, v in overrides.items() if v is not None})
         p.check()
         return p
+
+    @classmethod
+    def from_manifest(cls, artifacts: Artifacts, **overrides) -> "PurifyParams":
+        return cls.from_settings(artifacts.purify_defaults, **overrides)
 
     def check(self) -> None:
         if self.steps < 0 or self.restarts < 1:

@@ -80,7 +80,7 @@ def test_fused_and_modular_agree_with_default_noise(artifacts_dir, fmnist64):
 
 
 def test_restart_noise_layout():
-    p = PurifyParams(restarts=3, noise=0.5, seed=7)
+    p = PurifyParams(steps=0, eta=0.0, lam=0.0, momentum=0.0, restarts=3, noise=0.5, seed=7)
     a, b = restart_noise(p, 5, 4), restart_noise(p, 5, 4)
     assert a.shape == (3, 5, 4) and a.dtype == np.float32
     assert np.all(a[0] == 0) and np.abs(a[1:]).max() > 0
