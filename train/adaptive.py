@@ -40,8 +40,9 @@ from torch import nn
 from torchattacks.attack import Attack
 
 from . import checkpoint as ckpt_io
-from .config import PurifyConfig
+from .config import PurifyConfig, check_eps
 from .errors import VaeganError
+from .evaluate import predict
 from .purifier import Defended, Purifier, check_config, purify
 
 ATTACKS = ("bpda", "bpda_eot", "full", "apgd", "square", "transfer", "latent")
@@ -86,9 +87,8 @@ class AdaptiveConfig:
             raise VaeganError(f"unknown adaptive attack {bad[0]!r} (expected one of {', '.join(ATTACKS)})")
         if not self.attacks:
             raise VaeganError("no attack selected")
-        bad = [e for e in self.eps if not 0.0 <= e <= 1.0]
-        if bad:
-            raise VaeganError(f"eps {bad[0]:g} out of range: pixels are in [0, 1], eps must be in [0, 1]")
+        for e in self.eps:
+            check_eps(e)
         if self.n < 1 or self.steps < 1 or self.restarts < 1 or self.eot_samples < 1 or self.batch_size < 1:
             raise VaeganError(f"n, steps, restarts, eot-samples and batch-size must be >= 1 (got n={self.n}, "
                               f"steps={self.steps}, restarts={self.restarts}, eot_samples={self.eot_samples}, "
@@ -189,9 +189,7 @@ class RuntimeModel(nn.Module):
             if purify_cfg.mode != "latent" or purify_cfg.init != "encoder":
                 raise VaeganError(f"the runtime implements mode=latent, init=encoder only (got mode={purify_cfg.mode}"
                                   f", init={purify_cfg.init}): square cannot attack this purifier")
-            params = PurifyParams(steps=purify_cfg.steps, eta=purify_cfg.eta, lam=purify_cfg.lam,
-                                  momentum=purify_cfg.momentum, restarts=purify_cfg.restarts, noise=purify_cfg.noise,
-                                  seed=purify_cfg.seed)
+            params = PurifyParams.from_settings(asdict(purify_cfg))
         self.purifier = make_purifier(self.artifacts, backend, params, threads=threads)
         self.classifier = make_classifier(self.artifacts, backend, threads=threads)
         self._active = False
@@ -372,8 +370,7 @@ def latent_targets(y: torch.Tensor, pool_x: torch.Tensor, pool_y: torch.Tensor, 
 
 @torch.no_grad()
 def accuracy(model, x, y, bs=250) -> float:
-    pred = torch.cat([model(x[i:i + bs]).argmax(1) for i in range(0, len(x), bs)])
-    return 100.0 * (pred == y).float().mean().item()
+    return 100.0 * (predict(model, x, bs) == y).float().mean().item()
 
 
 def _pgd_over(model, x, y, cfg: AdaptiveConfig, eps, eval_model=None, eot_iter=1, worst_case=True, restarts=None,
@@ -509,7 +506,7 @@ def evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, data=No
                 xa = torch.cat([apgd(model, eps, cfg.steps, cfg.seed, cfg.apgd_targets)(xb, yb)
                                 for xb, yb in zip(x.split(cfg.batch_size), y.split(cfg.batch_size))])
                 with torch.no_grad():
-                    fooled = torch.cat([defended(b).argmax(1) for b in xa.split(cfg.batch_size)]) != y
+                    fooled = predict(defended, xa, cfg.batch_size) != y
                 rec["gradient"] = grad
             elif name == "square":
                 import torchattacks
@@ -519,20 +516,20 @@ def evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, data=No
                                                     n_restarts=1, seed=cfg.seed, loss="margin")(xb, yb)
                                 for xb, yb in zip(x.split(cfg.batch_size), y.split(cfg.batch_size))])
                 with torch.no_grad():
-                    fooled = torch.cat([runtime(b).argmax(1) for b in xa.split(cfg.batch_size)]) != y
+                    fooled = predict(runtime, xa, cfg.batch_size) != y
                     torch_acc = accuracy(defended, xa, y)
                 rec.update(queries=runtime.queries - q0, torch_reference_accuracy=torch_acc)
             elif name == "transfer":
                 xa, _, curve = _pgd_over(surrogate, x, y, cfg, eps, eval_model=defended, worst_case=False,
                                          restarts=1)
                 with torch.no_grad():
-                    fooled = torch.cat([defended(b).argmax(1) for b in xa.split(cfg.batch_size)]) != y
+                    fooled = predict(defended, xa, cfg.batch_size) != y
                 rec.update(curve=curve, surrogate_accuracy=accuracy(surrogate, xa, y),
                            undefended_accuracy=accuracy(clf, xa, y))
             else:  # latent
                 xa, fooled, curve = _latent_over(vg, defended, x, y, codes, cfg, eps)
                 with torch.no_grad():
-                    pred = torch.cat([defended(b).argmax(1) for b in xa.split(cfg.batch_size)])
+                    pred = predict(defended, xa, cfg.batch_size)
                 rec.update(curve=curve, target_success=100.0 * (pred == tcls).float().mean().item(),
                            latent_distance_before=_latent_dist(vg, x, codes),
                            latent_distance_after=_latent_dist(vg, xa, codes))

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import check_eps
 from .errors import VaeganError
 
 ATTACKS = ("fgsm", "pgd", "tpgd", "cw")
@@ -46,8 +47,7 @@ class AttackSpec:
     def __post_init__(self):
         if self.name not in ATTACKS:
             raise VaeganError(f"unknown attack {self.name!r} (expected one of {', '.join(ATTACKS)})")
-        if not 0.0 <= self.eps <= 1.0:
-            raise VaeganError(f"eps {self.eps} out of range: pixels are in [0, 1], eps must be in [0, 1]")
+        check_eps(self.eps)
         if self.steps < 1:
             raise VaeganError(f"steps must be >= 1 (got {self.steps})")
 

@@ -101,11 +101,9 @@ def parse_numbers(option: str, text: str, cast=float) -> tuple:
 
 
 def parse_eps(text: str) -> tuple:
-    eps = parse_numbers("--eps", text)
-    bad = [e for e in eps if not 0 <= e <= 1]
-    if bad:
-        raise VaeganError(f"eps {bad[0]} out of range: pixels are in [0, 1], eps must be in [0, 1]")
-    return eps
+    from .config import check_eps
+
+    return tuple(check_eps(e) for e in parse_numbers("--eps", text))
 
 
 # ---------------------------------------------------------------------------------------------------- vaegan-train

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .errors import VaeganError
+
 TEST_SUBSET = 2_000  # the first 2,000 test images: the adversarial test set (see data.py)
+
+
+def check_eps(eps: float) -> float:
+    """An L-inf budget in pixel units: pixels are in [0, 1], so eps must be too (a one-line VaeganError)."""
+    if not 0.0 <= eps <= 1.0:
+        raise VaeganError(f"eps {eps:g} out of range: pixels are in [0, 1], eps must be in [0, 1]")
+    return eps
 
 
 @dataclass

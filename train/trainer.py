@@ -58,6 +58,11 @@ def _loader(ds, cfg, world: int, rank: int, epoch: int) -> DataLoader:
                       drop_last=True)
 
 
+def _steps_per_epoch(ds, cfg, world: int) -> int:
+    """Optimizer steps per epoch on each process: the length of its loader (full batches of its shard)."""
+    return len(_loader(ds, cfg, world, 0, 0))
+
+
 def _train_set(cfg):
     ds = load_split(True, cfg.data_root)
     if cfg.train_limit:
@@ -118,7 +123,7 @@ def train_classifier(cfg: ClassifierConfig, resume: bool = False) -> dict:
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=True)
     train_ds = _train_set(cfg)
-    steps_per_epoch = len(train_ds) // (cfg.batch_size * world)
+    steps_per_epoch = _steps_per_epoch(train_ds, cfg, world)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * steps_per_epoch),
                                                 pct_start=0.2)
     start_epoch, step, best = 0, 0, -1.0
@@ -229,7 +234,7 @@ def train_vaegan(cfg: VAEGANConfig, resume: bool = False) -> dict:
         clf, _ = ckpt_io.load_model(cfg.classifier, "classifier")
     gen = torch.Generator().manual_seed(cfg.seed + 1 + rank)
     metrics = {}
-    steps_per_epoch = len(_loader(train_ds, cfg, world, rank, 0))
+    steps_per_epoch = _steps_per_epoch(train_ds, cfg, world)
     for epoch in range(start_epoch, cfg.epochs):
         vg.train()
         t0 = time.time()
