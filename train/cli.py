@@ -141,6 +141,9 @@ def _lazy_train_commands():
     _train_command("classifier", "ClassifierConfig", "train_classifier",
                    "Train the VGG16-D classifier (the target model).")
     _train_command("vaegan", "VAEGANConfig", "train_vaegan", "Train the VAE-GAN purifier (E, G, D).")
+    _train_command("purifier", "PurifierConfig", "train_purifier",
+                   "Fine-tune a trained VAE-GAN into the purifier of one frozen classifier: classifier-guided, on "
+                   "clean, noisy, oblivious- and adaptive-adversarial inputs.")
 
 
 _lazy_train_commands()

@@ -70,6 +70,39 @@ class VAEGANConfig:
     model: VAEGANArgs = field(default_factory=VAEGANArgs)
 
 
+@dataclass
+class PurifierConfig:
+    """Fine-tuning a trained VAE-GAN into the purifier of one classifier (``vaegan-train purifier``; trainer.py).
+
+    Each batch is split into four groups that E must map back to the clean image: clean, sign noise (as in the
+    VAE-GAN's denoising term), oblivious adversarial examples (FGSM with random start against the classifier alone)
+    and adaptive ones (PGD through classifier(G(mu_E(.))), the defended pipeline at T = 0). The loss adds the
+    classifier's cross-entropy on G(mu_E(x~)) (``guide_weight``, the classifier stays frozen) to the VAE-GAN terms.
+    """
+
+    out: str = "runs/purifier"
+    init: str | None = None          # VAE-GAN checkpoint to start from (default: the shipped models/vaegan.pt)
+    classifier: str | None = None    # the frozen classifier to purify for (default: the shipped models/classifier.pt)
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 1e-4
+    lr_d: float = 1e-4
+    lr_decay_epochs: int = 0
+    guide_weight: float = 10.0       # classifier cross-entropy on G(mu_E(x~)), per image (pixel BCE is a sum)
+    kl_weight: float = 0.5
+    fm_weight: float = 1.0
+    adv_weight: float = 1.0
+    noise_frac: float = 0.25         # batch fractions of the four groups (clean takes the rest)
+    oblivious_frac: float = 0.25
+    adaptive_frac: float = 0.25
+    noise_eps: float = 0.35          # sign-noise amplitude ~ U(0, noise_eps)
+    oblivious_eps: float = 0.35      # FGSM-RS against the classifier, eps ~ U(0, oblivious_eps)
+    adaptive_eps: float = 0.15       # PGD through classifier(G(mu_E(.))), eps ~ U(0, adaptive_eps)
+    adaptive_steps: int = 3
+    seed: int = 0
+    train_limit: int | None = None
+    eval_limit: int = TEST_SUBSET
+    data_root: str | None = None
 
 
 @dataclass

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from . import checkpoint as ckpt_io
-from .config import ClassifierConfig, VAEGANConfig
+from .config import ClassifierConfig, PurifierConfig, VAEGANConfig
 from .data import load_split
 from .models import VAEGAN, VGG16
 
@@ -314,3 +314,164 @@ def evaluate_vaegan(vg: VAEGAN, x: torch.Tensor, y: torch.Tensor, clf=None, seed
         out["clf_acc_rec"] = accuracy(clf, rec, y)
         out["clf_acc_rec_noisy"] = accuracy(clf, rec_n, y)
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# purifier fine-tuning: the VAE-GAN adapted to one (frozen) classifier, adversarially
+
+def _fgsm_rs(clf, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """FGSM with a random start (Wong et al. 2020) against the bare classifier; ``eps`` per image (N x 1 x 1 x 1)."""
+    delta = (torch.rand(x.shape, generator=gen) * 2 - 1) * eps
+    x1 = (x + delta).clamp(0, 1).requires_grad_(True)
+    with torch.enable_grad():
+        g, = torch.autograd.grad(F.cross_entropy(clf(x1), y), x1)
+    delta = (delta + 1.25 * eps * g.sign()).clamp(-eps, eps)
+    return (x + delta).clamp(0, 1).detach()
+
+
+def _pgd(model, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, steps: int, gen: torch.Generator) -> torch.Tensor:
+    """L-inf PGD with a random start and step 2.5 eps / steps (Madry et al. 2018) on ``model``'s cross-entropy."""
+    alpha = 2.5 * eps / max(steps, 1)
+    xa = (x + (torch.rand(x.shape, generator=gen) * 2 - 1) * eps).clamp(0, 1)
+    for _ in range(steps):
+        xa.requires_grad_(True)
+        with torch.enable_grad():
+            g, = torch.autograd.grad(F.cross_entropy(model(xa), y), xa)
+        xa = torch.min(torch.max(xa.detach() + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
+    return xa.detach()
+
+
+def _purifier_inputs(vg: VAEGAN, clf, x: torch.Tensor, y: torch.Tensor, cfg, gen: torch.Generator) -> torch.Tensor:
+    """The batch E must map back to x: [clean | sign noise | FGSM-RS on clf | PGD on clf(G(mu_E(.)))], in order."""
+    n = x.shape[0]
+    sizes = [int(round(f * n)) for f in (cfg.noise_frac, cfg.oblivious_frac, cfg.adaptive_frac)]
+    n_clean = n - sum(sizes)
+    if n_clean < 0:
+        raise ValueError("noise_frac + oblivious_frac + adaptive_frac must be <= 1")
+    bounds = [n_clean]
+    for s in sizes:
+        bounds.append(bounds[-1] + s)
+    parts = [x[:n_clean]]
+    sl = [slice(bounds[i], bounds[i + 1]) for i in range(3)]
+    parts.append(corrupt(x[sl[0]], cfg.noise_eps, 1.0, gen))
+    eps_o = torch.rand(sizes[1], 1, 1, 1, generator=gen) * cfg.oblivious_eps
+    parts.append(_fgsm_rs(clf, x[sl[1]], y[sl[1]], eps_o, gen) if sizes[1] else x[sl[1]])
+    eps_a = torch.rand(sizes[2], 1, 1, 1, generator=gen) * cfg.adaptive_eps
+    defended = lambda v: clf(vg.reconstruct(v))  # noqa: E731  (E and G stay in eval mode while fine-tuning)
+    parts.append(_pgd(defended, x[sl[2]], y[sl[2]], eps_a, cfg.adaptive_steps, gen) if sizes[2] else x[sl[2]])
+    return torch.cat(parts)
+
+
+def train_purifier(cfg: PurifierConfig, resume: bool = False) -> dict:
+    """Fine-tune a VAE-GAN into the purifier of one frozen classifier (``PurifierConfig``).
+
+    L_EG = BCE_pixels(G(z), x) + kl_weight * KL + fm_weight * feature matching + adv_weight * GAN   (as train_vaegan)
+           + guide_weight * CE(classifier(G(mu_E(x~))), y)
+    over a batch x~ of clean, sign-noise, oblivious-adversarial and adaptive-adversarial versions of x (see
+    ``_purifier_inputs``); D is trained as in ``train_vaegan`` so that it keeps judging G's outputs. E and G run with
+    eval-mode BatchNorm, so the adversarial examples are crafted against the same function that is trained.
+    """
+    rank, world = _dist_setup()
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    init = cfg.init or str(ckpt_io.default_path("vaegan"))
+    clf_path = cfg.classifier or str(ckpt_io.default_path("classifier"))
+    vg, init_ckpt = ckpt_io.load_model(init, "vaegan")
+    clf, _ = ckpt_io.load_model(clf_path, "classifier")
+    clf.eval().requires_grad_(False)
+    opt_eg = torch.optim.Adam(list(vg.encoder.parameters()) + list(vg.decoder.parameters()), lr=cfg.lr,
+                              betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(vg.discriminator.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
+    start_epoch, step, best = 0, 0, -math.inf
+    state = _resume_state(out, resume, "vaegan")
+    if state is not None:
+        vg.load_state_dict(state["model"])
+        opt_eg.load_state_dict(state["optimizer"]["eg"])
+        opt_d.load_state_dict(state["optimizer"]["d"])
+        start_epoch, step, best = state["epoch"], state["step"], state["best_metric"]
+    enc, dec, disc = (_wrap(m, world) for m in (vg.encoder, vg.decoder, vg.discriminator))
+    d_raw = vg.discriminator
+    train_ds = _train_set(cfg)
+    xe, ye = _eval_set(cfg)
+    gen = torch.Generator().manual_seed(cfg.seed + 1 + rank)
+    metrics = {}
+    steps_per_epoch = _steps_per_epoch(train_ds, cfg, world)
+    for epoch in range(start_epoch, cfg.epochs):
+        vg.eval()  # eval-mode BatchNorm in E and G (D has none)
+        t0 = time.time()
+        sums = {"rec": 0.0, "kl": 0.0, "fm": 0.0, "g_adv": 0.0, "d": 0.0, "guide": 0.0}
+        n = 0
+        loader = _loader(train_ds, cfg, world, rank, epoch)
+        for x, y in tqdm(loader, desc=f"purifier epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, leave=False):
+            b = x.shape[0]
+            scale = _lr_scale(step, cfg.epochs, cfg.lr_decay_epochs, steps_per_epoch)
+            for opt, base in ((opt_eg, cfg.lr), (opt_d, cfg.lr_d)):
+                for group in opt.param_groups:
+                    group["lr"] = base * scale
+            x_in = _purifier_inputs(vg, clf, x, y, cfg, gen)
+            mu, logvar = enc(x_in)
+            z = mu + torch.randn(mu.shape, generator=gen) * torch.exp(0.5 * logvar)
+            zp = torch.randn(mu.shape, generator=gen)
+            logit_img = dec(torch.cat([z, zp, mu]), logits=True)
+            img = torch.sigmoid(logit_img)
+            xr_logit, xr, xp, xm = logit_img[:b], img[:b], img[b:2 * b], img[2 * b:]
+
+            d_logits = disc(torch.cat([x, xr.detach(), xp.detach()])).squeeze(1)
+            loss_d = F.binary_cross_entropy_with_logits(d_logits, torch.cat([torch.ones(b), torch.zeros(2 * b)]))
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+
+            d_raw.requires_grad_(False)
+            with torch.no_grad():
+                f_real, _ = d_raw.features(x)
+            f_fake, l_fake = d_raw.features(torch.cat([xr, xp]))
+            d_raw.requires_grad_(True)
+            rec = F.binary_cross_entropy_with_logits(xr_logit, x, reduction="sum") / b
+            kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / b
+            fm = F.mse_loss(f_fake[:b], f_real, reduction="sum") / b / f_real[0].numel() * 100.0
+            g_adv = F.binary_cross_entropy_with_logits(l_fake.squeeze(1), torch.ones(2 * b))
+            guide = F.cross_entropy(clf(xm), y)
+            loss = (rec + cfg.kl_weight * kl + cfg.fm_weight * fm + cfg.adv_weight * g_adv
+                    + cfg.guide_weight * guide)
+            opt_eg.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_eg.step()
+            step += 1
+            n += 1
+            for k, v in (("rec", rec), ("kl", kl), ("fm", fm), ("g_adv", g_adv), ("d", loss_d), ("guide", guide)):
+                sums[k] += v.item()
+        if rank == 0:
+            metrics = {k: v / max(n, 1) for k, v in sums.items()}
+            metrics.update(evaluate_vaegan(vg, xe, ye, clf, cfg.seed))
+            metrics.update(evaluate_purifier_robustness(vg, clf, xe[:500], ye[:500], cfg.seed))
+            metrics["epoch_seconds"] = time.time() - t0
+            best = max(best, metrics["clf_acc_rec"])
+            print(f"epoch {epoch + 1}: rec {metrics['rec']:.2f} kl {metrics['kl']:.2f} guide {metrics['guide']:.3f} "
+                  f"g_adv {metrics['g_adv']:.3f} d {metrics['d']:.3f} | test mse {metrics['test_mse_clean']:.4f}, "
+                  f"clf acc rec {metrics['clf_acc_rec']:.2f}% noisy.3 {metrics['clf_acc_rec_noisy']:.2f}% "
+                  f"oblivious pgd10 .1 {metrics['oblivious_pgd_acc']:.2f}% adaptive pgd10 .1 "
+                  f"{metrics['adaptive_pgd_acc']:.2f}%, {metrics['epoch_seconds']:.0f}s", flush=True)
+            ckpt = {"kind": "vaegan", "model": vg.state_dict(), "model_args": init_ckpt["model_args"],
+                    "config": asdict(cfg), "init_config": init_ckpt.get("config"), "epoch": epoch + 1, "step": step,
+                    "metrics": metrics, "best_metric": best, "world_size": world,
+                    "optimizer": {"eg": opt_eg.state_dict(), "d": opt_d.state_dict()}}
+            ckpt_io.save(out / "ckpt.pt", ckpt)
+            ckpt_io.save(out / "model.pt", ckpt_io.slim(ckpt))
+        if world > 1:
+            dist.barrier()
+    return metrics
+
+
+def evaluate_purifier_robustness(vg: VAEGAN, clf, x: torch.Tensor, y: torch.Tensor, seed: int = 0,
+                                 eps: float = 0.1, steps: int = 10) -> dict:
+    """A quick per-epoch check (not Table 1): classifier accuracy on G(mu_E(x_adv)) for PGD-``steps`` at ``eps``
+    crafted against the bare classifier (oblivious) and through classifier(G(mu_E(.))) (adaptive, T = 0)."""
+    vg.eval()
+    gen = torch.Generator().manual_seed(seed)
+    e = torch.full((len(x), 1, 1, 1), eps)
+    x_obl = _pgd(clf, x, y, e, steps, gen)
+    x_ada = _pgd(lambda v: clf(vg.reconstruct(v)), x, y, e, steps, gen)
+    with torch.no_grad():
+        return {"oblivious_pgd_acc": accuracy(clf, vg.reconstruct(x_obl), y),
+                "adaptive_pgd_acc": accuracy(clf, vg.reconstruct(x_ada), y)}

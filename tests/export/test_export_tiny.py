@@ -122,6 +122,29 @@ def test_purify_is_a_for_loop_independent_of_T(tiny_export):
                                    for o in n.output]
 
 
+@pytest.mark.parametrize("steps", [0, 3])
+def test_unrolled_loop_is_the_same_function(tiny_export, tmp_path, steps):
+    """export.rewrite.unroll_loop (a bench lever): no Loop, no 'steps' input, the same outputs as the Loop at T."""
+    from vaegan.export.rewrite import unroll_loop
+
+    model = onnx.load(tiny_export["out"] / "purify.onnx")
+    un = unroll_loop(model, steps)
+    onnx.checker.check_model(un, full_check=True)
+    assert not any(n.op_type == "Loop" for n in un.graph.node)
+    assert "steps" not in [i.name for i in un.graph.input]
+    onnx.save(un, tmp_path / "u.onnx")
+    rng = np.random.default_rng(0)
+    feed = {"x": rng.random((5, 1, 28, 28), dtype=np.float32),
+            "noise": rng.standard_normal((2, 5, 8), dtype=np.float32), "eta": np.array(0.05, np.float32),
+            "lam": np.array(1.0, np.float32), "momentum": np.array(0.5, np.float32)}
+    ref = ort_session(tiny_export["out"] / "purify.onnx").run(None, {**feed, "steps": np.array(steps, np.int64)})
+    got = ort_session(tmp_path / "u.onnx").run(None, feed)
+    for a, b in zip(ref, got):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="one Loop"):
+        unroll_loop(un, 2)
+
+
 def _torch_nets(ckpt):
     from vaegan.train.checkpoint import load_model
 

@@ -3,10 +3,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from vaegan.train import checkpoint, trainer
-from vaegan.train.config import ClassifierArgs, ClassifierConfig, VAEGANArgs, VAEGANConfig
+from vaegan.train.config import ClassifierArgs, ClassifierConfig, PurifierConfig, VAEGANArgs, VAEGANConfig
 
 from ..conftest import requires_data
 
@@ -73,3 +74,57 @@ def test_torchrun_two_processes(tmp_path):
     ck = checkpoint.load_raw(Path(out) / "ckpt.pt")
     # 256 images / (32 per process * 2 processes) = 4 steps
     assert ck["world_size"] == 2 and ck["step"] == 4 and ck["epoch"] == 1
+
+
+@requires_data
+def test_purifier_finetune_trains_resumes_and_loads(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt):
+    """`vaegan-train purifier` on tiny nets: finite losses and metrics, a vaegan-kind checkpoint that records its
+    start point, resumable with the same step counter."""
+    torch.set_num_threads(1)
+    out = tmp_path / "p"
+    cfg = dict(out=str(out), init=str(tiny_vaegan_ckpt), classifier=str(tiny_classifier_ckpt), train_limit=128,
+               eval_limit=32, batch_size=32, adaptive_steps=2)
+    m = trainer.train_purifier(PurifierConfig(epochs=1, **cfg))
+    assert all(torch.isfinite(torch.tensor(float(v))) for v in m.values())
+    for key in ("guide", "clf_acc_rec", "oblivious_pgd_acc", "adaptive_pgd_acc"):
+        assert key in m
+    ck = checkpoint.load_raw(out / "ckpt.pt")
+    assert ck["kind"] == "vaegan" and ck["epoch"] == 1 and ck["step"] == 4
+    assert ck["config"]["guide_weight"] == PurifierConfig().guide_weight and ck["init_config"] == {}
+    start, _ = checkpoint.load_model(tiny_vaegan_ckpt, "vaegan")
+    tuned, _ = checkpoint.load_model(out / "model.pt", "vaegan")
+    assert tuned.args.latent_dim == 8
+    assert not torch.equal(start.encoder.head.weight, tuned.encoder.head.weight)
+    trainer.train_purifier(PurifierConfig(epochs=2, **cfg), resume=True)
+    assert checkpoint.load_raw(out / "ckpt.pt")["step"] == 8
+
+
+def test_purifier_inputs_are_the_four_groups_within_their_budgets(tiny_vaegan_ckpt, tiny_classifier_ckpt):
+    torch.manual_seed(0)
+    vg, _ = checkpoint.load_model(tiny_vaegan_ckpt, "vaegan")
+    clf, _ = checkpoint.load_model(tiny_classifier_ckpt, "classifier")
+    x, y = torch.rand(40, 1, 28, 28), torch.randint(0, 10, (40,))
+    cfg = PurifierConfig(noise_frac=0.25, oblivious_frac=0.25, adaptive_frac=0.25, noise_eps=0.3,
+                         oblivious_eps=0.2, adaptive_eps=0.1, adaptive_steps=3)
+    xi = trainer._purifier_inputs(vg, clf, x, y, cfg, torch.Generator().manual_seed(0))
+    d = (xi - x).abs().flatten(1).max(1).values
+    assert xi.shape == x.shape and xi.min() >= 0 and xi.max() <= 1
+    assert (d[:10] == 0).all()                                   # clean
+    assert (d[10:20] > 0).all() and (d[10:20] <= 0.3 + 1e-6).all()  # sign noise
+    assert (d[20:30] > 0).all() and (d[20:30] <= 0.2 + 1e-6).all()  # FGSM-RS on the classifier
+    assert (d[30:] > 0).all() and (d[30:] <= 0.1 + 1e-6).all()      # PGD through classifier(G(mu_E(.)))
+    with pytest.raises(ValueError, match="must be <= 1"):
+        trainer._purifier_inputs(vg, clf, x, y, PurifierConfig(noise_frac=0.5, oblivious_frac=0.5, adaptive_frac=0.5),
+                                 torch.Generator())
+
+
+def test_training_pgd_raises_the_loss_it_attacks():
+    torch.manual_seed(0)
+    clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))  # any differentiable classifier
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    eps = torch.full((16, 1, 1, 1), 0.1)
+    xa = trainer._pgd(clf, x, y, eps, 5, torch.Generator().manual_seed(0))
+    xf = trainer._fgsm_rs(clf, x, y, eps, torch.Generator().manual_seed(0))
+    ce = lambda v: torch.nn.functional.cross_entropy(clf(v), y).item()  # noqa: E731
+    assert (xa - x).abs().max() <= 0.1 + 1e-6 and (xf - x).abs().max() <= 0.1 + 1e-6
+    assert ce(xa) > ce(x) and ce(xf) > ce(x)
