@@ -647,8 +647,10 @@ def write_adaptive(report: dict, out: Path) -> None:
         md.append(f"| {LABELS[name]} | " + " | ".join(f"{per[e]['accuracy']:.2f}" if e in per else "–" for e in eps)
                   + " |")
     if report["any"]:
-        md.append("| **worst case over the attacks above (per image; deterministic purifier)** | "
-                  + " | ".join(f"**{report['any'][e]:.2f}**" for e in eps) + " |")
+        label = ("lowest over the attacks above (merged runs; per image within each run)"
+                 if report.get("any_kind") == "min" else "worst case over the attacks above (per image; deterministic purifier)")
+        md.append(f"| **{label}** | " + " | ".join(f"**{report['any'][e]:.2f}**" if e in report["any"] else "–"
+                                                 for e in eps) + " |")
     obl = report.get("oblivious")
     if obl:
         for row, per in obl["rows"].items():
@@ -699,13 +701,14 @@ def write_adaptive(report: dict, out: Path) -> None:
     (out / "adaptive.json").write_text(json.dumps(report, indent=2))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    xs = [0.0] + [float(e) for e in eps]
     for name, per in report["attacks"].items():
         clean = c["defended_randomized"] if name == "bpda_eot" else c["defended"]
         pts = [(float(e), per[e]["accuracy"]) for e in eps if e in per]
         ax.plot([0.0] + [p[0] for p in pts], [clean] + [p[1] for p in pts], marker="o", label=LABELS[name])
     if report["any"]:
-        ax.plot(xs, [c["defended"]] + [report["any"][e] for e in eps], "k-", lw=2.5, label="worst case (adaptive)")
+        pts = [(float(e), report["any"][e]) for e in eps if e in report["any"]]
+        ax.plot([0.0] + [p[0] for p in pts], [c["defended"]] + [p[1] for p in pts], "k-", lw=2.5,
+                label="worst case (adaptive)")
     if obl:
         for row, per in obl["rows"].items():
             pts = sorted((float(e), v) for e, v in per.items())
@@ -721,6 +724,47 @@ def write_adaptive(report: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def merge_reports(reports: list[dict]) -> dict:
+    """One report from several ``evaluate_adaptive`` runs over the same images, checkpoints and purifier, split by
+    eps or by attack so that they can run in parallel. A run keeps no per-image outcomes, so across runs the
+    worst-case row is the lowest accuracy over the attacks at each eps (and over each run's own per-image worst
+    case): an upper bound on the per-image union, marked ``any_kind: "min"``."""
+    if not reports:
+        raise VaeganError("merge: no reports")
+    first = reports[0]
+    for r in reports[1:]:
+        for key, what in (("n", "image count"), ("checkpoints", "checkpoints")):
+            if r[key] != first[key]:
+                raise VaeganError(f"merge: the reports differ in {what} ({first[key]} vs {r[key]})")
+        if r["config"]["purify"] != first["config"]["purify"]:
+            raise VaeganError("merge: the reports were measured with different purifier settings")
+    merged = {k: v for k, v in first.items() if k not in ("attacks", "any", "eps")}
+    merged["attacks"], eps = {}, set()
+    for r in reports:
+        eps |= {float(e) for e in r["eps"]}
+        for name, per in r["attacks"].items():
+            dst = merged["attacks"].setdefault(name, {})
+            for e, rec in per.items():
+                if e in dst:
+                    raise VaeganError(f"merge: {name} at eps {e} is in more than one report")
+                dst[e] = rec
+        for key in ("surrogate", "runtime", "oblivious"):
+            if r.get(key) and not merged.get(key):
+                merged[key] = r[key]
+    merged["eps"] = sorted(eps)
+    merged["attacks"] = {a: merged["attacks"][a] for a in ATTACKS if a in merged["attacks"]}
+    scored = WHITE_OR_BLACK_BOX + ("transfer",)
+    merged["any"] = {}
+    for e in (str(x) for x in merged["eps"]):
+        accs = [per[e]["accuracy"] for a, per in merged["attacks"].items() if a in scored and e in per]
+        accs += [r["any"][e] for r in reports if e in r.get("any", {})]
+        if accs:
+            merged["any"][e] = min(accs)
+    merged["any_kind"] = "min"
+    merged["merged_from"] = len(reports)
+    return merged
+
+
 def _curve_steps(report) -> list[int]:
     s = set()
     for per in report["attacks"].values():
@@ -730,4 +774,4 @@ def _curve_steps(report) -> list[int]:
 
 
 __all__ = ["ATTACKS", "AdaptiveConfig", "StraightThrough", "RandomizedPurifier", "RuntimeModel", "TrackedPGD",
-           "LatentPGD", "apgd", "margin", "evaluate_adaptive", "write_adaptive", "oblivious_numbers"]
+           "LatentPGD", "apgd", "margin", "evaluate_adaptive", "write_adaptive", "oblivious_numbers", "merge_reports"]

@@ -291,14 +291,33 @@ def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, de
 @click.option("--batch-size", type=int, default=100, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch intra-op threads")
 @dataclass_options(__import__("vaegan.train.config", fromlist=["PurifyConfig"]).PurifyConfig)
+@click.option("--merge", "merge_dirs", multiple=True, type=click.Path(file_okay=False),
+              help="instead of attacking: merge the adaptive.json of these earlier runs (same images, checkpoints and "
+                   "purifier; e.g. one run per eps, in parallel) into OUT")
 @click.option("--out", default="reports", show_default=True)
 @click.option("--data-root", default=None)
 @_friendly
 def adaptive_cli(checkpoint, classifier, n, eps_list, attack_list, attack_steps, curve_list, alpha_ratio,
                  attack_restarts, loss, eot_samples, eot_restarts, apgd_grad, apgd_targets, square_queries, artifacts,
-                 surrogate, surrogate_epochs, surrogate_train_limit, attack_seed, batch_size, threads, out, data_root,
-                 **pvalues):
+                 surrogate, surrogate_epochs, surrogate_train_limit, attack_seed, batch_size, threads, merge_dirs, out,
+                 data_root, **pvalues):
     from .config import PurifyConfig
+
+    if merge_dirs:
+        import json
+
+        from .adaptive import merge_reports, write_adaptive
+
+        reports = []
+        for d in merge_dirs:
+            path = Path(d) / "adaptive.json"
+            try:
+                reports.append(json.loads(path.read_text()))
+            except (OSError, ValueError) as e:
+                raise VaeganError(f"{path}: not a readable adaptive report ({e})") from None
+        write_adaptive(merge_reports(reports), Path(out))
+        click.echo(f"merged {len(reports)} reports; wrote {out}/adaptive.md, adaptive.json, adaptive.png")
+        return
 
     eps = parse_eps(eps_list)
     curve = parse_numbers("--curve", curve_list, int)

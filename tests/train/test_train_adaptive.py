@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from vaegan.train import checkpoint
 from vaegan.train.adaptive import (AdaptiveConfig, RandomizedPurifier, RuntimeModel, StraightThrough, TrackedPGD,
-                                   margin)
+                                   margin, merge_reports)
 from vaegan.train.cli import adaptive_cli
 from vaegan.train.config import PurifyConfig
 from vaegan.train.errors import VaeganError
@@ -214,3 +214,41 @@ def test_cli_writes_the_report_on_4_images(live_ckpts, tiny_vaegan_ckpt, artifac
     md = (out / "adaptive.md").read_text()
     assert "BPDA + PGD" in md and "oblivious pgd40 (purified), first 4" in md and "Convergence" in md
     assert (out / "adaptive.png").stat().st_size > 1000
+
+
+def _report(attacks: dict, eps, any_=None, n=8, ck="a", purify_steps=3):
+    return {"n": n, "eps": eps, "clean": {"classifier": 90.0, "defended": 80.0},
+            "config": {"purify": {"steps": purify_steps}, "steps": 5, "alpha_ratio": 0.1, "restarts": 1, "loss": "ce",
+                       "eot_samples": 2, "square_queries": 3},
+            "attacks": attacks, "any": any_ or {}, "checkpoints": {"vaegan": ck, "classifier": ck}, "threads": 1,
+            "oblivious": None}
+
+
+def test_merge_joins_runs_split_by_eps_and_attack(tmp_path):
+    a = _report({"full": {"0.1": {"accuracy": 60.0, "curve": {"5": 60.0}}}}, [0.1], {"0.1": 55.0})
+    b = _report({"apgd": {"0.1": {"accuracy": 58.0, "gradient": "full"}, "0.3": {"accuracy": 5.0, "gradient": "full"}}},
+                [0.1, 0.3], {"0.1": 58.0, "0.3": 5.0})
+    c = _report({"transfer": {"0.3": {"accuracy": 70.0, "undefended_accuracy": 20.0}}}, [0.3])
+    c["surrogate"] = {"path": "surrogate.pt", "sha256": "s", "clean_accuracy": 85.0}
+    for name, rep in zip("abc", (a, b, c)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adaptive.json").write_text(json.dumps(rep))
+    out = tmp_path / "merged"
+    r = CliRunner().invoke(adaptive_cli, ["--merge", str(tmp_path / "a"), "--merge", str(tmp_path / "b"),
+                                          "--merge", str(tmp_path / "c"), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "adaptive.json").read_text())
+    assert m["eps"] == [0.1, 0.3] and list(m["attacks"]) == ["full", "apgd", "transfer"]
+    # the worst-case row: lowest over the attacks and over each run's own per-image worst case
+    assert m["any"] == {"0.1": 55.0, "0.3": 5.0} and m["any_kind"] == "min" and m["merged_from"] == 3
+    md = (out / "adaptive.md").read_text()
+    assert "lowest over the attacks above (merged runs" in md and "| full-gradient PGD (unrolled T steps) | 60.00 | – |" in md
+    # runs that do not describe the same experiment are refused, naming the difference
+    with pytest.raises(VaeganError, match="differ in checkpoints"):
+        merge_reports([a, _report({}, [0.1], ck="b")])
+    with pytest.raises(VaeganError, match="different purifier settings"):
+        merge_reports([a, _report({}, [0.1], purify_steps=0)])
+    with pytest.raises(VaeganError, match="full at eps 0.1 is in more than one report"):
+        merge_reports([a, a])
+    r2 = CliRunner().invoke(adaptive_cli, ["--merge", str(tmp_path / "missing"), "--out", str(out)])
+    assert r2.exit_code == 1 and "missing/adaptive.json: not a readable adaptive report" in r2.output
