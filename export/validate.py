@@ -212,11 +212,12 @@ def _float64_reference(spec, nets, feed: dict):
 
 
 def ort_session(path: str | Path):
+    """An onnxruntime CPU session with the runtime's own session options, so validation checks what it will run."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    from vaegan.runtime.backend.onnxrt.loader import SessionOptionsFromConfig
+
+    return ort.InferenceSession(str(path), SessionOptionsFromConfig()(), providers=["CPUExecutionProvider"])
 
 
 def check_numerics(spec, path: Path, nets, feeds_per_batch: dict[int, dict], report: Report, echo=print) -> None:
