@@ -210,21 +210,68 @@ def _lr_scale(step: int, epochs: int, decay_epochs: int, steps_per_epoch: int) -
     return 1.0 - 0.9 * min(1.0, (step - start) / span)
 
 
+def _vaegan_optimizers(vg, cfg, out: Path, resume: bool, best: float):
+    """Adam for E+G and for D (betas 0.5, 0.999); with ``resume``, weights, optimizers, epoch, step and best metric
+    from OUT/ckpt.pt. Returns (opt_eg, opt_d, start_epoch, step, best)."""
+    opt_eg = torch.optim.Adam(list(vg.encoder.parameters()) + list(vg.decoder.parameters()), lr=cfg.lr,
+                              betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(vg.discriminator.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
+    state = _resume_state(out, resume, "vaegan")
+    if state is None:
+        return opt_eg, opt_d, 0, 0, best
+    vg.load_state_dict(state["model"])
+    opt_eg.load_state_dict(state["optimizer"]["eg"])
+    opt_d.load_state_dict(state["optimizer"]["d"])
+    return opt_eg, opt_d, state["epoch"], state["step"], state["best_metric"]
+
+
+def _set_lr(opts_and_base_lrs, scale: float) -> None:
+    for opt, base in opts_and_base_lrs:
+        for group in opt.param_groups:
+            group["lr"] = base * scale
+
+
+def _gan_step(disc, d_raw, opt_d, x, xr_logit, xr, xp, mu, logvar) -> dict:
+    """One discriminator step (real ``x`` against reconstructions ``xr`` and prior samples ``xp``), then the E/G loss
+    terms of the objective above with D frozen: ``rec``, ``kl``, ``fm``, ``g_adv`` (tensors with graph) and ``d``."""
+    b = x.shape[0]
+    d_logits = disc(torch.cat([x, xr.detach(), xp.detach()])).squeeze(1)
+    loss_d = F.binary_cross_entropy_with_logits(d_logits, torch.cat([torch.ones(b), torch.zeros(2 * b)]))
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+
+    d_raw.requires_grad_(False)
+    with torch.no_grad():
+        f_real, _ = d_raw.features(x)
+    f_fake, l_fake = d_raw.features(torch.cat([xr, xp]))
+    d_raw.requires_grad_(True)
+    return {"rec": F.binary_cross_entropy_with_logits(xr_logit, x, reduction="sum") / b,
+            "kl": -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / b,
+            "fm": F.mse_loss(f_fake[:b], f_real, reduction="sum") / b / f_real[0].numel() * 100.0,
+            "g_adv": F.binary_cross_entropy_with_logits(l_fake.squeeze(1), torch.ones(2 * b)),
+            "d": loss_d.detach()}
+
+
+def _eg_update(opt_eg, terms: dict, cfg, sums: dict) -> None:
+    """One E/G step on rec + kl_weight * kl + fm_weight * fm + adv_weight * g_adv (+ guide_weight * guide when
+    present); adds every term (and D's loss) to ``sums`` for the epoch log."""
+    weights = {"rec": 1.0, "kl": cfg.kl_weight, "fm": cfg.fm_weight, "g_adv": cfg.adv_weight,
+               "guide": getattr(cfg, "guide_weight", 0.0)}
+    loss = sum(weights[k] * v for k, v in terms.items() if k != "d")
+    opt_eg.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_eg.step()
+    for k, v in terms.items():
+        sums[k] += v.item()
+
+
 def train_vaegan(cfg: VAEGANConfig, resume: bool = False) -> dict:
     rank, world = _dist_setup()
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     vg = VAEGAN(cfg.model)
-    opt_eg = torch.optim.Adam(list(vg.encoder.parameters()) + list(vg.decoder.parameters()), lr=cfg.lr,
-                              betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(vg.discriminator.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
-    start_epoch, step, best = 0, 0, math.inf
-    state = _resume_state(out, resume, "vaegan")
-    if state is not None:
-        vg.load_state_dict(state["model"])
-        opt_eg.load_state_dict(state["optimizer"]["eg"])
-        opt_d.load_state_dict(state["optimizer"]["d"])
-        start_epoch, step, best = state["epoch"], state["step"], state["best_metric"]
+    opt_eg, opt_d, start_epoch, step, best = _vaegan_optimizers(vg, cfg, out, resume, math.inf)
     enc, dec, disc = (_wrap(m, world) for m in (vg.encoder, vg.decoder, vg.discriminator))
     d_raw = vg.discriminator
     train_ds = _train_set(cfg)
@@ -243,10 +290,8 @@ def train_vaegan(cfg: VAEGANConfig, resume: bool = False) -> dict:
         loader = _loader(train_ds, cfg, world, rank, epoch)
         for x, _ in tqdm(loader, desc=f"vaegan epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, leave=False):
             b = x.shape[0]
-            scale = _lr_scale(step, cfg.epochs, cfg.lr_decay_epochs, steps_per_epoch)
-            for opt, base in ((opt_eg, cfg.lr), (opt_d, cfg.lr_d)):
-                for group in opt.param_groups:
-                    group["lr"] = base * scale
+            _set_lr(((opt_eg, cfg.lr), (opt_d, cfg.lr_d)),
+                    _lr_scale(step, cfg.epochs, cfg.lr_decay_epochs, steps_per_epoch))
             x_in = corrupt(x, cfg.denoise_eps, cfg.denoise_prob, gen)
             mu, logvar = enc(x_in)
             z = mu + torch.randn(mu.shape, generator=gen) * torch.exp(0.5 * logvar)
@@ -255,32 +300,10 @@ def train_vaegan(cfg: VAEGANConfig, resume: bool = False) -> dict:
             img = torch.sigmoid(logit_img)
             xr_logit, xr, xp = logit_img[:b], img[:b], img[b:]
 
-            # --- discriminator step
-            d_logits = disc(torch.cat([x, xr.detach(), xp.detach()])).squeeze(1)
-            d_target = torch.cat([torch.ones(b), torch.zeros(2 * b)])
-            loss_d = F.binary_cross_entropy_with_logits(d_logits, d_target)
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-
-            # --- encoder / decoder step (D frozen)
-            d_raw.requires_grad_(False)
-            with torch.no_grad():
-                f_real, _ = d_raw.features(x)
-            f_fake, l_fake = d_raw.features(torch.cat([xr, xp]))
-            d_raw.requires_grad_(True)
-            rec = F.binary_cross_entropy_with_logits(xr_logit, x, reduction="sum") / b
-            kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / b
-            fm = F.mse_loss(f_fake[:b], f_real, reduction="sum") / b / f_real[0].numel() * 100.0
-            g_adv = F.binary_cross_entropy_with_logits(l_fake.squeeze(1), torch.ones(2 * b))
-            loss = rec + cfg.kl_weight * kl + cfg.fm_weight * fm + cfg.adv_weight * g_adv
-            opt_eg.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_eg.step()
+            terms = _gan_step(disc, d_raw, opt_d, x, xr_logit, xr, xp, mu, logvar)
+            _eg_update(opt_eg, terms, cfg, sums)
             step += 1
             n += 1
-            for k, v in (("rec", rec), ("kl", kl), ("fm", fm), ("g_adv", g_adv), ("d", loss_d)):
-                sums[k] += v.item()
         if rank == 0:
             metrics = {k: v / max(n, 1) for k, v in sums.items()}
             metrics.update(evaluate_vaegan(vg, xe, ye, clf, cfg.seed))
@@ -379,16 +402,7 @@ def train_purifier(cfg: PurifierConfig, resume: bool = False) -> dict:
     vg, init_ckpt = ckpt_io.load_model(init, "vaegan")
     clf, _ = ckpt_io.load_model(clf_path, "classifier")
     clf.eval().requires_grad_(False)
-    opt_eg = torch.optim.Adam(list(vg.encoder.parameters()) + list(vg.decoder.parameters()), lr=cfg.lr,
-                              betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(vg.discriminator.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
-    start_epoch, step, best = 0, 0, -math.inf
-    state = _resume_state(out, resume, "vaegan")
-    if state is not None:
-        vg.load_state_dict(state["model"])
-        opt_eg.load_state_dict(state["optimizer"]["eg"])
-        opt_d.load_state_dict(state["optimizer"]["d"])
-        start_epoch, step, best = state["epoch"], state["step"], state["best_metric"]
+    opt_eg, opt_d, start_epoch, step, best = _vaegan_optimizers(vg, cfg, out, resume, -math.inf)
     enc, dec, disc = (_wrap(m, world) for m in (vg.encoder, vg.decoder, vg.discriminator))
     d_raw = vg.discriminator
     train_ds = _train_set(cfg)
@@ -404,10 +418,8 @@ def train_purifier(cfg: PurifierConfig, resume: bool = False) -> dict:
         loader = _loader(train_ds, cfg, world, rank, epoch)
         for x, y in tqdm(loader, desc=f"purifier epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, leave=False):
             b = x.shape[0]
-            scale = _lr_scale(step, cfg.epochs, cfg.lr_decay_epochs, steps_per_epoch)
-            for opt, base in ((opt_eg, cfg.lr), (opt_d, cfg.lr_d)):
-                for group in opt.param_groups:
-                    group["lr"] = base * scale
+            _set_lr(((opt_eg, cfg.lr), (opt_d, cfg.lr_d)),
+                    _lr_scale(step, cfg.epochs, cfg.lr_decay_epochs, steps_per_epoch))
             x_in = _purifier_inputs(vg, clf, x, y, cfg, gen)
             mu, logvar = enc(x_in)
             z = mu + torch.randn(mu.shape, generator=gen) * torch.exp(0.5 * logvar)
@@ -416,31 +428,11 @@ def train_purifier(cfg: PurifierConfig, resume: bool = False) -> dict:
             img = torch.sigmoid(logit_img)
             xr_logit, xr, xp, xm = logit_img[:b], img[:b], img[b:2 * b], img[2 * b:]
 
-            d_logits = disc(torch.cat([x, xr.detach(), xp.detach()])).squeeze(1)
-            loss_d = F.binary_cross_entropy_with_logits(d_logits, torch.cat([torch.ones(b), torch.zeros(2 * b)]))
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-
-            d_raw.requires_grad_(False)
-            with torch.no_grad():
-                f_real, _ = d_raw.features(x)
-            f_fake, l_fake = d_raw.features(torch.cat([xr, xp]))
-            d_raw.requires_grad_(True)
-            rec = F.binary_cross_entropy_with_logits(xr_logit, x, reduction="sum") / b
-            kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / b
-            fm = F.mse_loss(f_fake[:b], f_real, reduction="sum") / b / f_real[0].numel() * 100.0
-            g_adv = F.binary_cross_entropy_with_logits(l_fake.squeeze(1), torch.ones(2 * b))
-            guide = F.cross_entropy(clf(xm), y)
-            loss = (rec + cfg.kl_weight * kl + cfg.fm_weight * fm + cfg.adv_weight * g_adv
-                    + cfg.guide_weight * guide)
-            opt_eg.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_eg.step()
+            terms = _gan_step(disc, d_raw, opt_d, x, xr_logit, xr, xp, mu, logvar)
+            terms["guide"] = F.cross_entropy(clf(xm), y)
+            _eg_update(opt_eg, terms, cfg, sums)
             step += 1
             n += 1
-            for k, v in (("rec", rec), ("kl", kl), ("fm", fm), ("g_adv", g_adv), ("d", loss_d), ("guide", guide)):
-                sums[k] += v.item()
         if rank == 0:
             metrics = {k: v / max(n, 1) for k, v in sums.items()}
             metrics.update(evaluate_vaegan(vg, xe, ye, clf, cfg.seed))
