@@ -315,6 +315,10 @@ def adaptive_cli(checkpoint, classifier, n, eps_list, attack_list, attack_steps,
                 reports.append(json.loads(path.read_text()))
             except (OSError, ValueError) as e:
                 raise VaeganError(f"{path}: not a readable adaptive report ({e})") from None
+            missing = [k for k in ("n", "eps", "clean", "attacks", "checkpoints", "config")
+                       if not isinstance(reports[-1], dict) or k not in reports[-1]]
+            if missing:
+                raise VaeganError(f"{path}: not an adaptive report (no {', '.join(missing)})")
         write_adaptive(merge_reports(reports), Path(out))
         click.echo(f"merged {len(reports)} reports; wrote {out}/adaptive.md, adaptive.json, adaptive.png")
         return

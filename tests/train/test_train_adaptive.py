@@ -252,3 +252,7 @@ def test_merge_joins_runs_split_by_eps_and_attack(tmp_path):
         merge_reports([a, a])
     r2 = CliRunner().invoke(adaptive_cli, ["--merge", str(tmp_path / "missing"), "--out", str(out)])
     assert r2.exit_code == 1 and "missing/adaptive.json: not a readable adaptive report" in r2.output
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "adaptive.json").write_text(json.dumps({"n": 8, "table": {}}))
+    r3 = CliRunner().invoke(adaptive_cli, ["--merge", str(tmp_path / "other"), "--out", str(out)])
+    assert r3.exit_code == 1 and "other/adaptive.json: not an adaptive report (no eps, clean, attacks" in r3.output
