@@ -60,7 +60,7 @@ def export_all(vaegan_ckpt, classifier_ckpt, out_dir, *, opset: int = 18, max_ba
     from vaegan.train.config import PurifyConfig
     from vaegan.train.purifier import check_config
 
-    from . import fused, manifest, specs, validate
+    from . import fused, manifest, rewrite, specs, validate
     from .grad import TRACE_BATCH, fold_batchnorm, to_onnx
 
     t_start = time.perf_counter()
@@ -94,14 +94,14 @@ def export_all(vaegan_ckpt, classifier_ckpt, out_dir, *, opset: int = 18, max_ba
             continue
         t0 = time.perf_counter()
         ex = specs.dummy_inputs(spec, TRACE_BATCH, L, images, gen, cfg)
-        models[spec.name] = to_onnx(spec.build(nets), [ex[i.name] for i in spec.inputs],
-                                    [i.name for i in spec.inputs], [o.name for o in spec.outputs],
-                                    spec.dynamic_axes, opset)
+        models[spec.name] = rewrite.convtranspose_as_conv(
+            to_onnx(spec.build(nets), [ex[i.name] for i in spec.inputs], [i.name for i in spec.inputs],
+                    [o.name for o in spec.outputs], spec.dynamic_axes, opset),
+            max_stride=1)  # stride-1 ConvTranspose (input-gradient of a stride-1 Conv) -> Conv: see rewrite.py
         timings[spec.name] = time.perf_counter() - t0
         echo(f"exported {spec.name} ({timings[spec.name]:.1f} s)")
     t0 = time.perf_counter()
-    models["purify"] = fused.assemble_purify(models["encoder"], models["purify_step"], models["purify_loss"],
-                                             models["decoder"], L)
+    models["purify"] = fused.assemble_purify(models["encoder"], models["purify_step"], models["purify_loss"], L)
     timings["purify"] = time.perf_counter() - t0
 
     # ---- write + validate

@@ -5,10 +5,11 @@ route (encoder, one descent step, the objective, decoder), with onnx's own APIs:
     z0      = reshape(mu[None] + noise, [R*N, L])              restart-major rows
     xr      = tile(x, [R, 1, 1, 1])
     z, vel  = Loop(M=steps, cond=true) { z, vel = step(z, vel, xr, eta, lam, momentum) }   (for-style Loop)
-    loss    = reshape(objective(z, xr, lam), [R, N])
-    best    = argmin(loss, axis 0)          (first minimum on ties, as torch.argmin)
+    loss, xg = objective(z, xr, lam)                           [R*N], [R*N, 1, 28, 28]
+    best    = argmin(reshape(loss, [R, N]), axis 0)  (first minimum on ties, as torch.argmin)
     z*      = gather_elements(reshape(z, [R, N, L]), best)     [N, L]
-    purified = decoder(z*),  loss = reduce_min(loss, axis 0)
+    purified = gather_elements(reshape(xg, [R, N, 784]), best) = G(z*)   (the objective's decode, not a second one)
+    loss    = reduce_min(loss, axis 0)
 
 The Loop's body holds the step's nodes; the step's weights live once in the outer graph as initializers (shared
 with the objective and decoder when identical), so the file size does not depend on T.
@@ -90,10 +91,11 @@ def _opset(model: onnx.ModelProto) -> int:
 
 
 def assemble_purify(encoder: onnx.ModelProto, step: onnx.ModelProto, loss: onnx.ModelProto,
-                    decoder: onnx.ModelProto, latent: int) -> onnx.ModelProto:
-    """The fused purifier (see module doc). Input / output names follow docs/ARTIFACTS.md."""
+                    latent: int) -> onnx.ModelProto:
+    """The fused purifier (see module doc). ``loss`` maps (z, x, lam) to (loss, G(z)). Input / output names follow
+    docs/ARTIFACTS.md."""
     opset = _opset(encoder)
-    for m in (step, loss, decoder):
+    for m in (step, loss):
         if _opset(m) != opset:
             raise ValueError("all pieces must share one opset")
     L = latent
@@ -134,7 +136,7 @@ def assemble_purify(encoder: onnx.ModelProto, step: onnx.ModelProto, loss: onnx.
     zT, _velT = b.node("Loop", ["steps", cond, z0, vel0], n_out=2, body=body)
 
     # restart selection and final decode
-    lossv, = b.inline(loss, "loss", {"z": zT, "x": xr, "lam": "lam"})
+    lossv, xg = b.inline(loss, "loss", {"z": zT, "x": xr, "lam": "lam"})
     rn, = b.node("Concat", [r1, n1], axis=0)
     loss_rn, = b.node("Reshape", [lossv, rn])
     best, = b.node("ArgMin", [loss_rn], axis=0, keepdims=1)                     # [1, N]
@@ -147,8 +149,14 @@ def assemble_purify(encoder: onnx.ModelProto, step: onnx.ModelProto, loss: onnx.
     idx, = b.node("Expand", [best3, one_nl])                                   # [1, N, L]
     zsel, = b.node("GatherElements", [z_rnl, idx], axis=0)
     zbest, = b.node("Squeeze", [zsel, ax0])
-    xdec, = b.inline(decoder, "decoder", {"z": zbest})
-    b.nodes.append(helper.make_node("Identity", [xdec], ["purified"], name="out/purified"))
+    pix = b.const("pixels", np.array([28 * 28], np.int64))
+    rnp, = b.node("Concat", [r1, n1, pix], axis=0)
+    xg_rnp, = b.node("Reshape", [xg, rnp])                                     # [R, N, 784]
+    one_np, = b.node("Concat", [b.const("one_p", np.array([1], np.int64)), n1, pix], axis=0)
+    idx_p, = b.node("Expand", [best3, one_np])                                 # [1, N, 784]
+    xsel, = b.node("GatherElements", [xg_rnp, idx_p], axis=0)
+    xbest, = b.node("Reshape", [xsel, b.const("image_shape", np.array([-1, 1, 28, 28], np.int64))])
+    b.nodes.append(helper.make_node("Identity", [xbest], ["purified"], name="out/purified"))
     b.nodes.append(helper.make_node("Identity", [loss_min], ["loss"], name="out/loss"))
     b.nodes.append(helper.make_node("Identity", [zbest], ["z"], name="out/z"))
 

@@ -5,9 +5,12 @@ PyTorch after them).
 ~45% of the fused purifier's time; its Conv is batched and uses the blocked (NCHWc) kernels. A ConvTranspose with
 stride s, kernel K, padding p (group 1, dilation 1) equals a stride-1 Conv at the *input* resolution with s*s*C_out
 output channels -- one per output phase (sub-pixel form: out[s*i + r] only sees inputs i + d with
-k = r + p - s*d in [0, K)) -- followed by ``DepthToSpace`` (CRD) and a crop. Not applied by ``export_all``: it was slower in the A/B of
+k = r + p - s*d in [0, K)) -- followed by ``DepthToSpace`` (CRD) and a crop. For s > 1 not applied by ``export_all``: it was slower in the A/B of
 bench/levers.py (and DepthToSpace is not in validate.TRT_SUPPORTED_OPS); kept for that A/B. Kernel taps a phase does not use are
-zero (bench/flops.py counts non-zero taps only). For s = 1 it is just a Conv with the flipped, transposed weight.
+zero (bench/flops.py counts non-zero taps only). For s = 1 it is just a Conv with the flipped, transposed weight, and
+that case *is* applied by ``export_all`` (``max_stride=1``): the input-gradient of G's last Conv (24 -> 1 channels,
+3x3, stride 1) is a ConvTranspose with one input channel, which onnxruntime ran at ~5 GFLOP/s (10% of the fused
+loop's time at batch 64); as a Conv it is exact in MACs and ~10x faster (bench/README.md, levers).
 """
 
 from __future__ import annotations
@@ -63,12 +66,13 @@ def _phase_conv(w: np.ndarray, strides, pads, kernel, output_padding):
     return wc, [pb[0], pb[1], pe[0], pe[1]], crop
 
 
-def _rewrite_graph(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], new_inits: list, counter: list) -> None:
+def _rewrite_graph(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], new_inits: list, counter: list,
+                   max_stride: int | None = None) -> None:
     out_nodes = []
     for n in graph.node:
         for a in n.attribute:
             if a.type == onnx.AttributeProto.GRAPH:
-                _rewrite_graph(a.g, inits, new_inits, counter)
+                _rewrite_graph(a.g, inits, new_inits, counter, max_stride)
         if n.op_type != "ConvTranspose" or n.input[1] not in inits:
             out_nodes.append(n)
             continue
@@ -80,7 +84,7 @@ def _rewrite_graph(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], n
         op = list(at.get("output_padding", [0, 0]))
         ok = (w.ndim == 4 and at.get("group", 1) == 1 and list(at.get("dilations", [1, 1])) == [1, 1]
               and at.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET") and "output_shape" not in at
-              and strides[0] == strides[1])
+              and strides[0] == strides[1] and (max_stride is None or strides[0] <= max_stride))
         res = _phase_conv(w, strides, pads, kernel, op) if ok else None
         if res is None:
             out_nodes.append(n)
@@ -122,13 +126,14 @@ def _rewrite_graph(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], n
     graph.node.extend(out_nodes)
 
 
-def convtranspose_as_conv(model: onnx.ModelProto) -> onnx.ModelProto:
+def convtranspose_as_conv(model: onnx.ModelProto, max_stride: int | None = None) -> onnx.ModelProto:
     """Rewrite every ConvTranspose with an initializer weight (also inside Loop bodies) as Conv + DepthToSpace
-    (+ Slice); see the module doc. Initializers no longer used are dropped."""
+    (+ Slice); see the module doc. ``max_stride``: only those with stride <= it (1: the stride-1 ones, which become
+    a plain Conv with no zero taps). Initializers no longer used are dropped."""
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     new: list = []
-    _rewrite_graph(g, inits, new, [0])
+    _rewrite_graph(g, inits, new, [0], max_stride)
     g.initializer.extend(new)
     used = set()
 

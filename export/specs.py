@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from vaegan.train.purifier import latent_loss
+from vaegan.train.purifier import latent_loss, latent_objective
 
 IMAGE = ("N", 1, 28, 28)
 
@@ -137,8 +137,9 @@ def purify_step(vg):
 
 
 def purify_loss(vg):
-    """(z, x, lam) -> per-row objective L(z), shape (B,)."""
-    return lambda z, x, lam: latent_loss(vg, z, x, lam)
+    """(z, x, lam) -> (per-row objective L(z), shape (B,); the image G(z)): the final restart selection and the
+    purified output share this one decode."""
+    return lambda z, x, lam: latent_objective(vg, z, x, lam)
 
 
 def _ref(make, attr="vg"):
@@ -201,7 +202,8 @@ def piece_specs(latent: int) -> dict[str, GraphSpec]:
             [IO("z", B), IO("vel", B), IO("x", ("B", 1, 28, 28)), IO("eta", ()), IO("lam", ()), IO("momentum", ())],
             [IO("z_next", B), IO("vel_next", B)], TOL_GRAD, _build(purify_step), _ref(purify_step), kind="gradient"),
         "purify_loss": GraphSpec(
-            "purify_loss", [IO("z", B), IO("x", ("B", 1, 28, 28)), IO("lam", ())], [IO("loss", ("B",))],
+            "purify_loss", [IO("z", B), IO("x", ("B", 1, 28, 28)), IO("lam", ())],
+            [IO("loss", ("B",)), IO("xg", ("B", 1, 28, 28))],
             TOL_FORWARD, _build(purify_loss), _ref(purify_loss)),
     }
 

@@ -39,6 +39,9 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 @click.option("--providers", default="cpu", show_default=True,
               help="onnxruntime execution providers, comma-separated: cpu, cuda, tensorrt (no fallback)")
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: CPU count)")
+@click.option("--shard/--no-shard", default=None,
+              help="fused on the CPU: split each batch into --threads one-thread shards run at once (default: on "
+                   "when --threads > 1 and --providers cpu)")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
               help="frames per purify call; from a camera, whatever has arrived is purified without waiting")
 @click.option("--steps", type=click.IntRange(0), default=None, help="T (default: the manifest's purify_defaults)")
@@ -54,13 +57,13 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 @click.option("--prefetch", type=click.IntRange(1), default=64, show_default=True,
               help="frames decoded ahead by the reader thread (bounded queue)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def main(input_, artifacts, out, backend, providers, threads, batch_size, steps, eta, lam, momentum, restarts,
+def main(input_, artifacts, out, backend, providers, threads, shard, batch_size, steps, eta, lam, momentum, restarts,
          classify, save_purified, resume, recursive, max_frames, prefetch, quiet):
     from .errors import VaeganRuntimeError
     from .run import RunOptions, run
 
     opts = RunOptions(input=input_, artifacts=artifacts, out=out, backend=backend, providers=providers,
-                      threads=threads, batch_size=batch_size, steps=steps, eta=eta, lam=lam, momentum=momentum,
+                      threads=threads, shard=shard, batch_size=batch_size, steps=steps, eta=eta, lam=lam, momentum=momentum,
                       restarts=restarts, classify=classify, save_purified=save_purified, resume=resume,
                       recursive=recursive, max_frames=max_frames, prefetch=prefetch, quiet=quiet)
     try:

@@ -9,7 +9,11 @@ The algorithm is the default mode of ``vaegan.train.purifier.purify`` (latent de
 
 Backends (exactly one definition of the algorithm each):
 
-- ``fused``   -- ``purify.onnx`` (the whole loop inside one ONNX graph) on onnxruntime.
+- ``fused``   -- ``purify.onnx`` (the whole loop inside one ONNX graph) on onnxruntime. On the CPU with ``threads``
+  > 1, a batch of n >= 2 images is cut into min(threads, n) shards run at once on one-thread sessions (batch
+  sharding); a single image runs on one session with ``threads`` intra-op threads. Rows are independent, so the
+  shards give the same rows as one call; onnxruntime's intra-op threading of these small convolutions scaled 1.2x
+  from 1 to 2 threads at batch 64 where sharding scales 1.25x more (bench/README.md).
 - ``modular`` -- the loop above on the host in numpy, over ``encoder``, ``decoder``, ``discriminator_grad`` and
   ``decoder_vjp``; T, eta, lam, momentum, restarts change at run time without re-export.
 - ``trt``     -- the purify TensorRT engine (``manifest["engines"]["purify"]``) through ``TrtRunner``; the same
@@ -20,6 +24,8 @@ Backends (exactly one definition of the algorithm each):
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -27,7 +33,7 @@ import numpy as np
 from .artifacts import Artifacts
 from .backend.base import Activatable, BaseRunner
 from .backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-from .backend.onnxrt.loader import SessionOptionsFromConfig
+from .backend.onnxrt.loader import SessionOptionsFromConfig, resolve_providers
 from .errors import BackendUnavailableError, RuntimeUsageError
 
 BACKENDS = ("auto", "fused", "modular", "trt")
@@ -143,20 +149,55 @@ class Purifier(Activatable):
 
 class GraphPurifier(Purifier):
     """Runs the whole loop as one graph: ``purify.onnx`` on onnxruntime (``fused``) or its TensorRT engine
-    (``trt``). T, eta, lam and momentum are graph inputs; R is the noise's first dimension."""
+    (``trt``). T, eta, lam and momentum are graph inputs; R is the noise's first dimension.
 
-    def __init__(self, artifacts: Artifacts, params: PurifyParams, runner: BaseRunner, name: str):
+    ``shard_runner`` + ``shards`` > 1 (fused on the CPU): batches of two or more images are split into up to
+    ``shards`` row blocks that run concurrently on ``shard_runner`` (a one-thread session; onnxruntime releases the
+    GIL), one block per core; a single image runs on ``runner``."""
+
+    def __init__(self, artifacts: Artifacts, params: PurifyParams, runner: BaseRunner, name: str,
+                 shard_runner: BaseRunner | None = None, shards: int = 1):
         super().__init__(artifacts, params)
         self.name = name
         self.runners = {"purify": runner}
+        self.shards = shards if shard_runner is not None else 1
+        if self.shards > 1:
+            self.runners["purify_shard"] = shard_runner
+        self._pool: ThreadPoolExecutor | None = None
 
-    def _purify_chunk(self, x, noise, params) -> PurifyOutput:
-        out = self.runners["purify"].infer({
+    def activate(self) -> None:
+        super().activate()
+        if self.shards > 1 and self._pool is None:
+            self._pool = ThreadPoolExecutor(self.shards, thread_name_prefix="vaegan-shard")
+
+    def deactivate(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        super().deactivate()
+
+    @staticmethod
+    def _run(runner: BaseRunner, x, noise, params) -> PurifyOutput:
+        out = runner.infer({
             "x": x, "noise": noise,
             "steps": np.array(params.steps, dtype=np.int64), "eta": np.array(params.eta, dtype=np.float32),
             "lam": np.array(params.lam, dtype=np.float32), "momentum": np.array(params.momentum, dtype=np.float32),
         })
         return PurifyOutput(out["purified"], out["loss"], out["z"])
+
+    def _purify_chunk(self, x, noise, params) -> PurifyOutput:
+        k = min(self.shards, x.shape[0])
+        if k < 2 or self._pool is None:
+            return self._run(self.runners["purify"], x, noise, params)
+        cuts = np.linspace(0, x.shape[0], k + 1).round().astype(int)
+        runner = self.runners["purify_shard"]
+        futures = [self._pool.submit(self._run, runner, np.ascontiguousarray(x[a:b]),
+                                     np.ascontiguousarray(noise[:, a:b]), params) for a, b in zip(cuts, cuts[1:])]
+        parts = [f.result() for f in futures]
+        return PurifyOutput(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("purified", "loss", "z")))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "shards": self.shards}
 
 
 class ModularPurifier(Purifier):
@@ -241,16 +282,28 @@ def resolve_backend(backend: str, artifacts: Artifacts) -> str:
 
 def make_purifier(artifacts: Artifacts, backend: str = "auto", params: PurifyParams | None = None,
                   providers=("cpu",), threads: int | None = None, allow_spinning: bool | None = None,
-                  cuda_graph: bool = True) -> Purifier:
+                  cuda_graph: bool = True, shard: bool | None = None) -> Purifier:
     """Build (not activate) the purifier ``backend``; the graphs it needs are sha256-checked here.
 
     ``allow_spinning`` defaults to off for ``modular`` (four sessions run in turn; spinning threads of the idle
-    ones compete for the cores) and on for ``fused``."""
+    ones compete for the cores) and on for ``fused``. ``shard`` (fused only): batch sharding over ``threads``
+    one-thread sessions (see ``GraphPurifier``); default on when the providers are the CPU alone and ``threads``
+    (default: the CPU count) is above 1."""
     params = params or PurifyParams.from_manifest(artifacts)
     backend = resolve_backend(backend, artifacts)
     if backend == "fused":
         spin = True if allow_spinning is None else allow_spinning
-        return GraphPurifier(artifacts, params, ort_runner(artifacts, "purify", providers, threads, spin), "fused")
+        n_threads = int(threads or os.cpu_count() or 1)
+        cpu_only = resolve_providers(providers) == ["CPUExecutionProvider"]
+        if shard is None:
+            shard = cpu_only and n_threads > 1
+        elif shard and not cpu_only:
+            raise RuntimeUsageError("batch sharding runs one-thread CPU sessions: use it with --providers cpu")
+        main = ort_runner(artifacts, "purify", providers, threads, spin)
+        if not shard or n_threads < 2:
+            return GraphPurifier(artifacts, params, main, "fused")
+        return GraphPurifier(artifacts, params, main, "fused", ort_runner(artifacts, "purify", providers, 1, spin),
+                             shards=n_threads)
     if backend == "modular":
         spin = False if allow_spinning is None else allow_spinning
         runners = {g: ort_runner(artifacts, g, providers, threads, spin) for g in ModularPurifier.GRAPHS}

@@ -35,6 +35,7 @@ class RunOptions:
     backend: str = "auto"
     providers: str = "cpu"
     threads: int | None = None
+    shard: bool | None = None            # fused on the CPU: batch sharding (None: on when threads > 1)
     batch_size: int = 16
     steps: int | None = None
     eta: float | None = None
@@ -125,7 +126,7 @@ def run(opts: RunOptions) -> dict:
     params = PurifyParams.from_manifest(arts, steps=opts.steps, eta=opts.eta, lam=opts.lam, momentum=opts.momentum,
                                         restarts=opts.restarts)
     backend = resolve_backend(opts.backend, arts)
-    purifier = make_purifier(arts, backend, params, providers=opts.providers, threads=opts.threads)
+    purifier = make_purifier(arts, backend, params, providers=opts.providers, threads=opts.threads, shard=opts.shard)
     classifier = make_classifier(arts, backend, providers=opts.providers, threads=opts.threads) if opts.classify else None
 
     out = Path(opts.out)

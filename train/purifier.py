@@ -38,17 +38,30 @@ def check_config(cfg: PurifyConfig) -> None:
         raise ValueError(f"steps must be >= 0 and restarts >= 1 (got steps={cfg.steps}, restarts={cfg.restarts})")
 
 
-def latent_loss(vg: VAEGAN, z: torch.Tensor, x: torch.Tensor, lam: float) -> torch.Tensor:
-    """Per-image objective of latent mode: ||G(z) - x||^2 - lam * log sigmoid(D(G(z))), shape (N,)."""
+def latent_objective(vg: VAEGAN, z: torch.Tensor, x: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent mode: (per-image objective ||G(z) - x||^2 - lam * log sigmoid(D(G(z))), shape (N,); the image G(z)).
+    The image comes along so the final restart selection and the output share one decode."""
     xg = vg.decoder(z)
     rec = (xg - x).pow(2).flatten(1).sum(1)
-    return rec + lam * F.softplus(-vg.discriminator(xg).squeeze(1))
+    return rec + lam * F.softplus(-vg.discriminator(xg).squeeze(1)), xg
+
+
+def latent_loss(vg: VAEGAN, z: torch.Tensor, x: torch.Tensor, lam: float) -> torch.Tensor:
+    """Per-image objective of latent mode (``latent_objective`` without the image), shape (N,)."""
+    return latent_objective(vg, z, x, lam)[0]
+
+
+def pixel_objective(vg: VAEGAN, xp: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel mode: (per-image objective ||G(mu_E(x')) - x'||^2 - lam * log sigmoid(D(x')), shape (N,);
+    the reconstruction G(mu_E(x')))."""
+    recon = vg.decoder(vg.encoder(xp)[0])
+    rec = (recon - xp).pow(2).flatten(1).sum(1)
+    return rec + lam * F.softplus(-vg.discriminator(xp).squeeze(1)), recon
 
 
 def pixel_loss(vg: VAEGAN, xp: torch.Tensor, lam: float) -> torch.Tensor:
-    """Per-image objective of pixel mode: ||G(mu_E(x')) - x'||^2 - lam * log sigmoid(D(x')), shape (N,)."""
-    rec = (vg.decoder(vg.encoder(xp)[0]) - xp).pow(2).flatten(1).sum(1)
-    return rec + lam * F.softplus(-vg.discriminator(xp).squeeze(1))
+    """Per-image objective of pixel mode (``pixel_objective`` without the image), shape (N,)."""
+    return pixel_objective(vg, xp, lam)[0]
 
 
 def restart_noise(cfg: PurifyConfig, n: int, latent_dim: int) -> torch.Tensor:
@@ -94,8 +107,7 @@ def purify(vg: VAEGAN, x: torch.Tensor, cfg: PurifyConfig = PurifyConfig(), nois
     if cfg.mode == "pixel":
         xp = _descend(lambda v: pixel_loss(vg, v, cfg.lam), x, cfg, create_graph, clip=True)
         with torch.set_grad_enabled(create_graph or torch.is_grad_enabled()):
-            out = vg.decoder(vg.encoder(xp)[0])
-            loss = pixel_loss(vg, xp, cfg.lam)
+            loss, out = pixel_objective(vg, xp, cfg.lam)
         return PurifyResult(out, loss.detach())
 
     latent_dim = vg.args.latent_dim
@@ -110,10 +122,12 @@ def purify(vg: VAEGAN, x: torch.Tensor, cfg: PurifyConfig = PurifyConfig(), nois
     xr = x.repeat(r, 1, 1, 1)  # restart-major: row k*n + i is restart k of image i
     z = _descend(lambda v: latent_loss(vg, v, xr, cfg.lam), z0, cfg, create_graph, clip=False)
     with torch.set_grad_enabled(create_graph or torch.is_grad_enabled()):
-        loss = latent_loss(vg, z, xr, cfg.lam).view(r, n)
+        loss, xg = latent_objective(vg, z, xr, cfg.lam)                # the final objective decodes every row once
+        loss = loss.view(r, n)
         best = loss.argmin(0)                                          # (N,)
-        z_best = z.view(r, n, latent_dim)[best, torch.arange(n)]       # (N, latent)
-        out = vg.decoder(z_best)
+        pick = (best, torch.arange(n))
+        z_best = z.view(r, n, latent_dim)[pick]                        # (N, latent)
+        out = xg.view(r, n, *xg.shape[1:])[pick]                       # = G(z_best), not decoded a second time
     return PurifyResult(out, loss.min(0).values.detach(), z_best.detach())
 
 
@@ -157,5 +171,5 @@ def defense_gan_config(steps: int = 200, restarts: int = 10, eta: float = 0.02, 
                         restarts=restarts, noise=1.0, seed=seed)
 
 
-__all__ = ["PurifyConfig", "PurifyResult", "purify", "latent_loss", "pixel_loss", "restart_noise", "Purifier",
-           "Defended", "defense_gan_config", "check_config", "replace"]
+__all__ = ["PurifyConfig", "PurifyResult", "purify", "latent_objective", "latent_loss", "pixel_objective", "pixel_loss",
+           "restart_noise", "Purifier", "Defended", "defense_gan_config", "check_config", "replace"]

@@ -87,3 +87,24 @@ def test_flop_counter_matches_hand_count(tiny_artifacts):
     assert flops.graph_flops(tiny_artifacts / "decoder.onnx", {"z": z}) == 2 * 3 * macs
     cost = flops.purify_flops(tiny_artifacts, L)
     assert cost["per_step"] > 2 * macs  # one step = G forward + G and D backward + D forward
+
+
+def test_best_of_rounds_picks_each_cells_fastest_round():
+    from latency import best_of_rounds
+
+    def cell(b, p50, status="timed"):
+        c = {"batch": b, "steps": 3, "status": status}
+        if status == "timed":
+            c.update(p50_ms=p50, p90_ms=p50 * 1.1, p99_ms=p50 * 1.2)
+        return c
+
+    r1 = {"backend": "fused", "peak_rss_mb": 100.0, "cells": [cell(1, 2.0), cell(64, 90.0), cell(8, 0, "disagrees")]}
+    r2 = {"backend": "fused", "peak_rss_mb": 120.0, "cells": [cell(1, 3.0), cell(64, 70.0), cell(8, 0, "disagrees")]}
+    best = best_of_rounds([r1, r2])
+    assert [c.get("p50_ms") for c in best["cells"]] == [2.0, 70.0, None]
+    assert best["cells"][1]["p90_ms"] == 77.0  # the whole cell of the chosen round, not a mix of rounds
+    assert best["cells"][0]["p50_rounds_ms"] == [2.0, 3.0]
+    assert best["cells"][2]["status"] == "disagrees"
+    assert best["peak_rss_mb"] == 120.0 and best["rounds"] == 2
+    err = {"backend": "fused", "error": "boom", "cells": []}
+    assert best_of_rounds([r1, err]) is err

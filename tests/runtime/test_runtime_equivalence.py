@@ -28,19 +28,27 @@ def _torch_reference(vg_ckpt, clf_ckpt, x, noise, params: PurifyParams):
     return r.x.numpy(), r.loss.numpy(), logits.argmax(1).numpy()
 
 
-def _check(arts_dir, vg_ckpt, clf_ckpt, x, backend, params=None, restarts=1):
+BACKENDS = {"fused": ("fused", {"shard": False}), "fused-sharded": ("fused", {"threads": 3, "shard": True}),
+            "modular": ("modular", {})}
+
+
+def _check(arts_dir, vg_ckpt, clf_ckpt, x, variant, params=None, restarts=1):
+    backend, kw = BACKENDS[variant]
     arts = load_artifacts(arts_dir)
     params = params or PurifyParams.from_manifest(arts)
     noise = restart_noise(PurifyParams(**{**params.__dict__, "restarts": restarts, "noise": 0.5}),
                           x.shape[0], arts.latent_dim)
     ref_x, ref_loss, ref_cls = _torch_reference(vg_ckpt, clf_ckpt, x, noise, params)
-    with make_purifier(arts, backend, params) as pur:
+    with make_purifier(arts, backend, params, **kw) as pur:
         out = pur.purify(x, noise=noise)
+        if kw.get("shard"):  # the rows really went through the one-thread shard sessions
+            assert pur.shards == 3 and pur.runners["purify_shard"].last_inference_time() is not None
+            assert pur.runners["purify"].last_inference_time() is None
     clf = make_classifier(arts, backend)
     with clf.runner:
         ids, conf, _ = clf(out.purified, arts.max_batch)
     err = float(np.abs(out.purified - ref_x).max())
-    print(f"{backend} R={restarts} T={params.steps}: max |purified - torch| = {err:.2e}, "
+    print(f"{variant} R={restarts} T={params.steps}: max |purified - torch| = {err:.2e}, "
           f"max |loss - torch| = {np.abs(out.loss - ref_loss).max():.2e}")
     assert out.purified.shape == x.shape and out.purified.dtype == np.float32
     assert err <= PIXEL_ATOL
@@ -50,14 +58,14 @@ def _check(arts_dir, vg_ckpt, clf_ckpt, x, backend, params=None, restarts=1):
     return out
 
 
-@pytest.mark.parametrize("backend", ["fused", "modular"])
+@pytest.mark.parametrize("backend", list(BACKENDS))
 def test_backend_matches_torch_reference(backend, artifacts_dir, tiny_vaegan_ckpt, tiny_classifier_ckpt, fmnist64):
     x, _ = fmnist64
     out = _check(artifacts_dir, tiny_vaegan_ckpt, tiny_classifier_ckpt, x, backend)
     assert np.abs(out.purified - x).max() > 1e-3  # it really did something
 
 
-@pytest.mark.parametrize("backend", ["fused", "modular"])
+@pytest.mark.parametrize("backend", list(BACKENDS))
 def test_restarts_momentum_and_runtime_params(backend, artifacts_dir, tiny_vaegan_ckpt, tiny_classifier_ckpt,
                                               fmnist64):
     """R=3 restarts (restart-major noise), momentum, and T / eta / lam other than the manifest's, without
@@ -65,7 +73,7 @@ def test_restarts_momentum_and_runtime_params(backend, artifacts_dir, tiny_vaega
     x, _ = fmnist64
     arts = load_artifacts(artifacts_dir)
     params = PurifyParams.from_manifest(arts, steps=4, eta=0.05, lam=0.5, momentum=0.5)
-    _check(artifacts_dir, tiny_vaegan_ckpt, tiny_classifier_ckpt, x[:32], backend, params, restarts=3)
+    _check(artifacts_dir, tiny_vaegan_ckpt, tiny_classifier_ckpt, x[:31], backend, params, restarts=3)  # 31 = 10+11+10
 
 
 def test_fused_and_modular_agree_with_default_noise(artifacts_dir, fmnist64):
@@ -77,6 +85,20 @@ def test_fused_and_modular_agree_with_default_noise(artifacts_dir, fmnist64):
         with make_purifier(arts, b, params) as pur:
             outs[b] = pur.purify(x[:20])
     np.testing.assert_allclose(outs["fused"].purified, outs["modular"].purified, atol=PIXEL_ATOL)
+
+
+def test_sharding_single_image_uses_the_threaded_session(artifacts_dir, fmnist64):
+    """One image cannot be split: it runs on the intra-op-threaded session, same output as the sharded batch row."""
+    x, _ = fmnist64
+    arts = load_artifacts(artifacts_dir)
+    with make_purifier(arts, "fused", threads=2, shard=True) as pur:
+        one = pur.purify(x[:1])
+        assert pur.runners["purify"].last_inference_time() is not None
+        many = pur.purify(x[:4])
+        assert pur.describe()["shards"] == 2
+    np.testing.assert_allclose(one.purified, many.purified[:1], atol=1e-5)
+    with make_purifier(arts, "fused", threads=1) as pur:  # one thread: nothing to shard over
+        assert pur.shards == 1 and "purify_shard" not in pur.runners
 
 
 def test_restart_noise_layout():
