@@ -270,3 +270,33 @@ def test_import_is_torch_free(artifacts_dir, frames_dir, tmp_path):
                         "vaegan.runtime.backend.trt\nimport torch"], capture_output=True, text=True)
     assert p.returncode == 1 and "import of torch halted" in p.stderr  # the trick works: torch really is blocked
     assert len(_records(tmp_path / "o")) == len(list(frames_dir.iterdir()))
+
+
+def test_shard_flag_same_outputs(artifacts_dir, frames_dir, tmp_path):
+    """--shard (batch split over one-thread sessions) and --no-shard give the same labels and purified frames."""
+    common = ("--input", frames_dir, "--artifacts", artifacts_dir, "--quiet", "--steps", "2", "--batch-size", "5",
+              "--backend", "fused", "--threads", "2")
+    res_s = _run(*common, "--out", tmp_path / "s", "--shard")
+    res_n = _run(*common, "--out", tmp_path / "n", "--no-shard")
+    assert res_s.exit_code == 0 and res_n.exit_code == 0, res_s.output + res_n.output
+    assert json.loads((tmp_path / "s" / "summary.json").read_text())["purify"]["shards"] == 2
+    assert json.loads((tmp_path / "n" / "summary.json").read_text())["purify"]["shards"] == 1
+    rs, rn = _records(tmp_path / "s"), _records(tmp_path / "n")
+    assert [r["class_id"] for r in rs] == [r["class_id"] for r in rn]
+    for p in sorted((tmp_path / "n" / "purified").glob("*.png")):
+        a = np.asarray(Image.open(p), dtype=np.int16)
+        b = np.asarray(Image.open(tmp_path / "s" / "purified" / p.name), dtype=np.int16)
+        assert np.abs(a - b).max() <= 1  # 8-bit PNGs of images equal to ~1e-6
+
+
+def test_shard_needs_cpu_provider(artifacts_dir):
+    """Shards on a non-CPU provider list are a usage error, raised before any session is built."""
+    import onnxruntime as ort
+
+    from vaegan.runtime.artifacts import load_artifacts
+    from vaegan.runtime.purify import make_purifier
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs onnxruntime-gpu (a CUDA provider that resolves)")
+    with pytest.raises(RuntimeUsageError, match="sharding"):
+        make_purifier(load_artifacts(artifacts_dir), "fused", providers="cuda,cpu", threads=2, shard=True)
