@@ -92,6 +92,11 @@ class PurifyOutput:
     loss: np.ndarray      # N, final objective of the chosen restart
     z: np.ndarray         # N x L, chosen latent
 
+    @staticmethod
+    def concat(parts: list["PurifyOutput"]) -> "PurifyOutput":
+        """Row blocks (chunks or shards of one batch), in order, as one output."""
+        return PurifyOutput(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("purified", "loss", "z")))
+
 
 class Purifier(Activatable):
     """Base: owns runners, activates them together, splits a batch into chunks the graphs accept."""
@@ -138,7 +143,7 @@ class Purifier(Activatable):
         parts = [self._purify_chunk(x[i:i + step], noise[:, i:i + step], params) for i in range(0, n, step)]
         if len(parts) == 1:
             return parts[0]
-        return PurifyOutput(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("purified", "loss", "z")))
+        return PurifyOutput.concat(parts)
 
     def _purify_chunk(self, x, noise, params) -> PurifyOutput:
         raise NotImplementedError
@@ -194,7 +199,7 @@ class GraphPurifier(Purifier):
         futures = [self._pool.submit(self._run, runner, np.ascontiguousarray(x[a:b]),
                                      np.ascontiguousarray(noise[:, a:b]), params) for a, b in zip(cuts, cuts[1:])]
         parts = [f.result() for f in futures]
-        return PurifyOutput(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("purified", "loss", "z")))
+        return PurifyOutput.concat(parts)
 
     def describe(self) -> dict:
         return {**super().describe(), "shards": self.shards}
