@@ -54,6 +54,10 @@ class Backend:
 
     def setup(self) -> None: ...
 
+    def describe(self) -> dict:
+        """What the backend actually configured (the runtime's own ``describe()``), recorded in the results."""
+        return {}
+
     def run(self, x: np.ndarray, noise: np.ndarray, steps: int) -> np.ndarray: ...
 
     def teardown(self) -> None: ...
@@ -110,6 +114,9 @@ class RuntimeBackend(Backend):
         self.pur = make_purifier(arts, self.name, self.params, threads=self.opts["threads"],
                                  **({"shard": self.opts["shard"]} if self.name == "fused" else {}))
         self.pur.activate()
+
+    def describe(self) -> dict:
+        return self.pur.describe()
 
     def run(self, x, noise, steps):
         from dataclasses import replace
@@ -175,7 +182,8 @@ def run_backend(name: str, opts: dict, cells: list[tuple[int, int]], images: np.
     b = make_backend(name, opts)
     t0 = time.perf_counter()
     b.setup()
-    res: dict = {"backend": name, "setup_s": time.perf_counter() - t0, "cells": [], "outputs": {}}
+    res: dict = {"backend": name, "setup_s": time.perf_counter() - t0, "cells": [], "outputs": {},
+                 "describe": b.describe()}
     perturb = opts.get("perturb") == name
     try:
         for n, steps in cells:
@@ -440,7 +448,6 @@ def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_co
         "settings": {"checkpoint": str(checkpoint), "artifacts": str(arts), "images": image_source,
                      "batches": batches, "steps": steps_list, "purify": cfg.__dict__, "tolerance": TOL_LOOP,
                      "min_runs": min_runs, "max_time_s": max_time, "warmup": warmup, "rounds": rounds,
-                     "fused_shard": shard if shard is not None else threads > 1,
                      "quick": quick},
         "backends": {},
     }
@@ -529,9 +536,12 @@ def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_co
         "time_ratio_vs_fused_batch1": dgan_ms / ours1["p50_ms"] if ours1 else None,
     }
 
-    sharded = results["settings"]["fused_shard"] and threads > 1
+    # what the fused backend did, from its own describe() (the runtime decides the default, not this script)
+    shards = results["backends"].get("fused", {}).get("describe", {}).get("shards", 1)
+    results["settings"]["fused_shards"] = shards
+    sharded = shards > 1
     click.echo(f"# purification latency ({image_source}; {threads} threads for every backend"
-               + (f" (fused: batches of 2+ split over {threads} one-thread sessions)" if sharded else "")
+               + (f" (fused: batches of 2+ split over {shards} one-thread sessions)" if sharded else "")
                + f"; best of {rounds} interleaved round(s); load avg {results['machine']['load_avg'][0]:.2f})\n")
     click.echo(markdown(results))
     click.echo(f"\nFLOPs per image: {cost['fixed'] / 1e6:.1f} M fixed + {cost['per_step'] / 1e6:.1f} M per step "

@@ -48,6 +48,22 @@ from .purifier import Defended, Purifier, check_config, purify
 ATTACKS = ("bpda", "bpda_eot", "full", "apgd", "square", "transfer", "latent")
 WHITE_OR_BLACK_BOX = ("bpda", "full", "apgd", "square", "latent")  # scored on the deterministic defense: "any" row
 LOSSES = ("ce", "margin")
+# the AdaptiveConfig fields that set each attack's budget: recorded per result, so that merged runs keep theirs
+BUDGET = {"bpda": ("steps", "restarts", "alpha_ratio", "loss"), "full": ("steps", "restarts", "alpha_ratio", "loss"),
+          "bpda_eot": ("steps", "alpha_ratio", "loss", "eot_samples", "eot_restarts"),
+          "apgd": ("steps", "apgd_targets"), "square": ("square_queries",),
+          "transfer": ("steps", "alpha_ratio", "loss"), "latent": ("steps", "alpha_ratio")}
+
+
+def attack_budget(name: str, config: dict) -> dict:
+    """The budget of attack ``name`` under an AdaptiveConfig given as a dict (a report's "config")."""
+    return {k: config[k] for k in BUDGET[name] if k in config}
+
+
+def _fmt_budget(b: dict) -> str:
+    names = {"steps": "steps", "restarts": "restarts", "apgd_targets": "targets", "eot_samples": "EOT samples",
+             "eot_restarts": "R", "square_queries": "queries"}
+    return ", ".join(f"{v:g} {names[k]}" for k, v in b.items() if k in names and not (k == "restarts" and v == 1))
 
 
 @dataclass
@@ -538,7 +554,7 @@ def evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, data=No
             if linf > eps + 1e-5:  # a bug, not a user error
                 raise AssertionError(f"{name} eps {eps}: perturbation {linf} exceeds the budget")
             rec.update(accuracy=100.0 * (1 - fooled.float().mean().item()), seconds=time.perf_counter() - t0,
-                       linf=linf)
+                       linf=linf, budget=attack_budget(name, asdict(cfg)))
             if name in WHITE_OR_BLACK_BOX or name == "transfer":
                 fooled_any[eps] |= fooled
             res["attacks"][name][str(eps)] = rec
@@ -665,11 +681,20 @@ def write_adaptive(report: dict, out: Path) -> None:
            "|---" * (len(_curve_steps(report)) + 2) + "|"]
     for name, per in report["attacks"].items():
         for e in eps:
-            if e in per and "curve" in per[e]:
-                cur = {int(k): v for k, v in per[e]["curve"].items()}
-                md.append(f"| {name} | {e} | " + " | ".join(f"{cur[t]:.2f}" if t in cur else "–"
-                                                           for t in _curve_steps(report)) + " |")
+            for run in per[e].get("runs", [per[e]]) if e in per else []:
+                if "curve" not in run:
+                    continue
+                cur = {int(k): v for k, v in run["curve"].items()}
+                label = f"{name} ({_fmt_budget(run['budget'])})" if "runs" in per[e] else name
+                md.append(f"| {label} | {e} | " + " | ".join(f"{cur[t]:.2f}" if t in cur else "–"
+                                                            for t in _curve_steps(report)) + " |")
     notes = []
+    repeated = [f"{name} eps {e}: " + ", ".join(f"{_fmt_budget(run['budget'])} {run['accuracy']:.2f}"
+                                                for run in per[e]["runs"])
+                for name, per in report["attacks"].items() for e in eps if e in per and "runs" in per[e]]
+    if repeated:
+        notes.append("- the same attack run with several budgets (the table keeps the lowest): "
+                     + "; ".join(repeated) + ".")
     if "bpda_eot" in report["attacks"]:
         notes.append(f"- bpda_eot attacks and is scored on a *randomized* purifier "
                      f"({next(iter(report['attacks']['bpda_eot'].values()))['defense']}), not the deployed "
@@ -691,10 +716,17 @@ def write_adaptive(report: dict, out: Path) -> None:
         notes.append("- latent: defended prediction = target class: " + ", ".join(
             f"{e}: {v['target_success']:.2f}%" for e, v in report["attacks"]["latent"].items()))
     cfgd = report["config"]
+    budgets = []
+    for name, per in report["attacks"].items():
+        by: dict = {}
+        for e, v in per.items():
+            b = _fmt_budget(v.get("budget") or attack_budget(name, cfgd))
+            by.setdefault(b, []).append(e)
+        budgets.append(f"{name} " + "; ".join(f"{b} (eps {', '.join(es)})" if len(by) > 1 else b
+                                              for b, es in by.items()))
     md += ["", "## Notes", ""] + notes + [
-        f"- steps {cfgd['steps']}, step size {cfgd['alpha_ratio']:g} x eps, restarts {cfgd['restarts']}, loss "
-        f"{cfgd['loss']}, EOT samples {cfgd['eot_samples']}, square queries {cfgd['square_queries']}; purifier "
-        f"{cfgd['purify']}.",
+        "- budget of each result in the table: " + "; ".join(budgets) + f". PGD step {cfgd['alpha_ratio']:g} x eps, "
+        f"loss {cfgd['loss']}; purifier {cfgd['purify']}.",
         f"- Threads: {report['threads']}. Checkpoints: vaegan `{report['checkpoints']['vaegan'][:12]}`, classifier "
         f"`{report['checkpoints']['classifier'][:12]}`.", "", "![accuracy vs eps](adaptive.png)", ""]
     (out / "adaptive.md").write_text("\n".join(md))
@@ -728,7 +760,11 @@ def merge_reports(reports: list[dict]) -> dict:
     """One report from several ``evaluate_adaptive`` runs over the same images, checkpoints and purifier, split by
     eps or by attack so that they can run in parallel. A run keeps no per-image outcomes, so across runs the
     worst-case row is the lowest accuracy over the attacks at each eps (and over each run's own per-image worst
-    case): an upper bound on the per-image union, marked ``any_kind: "min"``."""
+    case): an upper bound on the per-image union, marked ``any_kind: "min"``.
+
+    The same attack at the same eps may come from several runs with different budgets (e.g. 50 and 200 steps, 1
+    and 9 APGD targets): the strongest (lowest accuracy) is the one reported, and every run is listed under
+    ``runs`` with its budget, accuracy and curve. The same attack, eps and budget twice is refused."""
     if not reports:
         raise VaeganError("merge: no reports")
     first = reports[0]
@@ -745,12 +781,25 @@ def merge_reports(reports: list[dict]) -> dict:
         for name, per in r["attacks"].items():
             dst = merged["attacks"].setdefault(name, {})
             for e, rec in per.items():
-                if e in dst:
-                    raise VaeganError(f"merge: {name} at eps {e} is in more than one report")
-                dst[e] = rec
+                rec = {**rec, "budget": rec.get("budget") or attack_budget(name, r["config"])}
+                run = {k: rec[k] for k in ("budget", "accuracy", "curve") if k in rec}
+                if e not in dst:
+                    dst[e] = {**rec, "runs": [run]}
+                    continue
+                if any(old["budget"] == run["budget"] for old in dst[e]["runs"]):
+                    raise VaeganError(f"merge: {name} at eps {e} with the same budget ({_fmt_budget(run['budget'])}) "
+                                      f"is in more than one report")
+                runs = dst[e]["runs"] + [run]
+                if rec["accuracy"] < dst[e]["accuracy"]:
+                    dst[e] = rec
+                dst[e]["runs"] = runs
         for key in ("surrogate", "runtime", "oblivious"):
             if r.get(key) and not merged.get(key):
                 merged[key] = r[key]
+    for per in merged["attacks"].values():   # one run: nothing to list
+        for rec in per.values():
+            if len(rec["runs"]) == 1:
+                del rec["runs"]
     merged["eps"] = sorted(eps)
     merged["attacks"] = {a: merged["attacks"][a] for a in ATTACKS if a in merged["attacks"]}
     scored = WHITE_OR_BLACK_BOX + ("transfer",)
@@ -769,7 +818,8 @@ def _curve_steps(report) -> list[int]:
     s = set()
     for per in report["attacks"].values():
         for v in per.values():
-            s |= {int(k) for k in v.get("curve", {})}
+            for run in v.get("runs", [v]):
+                s |= {int(k) for k in run.get("curve", {})}
     return sorted(s)
 
 

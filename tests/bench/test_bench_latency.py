@@ -46,6 +46,9 @@ def test_quick_json_structure(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt, 
             assert c["status"] == "timed" and c["agreement"]["ok"]
             assert 0 < c["p50_ms"] <= c["p90_ms"] <= c["p99_ms"]
             assert c["frames_per_s"] > 0 and c["gflops"] > 0 and c["flops"] > 0 and c["runs"] >= 3
+    # the runtime's own description is recorded: at one thread the fused backend does not shard the batch
+    assert r["backends"]["fused"]["describe"]["backend"] == "fused"
+    assert r["backends"]["fused"]["describe"]["shards"] == 1 == r["settings"]["fused_shards"]
     trt = r["backends"]["trt"]
     assert "skipped" in trt or all(c["status"] == "timed" for c in trt["cells"])
     cost = r["cost"]

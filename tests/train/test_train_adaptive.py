@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from vaegan.train import checkpoint
 from vaegan.train.adaptive import (AdaptiveConfig, RandomizedPurifier, RuntimeModel, StraightThrough, TrackedPGD,
-                                   margin, merge_reports)
+                                   margin, merge_reports, write_adaptive)
 from vaegan.train.cli import adaptive_cli
 from vaegan.train.config import PurifyConfig
 from vaegan.train.errors import VaeganError
@@ -248,8 +248,21 @@ def test_merge_joins_runs_split_by_eps_and_attack(tmp_path):
         merge_reports([a, _report({}, [0.1], ck="b")])
     with pytest.raises(VaeganError, match="different purifier settings"):
         merge_reports([a, _report({}, [0.1], purify_steps=0)])
-    with pytest.raises(VaeganError, match="full at eps 0.1 is in more than one report"):
+    with pytest.raises(VaeganError, match=r"full at eps 0.1 with the same budget \(5 steps\) is in more"):
         merge_reports([a, a])
+    # the same attack with another budget: the stronger run is reported, both are listed with their budgets
+    longer = _report({"full": {"0.1": {"accuracy": 52.0, "curve": {"5": 60.0, "20": 52.0},
+                                       "budget": {"steps": 20, "restarts": 1}}}}, [0.1])
+    m2 = merge_reports([a, longer])
+    rec = m2["attacks"]["full"]["0.1"]
+    assert rec["accuracy"] == 52.0 and [r["budget"]["steps"] for r in rec["runs"]] == [5, 20]
+    assert m2["any"]["0.1"] == 52.0
+    m3 = merge_reports([longer, a])  # order does not matter: the lower accuracy wins
+    assert m3["attacks"]["full"]["0.1"]["accuracy"] == 52.0 and len(m3["attacks"]["full"]["0.1"]["runs"]) == 2
+    write_adaptive(m2, tmp_path / "m2")
+    md2 = (tmp_path / "m2" / "adaptive.md").read_text()
+    assert "| full (20 steps) | 0.1 | 60.00 | 52.00 |" in md2
+    assert "full eps 0.1: 5 steps 60.00, 20 steps 52.00" in md2
     r2 = CliRunner().invoke(adaptive_cli, ["--merge", str(tmp_path / "missing"), "--out", str(out)])
     assert r2.exit_code == 1 and "missing/adaptive.json: not a readable adaptive report" in r2.output
     (tmp_path / "other").mkdir()
