@@ -1,31 +1,76 @@
-"""``python bench/levers.py --artifacts DIR``: what each speed lever gives the fused purifier (``purify.onnx`` on
-onnxruntime), A/B against the runtime's default session, interleaved in one process so both see the same load.
+"""``python bench/levers.py``: what each speed lever gives the fused purifier (``purify.onnx`` on onnxruntime,
+through the runtime's ``GraphPurifier``), A/B against what ``vaegan-run`` ships.
 
-Levers: graph optimisation level, thread spinning, the ConvTranspose -> Conv + DepthToSpace rewrite
-(``vaegan.export.rewrite``), the LeakyReLU-backward chain Greater/Cast/Mul/Add/Mul -> Sign/Clip/Mul, the Loop unrolled at a fixed T. Every variant's
-output is checked against the baseline's (max abs diff printed) before it is timed.
+Each variant runs in **its own spawned process** (its own onnxruntime thread pools: no idle spinning pool of another
+variant steals the cores), the variants take turns for ``--rounds`` rounds, and each cell reports its best round's
+p50: on a shared VM the speed drifts by up to ~1.6x over minutes, and interleaving makes the drift hit every variant
+alike. Every variant's output is compared with the shipped graph's (max abs diff in the table) before it is timed.
+
+Levers, each against the shipped configuration (export: stride-1 ConvTranspose rewritten as Conv; runtime: graph
+optimisation ``extended``, thread spinning on, batch sharding over ``--threads`` one-thread sessions on the CPU):
+shipped levers switched off (no batch sharding; the exporter's stride-1 ConvTranspose kept), and levers not shipped
+(graph optimisation ``all`` / ``basic``, spinning off, one thread, every ConvTranspose -> Conv + DepthToSpace, the
+LeakyReLU-backward chain Greater/Cast/Mul/Add/Mul -> Sign/Clip/Mul, the Loop unrolled at a fixed T).
+
+    python bench/levers.py --json levers.json
+    python bench/levers.py --quick            # smoke run
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
+import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import click
 import numpy as np
 
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+ROOT = HERE.parent
 
-def session(path, threads: int, opt: str = "extended", spin: bool = True):
-    """An onnxruntime CPU session with the runtime's own options builder (so the baseline is what vaegan-run uses)."""
-    import onnxruntime as ort
 
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of the fused purifier: a purify graph and the runtime's session / sharding options.
+    ``shipped=True`` builds it with ``make_purifier`` itself (what ``vaegan-run`` does), the reference."""
+
+    name: str
+    graph: str                        # path of a purify.onnx
+    opt: str = "extended"             # onnxruntime graph optimisation level
+    spin: bool = True                 # intra-op thread spinning
+    threads: int | None = None        # None: --threads
+    shard: bool = True                # batch sharding over `threads` one-thread sessions (batches of 2+)
+    shipped: bool = False
+
+
+def build_purifier(v: Variant, artifacts: str, threads: int):
+    """The runtime's GraphPurifier for variant ``v`` (the shipped one through ``make_purifier``)."""
+    from vaegan.runtime.artifacts import load_artifacts
+    from vaegan.runtime.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from vaegan.runtime.backend.onnxrt.loader import SessionOptionsFromConfig
+    from vaegan.runtime.purify import GraphPurifier, PurifyParams, make_purifier
 
-    so = SessionOptionsFromConfig(threads, allow_spinning=spin, graph_optimization=opt)()
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    arts = load_artifacts(artifacts)
+    params = PurifyParams.from_manifest(arts)
+    n = v.threads or threads
+    if v.shipped:
+        return make_purifier(arts, "fused", params, threads=n)
+
+    def runner(k):
+        so = SessionOptionsFromConfig(k, allow_spinning=v.spin, graph_optimization=v.opt)
+        return OnnxrtRunner(SessionFromOnnx(v.graph, providers=["CPUExecutionProvider"], session_options=so),
+                            name=f"onnxrt:{v.name}")
+
+    if v.shard and n > 1:
+        return GraphPurifier(arts, params, runner(n), "fused", runner(1), shards=n)
+    return GraphPurifier(arts, params, runner(n), "fused")
 
 
 def leaky_backward_as_sign_clip(model):
@@ -88,75 +133,198 @@ def leaky_backward_as_sign_clip(model):
     return model, n_done[0]
 
 
-def feed(x, n, steps, L, defaults: dict):
-    return {"x": x[:n], "noise": np.zeros((1, n, L), np.float32), "steps": np.array(steps, np.int64),
-            "eta": np.array(defaults["eta"], np.float32), "lam": np.array(defaults["lam"], np.float32),
-            "momentum": np.array(defaults["momentum"], np.float32)}
+def time_variant(v: Variant, opts: dict, x: np.ndarray, ref: dict | None) -> dict:
+    """In the variant's own process: build, check against ``ref`` (batch -> output), warm up, time each batch."""
+    from dataclasses import replace as dc_replace
+
+    pur = build_purifier(v, opts["artifacts"], opts["threads"])
+    pur.activate()
+    res: dict = {"variant": v.name, "describe": pur.describe(), "cells": {}, "outputs": {}}
+    try:
+        p = dc_replace(pur.params, steps=opts["steps"])
+        for n in opts["batches"]:
+            xb = x[:n]
+            out = pur.purify(xb, params=p).purified
+            cell: dict = {}
+            if ref is None:
+                res["outputs"][n] = out
+            else:
+                cell["max_abs_diff"] = float(np.abs(out.astype(np.float64) - ref[n]).max())
+            for _ in range(opts["warmup"]):
+                pur.purify(xb, params=p)
+            ts: list[float] = []
+            start = time.perf_counter()
+            while len(ts) < 3 or (len(ts) < opts["min_runs"] and time.perf_counter() - start < opts["max_time"]):
+                t0 = time.perf_counter()
+                pur.purify(xb, params=p)
+                ts.append(time.perf_counter() - t0)
+            cell["p50_ms"] = float(np.percentile(ts, 50) * 1e3)
+            cell["runs"] = len(ts)
+            res["cells"][n] = cell
+    finally:
+        pur.deactivate()
+    return res
+
+
+def _child(conn, v, opts, x, ref):
+    try:
+        conn.send(("ok", time_variant(v, opts, x, ref)))
+    except Exception as e:  # noqa: BLE001 - reported in the table, the other variants still run
+        import traceback
+
+        conn.send(("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                   traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def run_isolated(v: Variant, opts: dict, x: np.ndarray, ref: dict | None) -> dict:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_child, args=(child, v, opts, x, ref))
+    p.start()
+    child.close()
+    try:
+        msg = parent.recv()
+    except EOFError:
+        msg = ("error", f"variant process died (exit code {p.exitcode})", "")
+    p.join()
+    if msg[0] == "ok":
+        return msg[1]
+    return {"variant": v.name, "error": msg[1], "traceback": msg[2], "cells": {}}
+
+
+def make_variants(artifacts: Path, checkpoint, classifier, steps: int, tmp: Path, echo) -> list[Variant]:
+    """The shipped configuration first, then each lever against it (graphs written to ``tmp``)."""
+    import onnx
+
+    from vaegan.export.core import purify_graph
+    from vaegan.export.rewrite import convtranspose_as_conv, unroll_loop
+
+    base = artifacts / "purify.onnx"
+
+    def save(model, name):
+        path = tmp / f"{name}.onnx"
+        onnx.save(model, path)
+        return str(path)
+
+    echo("building the variants' graphs (the stride-1 variant re-exports the checkpoint) ...")
+    no_s1 = save(purify_graph(checkpoint, classifier, stride1_as_conv=False), "no_stride1_rewrite")
+    all_ct = save(convtranspose_as_conv(onnx.load(str(base))), "convtranspose_as_conv")
+    m, k = leaky_backward_as_sign_clip(onnx.load(str(base)))
+    lk = save(m, "leaky_sign_clip")
+    um = unroll_loop(onnx.load(str(base)), steps)
+    if "steps" not in {i.name for i in um.graph.input}:  # the runtime feeds T: an unused input (T is fixed)
+        um.graph.input.append(onnx.helper.make_tensor_value_info("steps", onnx.TensorProto.INT64, []))
+    unrolled = save(um, "unrolled")
+    b = str(base)
+    return [
+        Variant("shipped (runtime default: opt extended, spinning on, batch sharding, stride-1 rewrite)", b,
+                shipped=True),
+        Variant("- batch sharding off", b, shard=False),
+        Variant("- stride-1 ConvTranspose -> Conv rewrite off (exporter's graph)", no_s1),
+        Variant("+ graph opt all (NCHWc layout)", b, opt="all"),
+        Variant("+ graph opt basic", b, opt="basic"),
+        Variant("+ spinning off", b, spin=False),
+        Variant("+ 1 thread (no sharding)", b, threads=1, shard=False),
+        Variant("+ every ConvTranspose -> Conv + DepthToSpace", all_ct),
+        Variant(f"+ LeakyReLU bwd -> Sign/Clip/Mul ({k} sites)", lk),
+        Variant(f"+ Loop unrolled (T = {steps} fixed at export)", unrolled),
+    ]
+
+
+def markdown(results: dict) -> str:
+    batches = results["settings"]["batches"]
+    rows = ["| variant | " + " | ".join(f"batch {n} ms | vs shipped" for n in batches) + " | max abs diff |",
+            "|---|" + "---:|---:|" * len(batches) + "---:|"]
+    base = results["variants"][0]["cells"]
+    for r in results["variants"]:
+        if "error" in r:
+            rows.append(f"| {r['variant']} | error: {r['error']} |" + " |" * (2 * len(batches)))
+            continue
+        cells = []
+        for n in batches:
+            c = r["cells"][n]
+            cells.append(f"{c['p50_ms']:.2f} | {base[n]['p50_ms'] / c['p50_ms']:.2f}x")
+        diff = max((c.get("max_abs_diff", 0.0) for c in r["cells"].values()), default=0.0)
+        rows.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {diff:.1e} |")
+    return "\n".join(rows)
 
 
 @click.command()
-@click.option("--artifacts", type=click.Path(file_okay=False), required=True)
+@click.option("--artifacts", type=click.Path(file_okay=False), default="artifacts", show_default=True,
+              help="exported artifacts (exported from --checkpoint/--classifier when missing)")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=str(ROOT / "models" / "vaegan.pt"),
+              show_default=True)
+@click.option("--classifier", type=click.Path(dir_okay=False), default=str(ROOT / "models" / "classifier.pt"),
+              show_default=True)
 @click.option("--steps", type=int, default=None, help="T (default: the manifest's shipped default)")
-@click.option("--batches", default="1,64", show_default=True)
-@click.option("--threads", type=int, default=None)
-@click.option("--rounds", type=int, default=5, show_default=True, help="interleaved rounds (best of each)")
-def main(artifacts, steps, batches, threads, rounds):
-    import onnx
+@click.option("--batches", default="1,8,64", show_default=True)
+@click.option("--threads", type=int, default=None, help="default: the CPU count")
+@click.option("--rounds", type=int, default=3, show_default=True, help="interleaved rounds (best of each)")
+@click.option("--min-runs", type=int, default=20, show_default=True)
+@click.option("--max-time", type=float, default=3.0, show_default=True, help="seconds per cell and round")
+@click.option("--quick", is_flag=True, help="smoke run: batches 1,2, one round, few runs")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+def main(artifacts, checkpoint, classifier, steps, batches, threads, rounds, min_runs, max_time, quick, json_path):
+    from latency import export_if_needed, load_images
 
-    from vaegan.export.rewrite import convtranspose_as_conv, unroll_loop
-
+    echo = lambda s: click.echo(s, err=True)  # noqa: E731 - progress on stderr, the table on stdout
     threads = threads or os.cpu_count() or 1
-    arts = Path(artifacts)
-    base = arts / "purify.onnx"
+    batch_list = [int(b) for b in batches.split(",") if b]
+    warmup = 2
+    if quick:
+        batch_list, rounds, min_runs, max_time, warmup = [1, 2], 1, 3, 0.2, 1
+    if rounds < 1 or not batch_list or min(batch_list) < 1:
+        raise click.UsageError("--rounds and every batch must be >= 1")
+    arts = export_if_needed(checkpoint, classifier, artifacts, echo)
     defaults = json.loads((arts / "manifest.json").read_text())["purify_defaults"]
     steps = defaults["steps"] if steps is None else steps
-    L = next(d.dim_value for d in onnx.load(str(base)).graph.input[1].type.tensor_type.shape.dim if d.dim_value)
-    tmp = Path(tempfile.mkdtemp(prefix="levers-"))
-    ct = tmp / "convtranspose_as_conv.onnx"
-    onnx.save(convtranspose_as_conv(onnx.load(str(base))), ct)
-    lk = tmp / "leaky_sign_clip.onnx"
-    m, k = leaky_backward_as_sign_clip(onnx.load(str(base)))
-    onnx.save(m, lk)
-    both = tmp / "both.onnx"
-    onnx.save(leaky_backward_as_sign_clip(convtranspose_as_conv(onnx.load(str(base))))[0], both)
-    unrolled = tmp / "unrolled.onnx"
-    onnx.save(unroll_loop(onnx.load(str(base)), steps), unrolled)
-    variants = {
-        "baseline (runtime default: opt extended, spinning on)": session(base, threads),
-        "graph opt all (NCHWc layout)": session(base, threads, opt="all"),
-        "graph opt basic": session(base, threads, opt="basic"),
-        "spinning off": session(base, threads, spin=False),
-        "ConvTranspose -> Conv + DepthToSpace": session(ct, threads),
-        f"LeakyReLU bwd -> Sign/Clip/Mul ({k} sites)": session(lk, threads),
-        "both rewrites": session(both, threads),
-        "1 thread": session(base, 1),
-        f"Loop unrolled (T = {steps} fixed at export)": session(unrolled, threads),
-    }
-    from vaegan.train.data import test_subset
-    from vaegan.train.errors import VaeganError
-
     try:
-        x = test_subset(64)[0].numpy().astype(np.float32)
-    except VaeganError as e:  # no Fashion-MNIST here: random images time the same
-        click.echo(f"note: timing on random images ({e})", err=True)
-        x = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)
-    click.echo(f"| lever | batch | T | p50-of-best ms | vs baseline | max abs diff |\n|---|---:|---:|---:|---:|---:|")
-    for n in [int(b) for b in batches.split(",")]:
-        f = feed(x, n, steps, L, defaults)
-        feeds = {name: {k: v for k, v in f.items() if k in {i.name for i in s.get_inputs()}}
-                 for name, s in variants.items()}
-        ref = next(iter(variants.values())).run(None, f)[0]
-        diffs = {name: float(np.abs(s.run(None, feeds[name])[0] - ref).max()) for name, s in variants.items()}
-        best = {name: float("inf") for name in variants}
-        for _ in range(rounds):
-            for name, s in variants.items():
-                t0 = time.perf_counter()
-                s.run(None, feeds[name])
-                best[name] = min(best[name], time.perf_counter() - t0)
-        b0 = next(iter(best.values()))
-        for name in variants:
-            click.echo(f"| {name} | {n} | {steps} | {1e3 * best[name]:.2f} | {b0 / best[name]:.2f}x | "
-                       f"{diffs[name]:.1e} |")
+        x, source = load_images(max(batch_list))
+    except Exception as e:  # noqa: BLE001 - no Fashion-MNIST here: random images time the same
+        echo(f"note: timing on random images ({e})")
+        x = np.random.default_rng(0).random((max(batch_list), 1, 28, 28), dtype=np.float32)
+        source = "uniform random images"
+    opts = {"artifacts": str(arts), "threads": threads, "steps": steps, "batches": batch_list, "warmup": warmup,
+            "min_runs": min_runs, "max_time": max_time}
+    with tempfile.TemporaryDirectory(prefix="levers-") as tmp:
+        variants = make_variants(arts, checkpoint, classifier, steps, Path(tmp), echo)
+        echo("reference outputs (the shipped configuration) ...")
+        ref = run_isolated(variants[0], {**opts, "min_runs": 0, "max_time": 0, "warmup": 0}, x, None)
+        if "error" in ref:
+            raise click.ClickException(f"the shipped configuration failed: {ref['error']}\n{ref['traceback']}")
+        ref_out = {n: o.astype(np.float64) for n, o in ref["outputs"].items()}
+        per: dict[str, list] = {v.name: [] for v in variants}
+        for k in range(rounds):
+            for v in variants:
+                if per[v.name] and "error" in per[v.name][-1]:
+                    continue
+                echo(f"round {k + 1}/{rounds}: {v.name}")
+                per[v.name].append(run_isolated(v, opts, x, ref_out))
+    out = []
+    for v in variants:
+        runs = per[v.name]
+        err = next((r for r in runs if "error" in r), None)
+        if err:
+            out.append(err)
+            continue
+        best = {"variant": v.name, "config": asdict(v), "describe": runs[0]["describe"], "cells": {}}
+        for n in batch_list:
+            pick = min((r["cells"][n] for r in runs), key=lambda c: c["p50_ms"])
+            best["cells"][n] = {**pick, "p50_rounds_ms": [r["cells"][n]["p50_ms"] for r in runs]}
+        out.append(best)
+    results = {"settings": {"artifacts": str(arts), "images": source, "steps": steps, "batches": batch_list,
+                            "threads": threads, "rounds": rounds, "min_runs": min_runs, "max_time_s": max_time,
+                            "load_avg": os.getloadavg()},
+               "variants": out}
+    click.echo(f"# fused purifier levers ({source}, T = {steps}, {threads} threads; each variant in its own process, "
+               f"best p50 of {rounds} interleaved round(s); load avg {os.getloadavg()[0]:.2f})\n")
+    click.echo(markdown(results))
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if any("error" in r for r in out):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

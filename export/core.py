@@ -46,6 +46,55 @@ def _images(n: int):
         return torch.rand(n, 1, 28, 28, generator=g), "uniform random images (Fashion-MNIST not found)"
 
 
+def export_graphs(nets, cfg, opset: int, images, gen, names=None, stride1_as_conv: bool = True,
+                  echo=None) -> dict:
+    """ONNX models of the graphs and pieces of docs/ARTIFACTS.md (``names``: only these, and ``purify`` when its
+    pieces are among them), not yet validated. ``stride1_as_conv=False`` keeps the exporter's stride-1 ConvTranspose
+    nodes (the input-gradients of stride-1 Convs) instead of rewriting them as Conv (``rewrite.py``): the shipped
+    export always rewrites; ``bench/levers.py`` times the difference."""
+    from . import fused, rewrite, specs
+    from .grad import TRACE_BATCH, to_onnx
+
+    L = nets.latent
+    specs_all = list(specs.graph_specs(L).values()) + list(specs.piece_specs(L).values())
+    models = {}
+    for spec in specs_all:
+        if spec.build is None or (names is not None and spec.name not in names):
+            continue
+        t0 = time.perf_counter()
+        ex = specs.dummy_inputs(spec, TRACE_BATCH, L, images, gen, cfg)
+        m = to_onnx(spec.build(nets), [ex[i.name] for i in spec.inputs], [i.name for i in spec.inputs],
+                    [o.name for o in spec.outputs], spec.dynamic_axes, opset)
+        # stride-1 ConvTranspose (input-gradient of a stride-1 Conv) -> Conv: see rewrite.py
+        models[spec.name] = rewrite.convtranspose_as_conv(m, max_stride=1) if stride1_as_conv else m
+        if echo:
+            echo(f"exported {spec.name} ({time.perf_counter() - t0:.1f} s)")
+    if {"encoder", "purify_step", "purify_loss"} <= set(models):
+        models["purify"] = fused.assemble_purify(models["encoder"], models["purify_step"], models["purify_loss"], L)
+    return models
+
+
+def purify_graph(vaegan_ckpt, classifier_ckpt, *, opset: int = 18, purify_cfg=None, stride1_as_conv: bool = True):
+    """The fused ``purify`` ModelProto of a checkpoint, exported as ``export_all`` does but not validated nor
+    written (``bench/levers.py`` builds its variants from it)."""
+    import torch
+
+    from vaegan.train.checkpoint import load_model
+    from vaegan.train.config import PurifyConfig
+
+    from . import specs
+    from .grad import TRACE_BATCH, fold_batchnorm
+
+    check_opset(opset)
+    vg, _ = load_model(Path(vaegan_ckpt), "vaegan")
+    clf, _ = load_model(Path(classifier_ckpt), "classifier")
+    nets = specs.Nets(vg, clf, fold_batchnorm(vg), fold_batchnorm(clf))
+    images, _ = _images(TRACE_BATCH)
+    models = export_graphs(nets, purify_cfg or PurifyConfig(), opset, images, torch.Generator().manual_seed(0),
+                           names={"encoder", "purify_step", "purify_loss"}, stride1_as_conv=stride1_as_conv)
+    return models["purify"]
+
+
 def export_all(vaegan_ckpt, classifier_ckpt, out_dir, *, opset: int = 18, max_batch: int = 64, trt: bool = False,
                fp16: bool = False, purify_cfg=None, max_restarts: int = 8, echo=print) -> dict:
     """Export, validate and describe every graph of docs/ARTIFACTS.md; returns the manifest (also written).
@@ -60,8 +109,8 @@ def export_all(vaegan_ckpt, classifier_ckpt, out_dir, *, opset: int = 18, max_ba
     from vaegan.train.config import PurifyConfig
     from vaegan.train.purifier import check_config
 
-    from . import fused, manifest, rewrite, specs, validate
-    from .grad import TRACE_BATCH, fold_batchnorm, to_onnx
+    from . import manifest, specs, validate
+    from .grad import TRACE_BATCH, fold_batchnorm
 
     t_start = time.perf_counter()
     check_opset(opset)
@@ -82,27 +131,11 @@ def export_all(vaegan_ckpt, classifier_ckpt, out_dir, *, opset: int = 18, max_ba
     nets = specs.Nets(vg, clf, fold_batchnorm(vg), fold_batchnorm(clf))
     L = nets.latent
     gspecs = specs.graph_specs(L)
-    pieces = specs.piece_specs(L)
 
     # ---- export (torch route for every piece)
     gen = torch.Generator().manual_seed(0)
     images, image_source = _images(max(max_batch, TRACE_BATCH))
-    models: dict[str, onnx.ModelProto] = {}
-    timings: dict[str, float] = {}
-    for spec in list(gspecs.values()) + list(pieces.values()):
-        if spec.build is None:
-            continue
-        t0 = time.perf_counter()
-        ex = specs.dummy_inputs(spec, TRACE_BATCH, L, images, gen, cfg)
-        models[spec.name] = rewrite.convtranspose_as_conv(
-            to_onnx(spec.build(nets), [ex[i.name] for i in spec.inputs], [i.name for i in spec.inputs],
-                    [o.name for o in spec.outputs], spec.dynamic_axes, opset),
-            max_stride=1)  # stride-1 ConvTranspose (input-gradient of a stride-1 Conv) -> Conv: see rewrite.py
-        timings[spec.name] = time.perf_counter() - t0
-        echo(f"exported {spec.name} ({timings[spec.name]:.1f} s)")
-    t0 = time.perf_counter()
-    models["purify"] = fused.assemble_purify(models["encoder"], models["purify_step"], models["purify_loss"], L)
-    timings["purify"] = time.perf_counter() - t0
+    models = export_graphs(nets, cfg, opset, images, gen, echo=echo)
 
     # ---- write + validate
     report = validate.Report()

@@ -1,0 +1,38 @@
+"""``bench/levers.py --quick`` on the tiny random-init nets: every lever variant builds, runs in its own process,
+agrees with the shipped configuration, and the shipped levers are really on (sharding) or off in their variants."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+def test_levers_quick(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt, tiny_artifacts):
+    js = tmp_path / "levers.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "levers.py"), "--quick", "--checkpoint", str(tiny_vaegan_ckpt),
+           "--classifier", str(tiny_classifier_ckpt), "--artifacts", str(tiny_artifacts), "--threads", "2",
+           "--json", str(js)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "| variant | batch 1 ms | vs shipped | batch 2 ms |" in res.stdout
+    r = json.loads(js.read_text())
+    v = {x["variant"].split(" (")[0]: x for x in r["variants"]}
+    assert len(r["variants"]) == 10 and not [x for x in r["variants"] if "error" in x]
+    shipped = r["variants"][0]
+    assert shipped["config"]["shipped"] and shipped["describe"]["shards"] == 2  # 2 threads: the runtime shards
+    assert v["- batch sharding off"]["describe"]["shards"] == 1
+    assert v["+ 1 thread"]["describe"]["shards"] == 1
+    for x in r["variants"]:
+        for n in ("1", "2"):
+            c = x["cells"][n]
+            assert c["p50_ms"] > 0 and c["runs"] >= 3
+            # every variant computes the same purification (the export's loop tolerance)
+            assert x is shipped or c["max_abs_diff"] < 1e-4, (x["variant"], c)
