@@ -221,17 +221,36 @@ def run_backend(name: str, opts: dict, cells: list[tuple[int, int]], images: np.
     return res
 
 
-def _child(conn, name, opts, cells, images, refs, noise_all):
+def _spawned(conn, fn, args):
     try:
-        out = run_backend(name, opts, cells, images, refs, lambda n: noise_all[:, :n])
-        conn.send(("ok", out))
-    except Exception as e:  # noqa: BLE001 - reported in the table, the other backends still run
+        conn.send(("ok", fn(*args)))
+    except Exception as e:  # noqa: BLE001 - reported by the caller, the other backends / variants still run
         import traceback
 
         conn.send(("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                    traceback.format_exc()))
     finally:
         conn.close()
+
+
+def call_isolated(fn, *args) -> tuple:
+    """``fn(*args)`` in a fresh spawned process (its own thread pools and peak RSS): ("ok", result) or
+    ("error", one-line reason, traceback). ``fn`` must be a module-level function (pickled by name)."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_spawned, args=(child, fn, args))
+    p.start()
+    child.close()
+    try:
+        msg = parent.recv()
+    except EOFError:
+        msg = ("error", f"process died (exit code {p.exitcode})", "")
+    p.join()
+    return msg
+
+
+def _run_backend_spawned(name, opts, cells, images, refs, noise_all):
+    return run_backend(name, opts, cells, images, refs, lambda n: noise_all[:, :n])
 
 
 def best_of_rounds(rounds: list[dict]) -> dict:
@@ -258,16 +277,7 @@ def best_of_rounds(rounds: list[dict]) -> dict:
 
 
 def run_isolated(name, opts, cells, images, refs, noise_all) -> dict:
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_child, args=(child, name, opts, cells, images, refs, noise_all))
-    p.start()
-    child.close()
-    try:
-        msg = parent.recv()
-    except EOFError:
-        msg = ("error", f"backend process died (exit code {p.exitcode})", "")
-    p.join()
+    msg = call_isolated(_run_backend_spawned, name, opts, cells, images, refs, noise_all)
     if msg[0] == "ok":
         return msg[1]
     return {"backend": name, "error": msg[1], "traceback": msg[2], "cells": []}

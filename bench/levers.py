@@ -19,7 +19,6 @@ LeakyReLU-backward chain Greater/Cast/Mul/Add/Mul -> Sign/Clip/Mul, the Loop unr
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import sys
 import tempfile
@@ -166,29 +165,10 @@ def time_variant(v: Variant, opts: dict, x: np.ndarray, ref: dict | None) -> dic
     return res
 
 
-def _child(conn, v, opts, x, ref):
-    try:
-        conn.send(("ok", time_variant(v, opts, x, ref)))
-    except Exception as e:  # noqa: BLE001 - reported in the table, the other variants still run
-        import traceback
-
-        conn.send(("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                   traceback.format_exc()))
-    finally:
-        conn.close()
-
-
 def run_isolated(v: Variant, opts: dict, x: np.ndarray, ref: dict | None) -> dict:
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_child, args=(child, v, opts, x, ref))
-    p.start()
-    child.close()
-    try:
-        msg = parent.recv()
-    except EOFError:
-        msg = ("error", f"variant process died (exit code {p.exitcode})", "")
-    p.join()
+    from latency import call_isolated
+
+    msg = call_isolated(time_variant, v, opts, x, ref)
     if msg[0] == "ok":
         return msg[1]
     return {"variant": v.name, "error": msg[1], "traceback": msg[2], "cells": {}}
