@@ -61,9 +61,11 @@ def attack_budget(name: str, config: dict) -> dict:
 
 
 def _fmt_budget(b: dict) -> str:
-    names = {"steps": "steps", "restarts": "restarts", "apgd_targets": "targets", "eot_samples": "EOT samples",
-             "eot_restarts": "R", "square_queries": "queries"}
-    return ", ".join(f"{v:g} {names[k]}" for k, v in b.items() if k in names and not (k == "restarts" and v == 1))
+    names = {"steps": ("step", "steps"), "restarts": ("restart", "restarts"), "apgd_targets": ("target", "targets"),
+             "eot_samples": ("EOT sample", "EOT samples"), "eot_restarts": ("R", "R"),
+             "square_queries": ("query", "queries")}
+    return ", ".join(f"{v:g} {names[k][v != 1]}" for k, v in b.items()
+                     if k in names and not (k == "restarts" and v == 1))
 
 
 @dataclass
