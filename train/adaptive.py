@@ -45,13 +45,13 @@ from .errors import VaeganError
 from .evaluate import predict
 from .purifier import Defended, Purifier, check_config, purify
 
-ATTACKS = ("bpda", "bpda_eot", "full", "apgd", "square", "transfer", "latent")
-WHITE_OR_BLACK_BOX = ("bpda", "full", "apgd", "square", "latent")  # scored on the deterministic defense: "any" row
+ATTACKS = ("bpda", "bpda_eot", "full", "apgd", "fab", "square", "transfer", "latent")
+WHITE_OR_BLACK_BOX = ("bpda", "full", "apgd", "fab", "square", "latent")  # scored on the deterministic defense: "any" row
 LOSSES = ("ce", "margin")
 # the AdaptiveConfig fields that set each attack's budget: recorded per result, so that merged runs keep theirs
 BUDGET = {"bpda": ("steps", "restarts", "alpha_ratio", "loss"), "full": ("steps", "restarts", "alpha_ratio", "loss"),
           "bpda_eot": ("steps", "alpha_ratio", "loss", "eot_samples", "eot_restarts"),
-          "apgd": ("steps", "apgd_targets"), "square": ("square_queries",),
+          "apgd": ("steps", "apgd_targets"), "fab": ("steps", "apgd_targets"), "square": ("square_queries",),
           "transfer": ("steps", "alpha_ratio", "loss"), "latent": ("steps", "alpha_ratio")}
 
 
@@ -81,7 +81,7 @@ class AdaptiveConfig:
     eot_samples: int = 20                # draws of the randomised purifier per gradient (bpda_eot)
     eot_restarts: int = 4                # R of the randomised purifier attacked by bpda_eot (fresh noise per draw)
     apgd_grad: str = "auto"              # "bpda", "full" or "auto" (the one with the lower accuracy at that eps)
-    apgd_targets: int = 9                # APGD-T target classes (AutoAttack: 9)
+    apgd_targets: int = 9                # APGD-T and FAB-T target classes (AutoAttack: 9)
     square_queries: int = 1000           # per image (AutoAttack standard: 5000)
     artifacts: str | None = None         # exported artifacts for square (default: export to OUT/artifacts)
     surrogate: str | None = None         # surrogate classifier checkpoint for transfer (default: train one)
@@ -369,6 +369,17 @@ def apgd(model, eps: float, steps: int, seed: int = 0, targets: int = 9):
     return torchattacks.MultiAttack([ce, t])
 
 
+def fab(model, eps: float, steps: int, seed: int = 0, targets: int = 9):
+    """AutoAttack's minimum-norm component: FAB-T (Croce & Hein 2020), ``targets`` target classes in turn, each
+    run only on the images not yet fooled; an image counts as fooled only within ``eps`` (torchattacks ``FAB``)."""
+    import torchattacks
+
+    a = torchattacks.FAB(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, multi_targeted=True,
+                         n_classes=10)
+    a.n_target_classes = targets
+    return a
+
+
 def latent_targets(y: torch.Tensor, pool_x: torch.Tensor, pool_y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image a target class != y (seeded, as ``attacks.random_targets``) and x_target: the first image of that
     class in the pool."""
@@ -514,14 +525,15 @@ def evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, data=No
                 rec.update(curve=curve, defense=f"R={rcfg.restarts} restarts, all seeded at {seed_at}"
                                                 f"{rcfg.noise:g} N(0, I), fresh noise per call",
                            eot_samples=cfg.eot_samples)
-            elif name == "apgd":
+            elif name in ("apgd", "fab"):
                 grad = cfg.apgd_grad
                 if grad == "auto":
                     done = {g: res["attacks"][g][str(eps)]["accuracy"] for g in ("bpda", "full")
                             if str(eps) in res["attacks"].get(g, {})}
                     grad = min(done, key=done.get) if done else "full"
                 model = bpda if grad == "bpda" else full
-                xa = torch.cat([apgd(model, eps, cfg.steps, cfg.seed, cfg.apgd_targets)(xb, yb)
+                make = apgd if name == "apgd" else fab
+                xa = torch.cat([make(model, eps, cfg.steps, cfg.seed, cfg.apgd_targets)(xb, yb)
                                 for xb, yb in zip(x.split(cfg.batch_size), y.split(cfg.batch_size))])
                 with torch.no_grad():
                     fooled = predict(defended, xa, cfg.batch_size) != y
@@ -642,7 +654,7 @@ def oblivious_numbers(path: Path) -> dict | None:
 
 
 LABELS = {"bpda": "BPDA + PGD", "bpda_eot": "BPDA + EOT + PGD (randomized purifier)",
-          "full": "full-gradient PGD (unrolled T steps)", "apgd": "APGD-CE + APGD-T", "square": "Square (runtime, scores)",
+          "full": "full-gradient PGD (unrolled T steps)", "apgd": "APGD-CE + APGD-T", "fab": "FAB-T", "square": "Square (runtime, scores)",
           "transfer": "transfer from surrogate", "latent": "latent-space PGD"}
 
 
@@ -701,9 +713,10 @@ def write_adaptive(report: dict, out: Path) -> None:
         notes.append(f"- bpda_eot attacks and is scored on a *randomized* purifier "
                      f"({next(iter(report['attacks']['bpda_eot'].values()))['defense']}), not the deployed "
                      f"deterministic one; it is left out of the worst-case row.")
-    if "apgd" in report["attacks"]:
-        notes.append("- apgd gradient per eps: " + ", ".join(f"{e}: {v['gradient']}"
-                                                             for e, v in report["attacks"]["apgd"].items()))
+    for name in ("apgd", "fab"):
+        if name in report["attacks"]:
+            notes.append(f"- {name} gradient per eps: " + ", ".join(f"{e}: {v['gradient']}"
+                                                                  for e, v in report["attacks"][name].items()))
     if "square" in report["attacks"]:
         sq = report["attacks"]["square"]
         notes.append(f"- square queried the runtime ({report['runtime']['backend']} backend, clean accuracy "
@@ -826,4 +839,4 @@ def _curve_steps(report) -> list[int]:
 
 
 __all__ = ["ATTACKS", "AdaptiveConfig", "StraightThrough", "RandomizedPurifier", "RuntimeModel", "TrackedPGD",
-           "LatentPGD", "apgd", "margin", "evaluate_adaptive", "write_adaptive", "oblivious_numbers", "merge_reports"]
+           "LatentPGD", "apgd", "fab", "margin", "evaluate_adaptive", "write_adaptive", "oblivious_numbers", "merge_reports"]

@@ -260,7 +260,7 @@ def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, de
 # -------------------------------------------------------------------------------------------- vaegan-eval-adaptive
 
 @click.command(help="Adaptive attacks on the whole defended pipeline classifier(purifier(x)): BPDA, BPDA+EOT, "
-                    "full-gradient PGD through the unrolled purifier, APGD-CE/APGD-T, Square on the deployed "
+                    "full-gradient PGD through the unrolled purifier, APGD-CE/APGD-T, FAB-T, Square on the deployed "
                     "runtime, transfer from a surrogate, latent-space PGD; writes adaptive.md, adaptive.json, "
                     "adaptive.png (beside OUT/report.json's oblivious numbers). Purifier options as vaegan-eval.")
 @click.version_option(__version__)
@@ -268,9 +268,9 @@ def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, de
 @click.option("--classifier", type=click.Path(dir_okay=False), default=None, help="default: shipped weights")
 @click.option("--n", type=int, default=1000, show_default=True, help="first N test images")
 @click.option("--eps", "eps_list", default="0.05,0.1,0.2,0.3", show_default=True, help="comma-separated")
-@click.option("--attacks", "attack_list", default="bpda,bpda_eot,full,apgd,square,transfer,latent",
+@click.option("--attacks", "attack_list", default="bpda,bpda_eot,full,apgd,fab,square,transfer,latent",
               show_default=True, help="comma-separated")
-@click.option("--attack-steps", type=int, default=100, show_default=True, help="PGD / APGD iterations")
+@click.option("--attack-steps", type=int, default=100, show_default=True, help="PGD / APGD / FAB iterations")
 @click.option("--curve", "curve_list", default="10,20,50,100", show_default=True,
               help="convergence check: accuracy after these steps")
 @click.option("--alpha-ratio", type=float, default=0.1, show_default=True, help="PGD step = ratio x eps")
@@ -279,7 +279,7 @@ def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, de
 @click.option("--eot-samples", type=int, default=20, show_default=True)
 @click.option("--eot-restarts", type=int, default=4, show_default=True, help="R of the randomized purifier")
 @click.option("--apgd-grad", type=click.Choice(["auto", "bpda", "full"]), default="auto", show_default=True)
-@click.option("--apgd-targets", type=int, default=9, show_default=True)
+@click.option("--apgd-targets", type=int, default=9, show_default=True, help="APGD-T and FAB-T target classes")
 @click.option("--square-queries", type=int, default=1000, show_default=True)
 @click.option("--artifacts", type=click.Path(file_okay=False), default=None,
               help="exported artifacts for square (default: export to OUT/artifacts)")

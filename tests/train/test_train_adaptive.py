@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from vaegan.train import checkpoint
 from vaegan.train.adaptive import (AdaptiveConfig, RandomizedPurifier, RuntimeModel, StraightThrough, TrackedPGD,
-                                   margin, merge_reports, write_adaptive)
+                                   fab, margin, merge_reports, write_adaptive)
 from vaegan.train.cli import adaptive_cli
 from vaegan.train.config import PurifyConfig
 from vaegan.train.errors import VaeganError
@@ -107,6 +107,22 @@ def test_full_gradient_pgd_through_all_steps_lowers_the_defended_margin(nets, ba
     assert not clf.training  # torchattacks restores the wrapper's mode: it must have been eval
 
 
+def test_fab_t_keeps_only_perturbations_that_fool_within_eps(nets, batch):
+    _, clf = nets
+    clf = clf.eval()
+    x, _ = batch
+    with torch.no_grad():
+        y = clf(x).argmax(1)  # labels = the classifier's own predictions: every image starts correct
+    x_adv = fab(clf, eps=0.3, steps=5, seed=0, targets=2)(x, y)
+    changed = (x_adv - x).flatten(1).abs().amax(1) > 0
+    assert (x_adv - x).abs().max() <= 0.3 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    with torch.no_grad():
+        pred = clf(x_adv).argmax(1)
+    assert changed.any()                          # a random-init classifier is fooled within 0.3 somewhere
+    assert (pred[changed] != y[changed]).all()    # FAB returns a perturbed image only where it fools
+    assert (pred[~changed] == y[~changed]).all()
+
+
 @pytest.mark.parametrize("eot_rows", [2000, 4])
 def test_eot_averages_the_configured_number_of_samples(nets, batch, eot_rows):
     vg, clf = nets
@@ -172,7 +188,7 @@ def test_bad_input_is_a_one_line_error():
         AdaptiveConfig(eps=(0.1, 1.5))
     r = CliRunner().invoke(adaptive_cli, ["--attacks", "bpda,deepfool"])
     assert r.exit_code == 1 and r.output.strip() == (
-        "Error: unknown adaptive attack 'deepfool' (expected one of bpda, bpda_eot, full, apgd, square, transfer, "
+        "Error: unknown adaptive attack 'deepfool' (expected one of bpda, bpda_eot, full, apgd, fab, square, transfer, "
         "latent)")
     for bad in ("-0.1", "0.1,2"):
         r = CliRunner().invoke(adaptive_cli, ["--eps", bad])
@@ -200,7 +216,7 @@ def test_cli_writes_the_report_on_4_images(live_ckpts, tiny_vaegan_ckpt, artifac
                                            "--out", str(tmp_path / "other")])
     assert r2.exit_code == 1 and "exported from another checkpoint" in r2.output
     rep = json.loads((out / "adaptive.json").read_text())
-    assert rep["n"] == 4 and set(rep["attacks"]) == {"bpda", "bpda_eot", "full", "apgd", "square", "transfer",
+    assert rep["n"] == 4 and set(rep["attacks"]) == {"bpda", "bpda_eot", "full", "apgd", "fab", "square", "transfer",
                                                      "latent"}
     for name, per in rep["attacks"].items():
         assert set(per) == {"0.1", "0.3"}
@@ -210,7 +226,7 @@ def test_cli_writes_the_report_on_4_images(live_ckpts, tiny_vaegan_ckpt, artifac
     for name in ("bpda", "full", "transfer", "latent"):  # deterministic scoring: the table agrees with the curve
         for e in ("0.1", "0.3"):
             assert rep["attacks"][name][e]["accuracy"] == pytest.approx(rep["attacks"][name][e]["curve"]["2"])
-    assert rep["any"]["0.3"] <= min(rep["attacks"][a]["0.3"]["accuracy"] for a in ("bpda", "full", "apgd", "square"))
+    assert rep["any"]["0.3"] <= min(rep["attacks"][a]["0.3"]["accuracy"] for a in ("bpda", "full", "apgd", "fab", "square"))
     md = (out / "adaptive.md").read_text()
     assert "BPDA + PGD" in md and "oblivious pgd40 (purified), first 4" in md and "Convergence" in md
     assert (out / "adaptive.png").stat().st_size > 1000
