@@ -49,7 +49,7 @@ artifacts/manifest.json: | $(STAMP)
 	$(BIN)/vaegan-export --out artifacts
 
 # Adaptive attacks on the shipped defense (README, model card): one run per attack family and eps, on one core
-# each, so `make -j2 adaptive` keeps two running; a finished run (its adaptive.json) is not run again. About 12
+# each, so `make -j2 adaptive` keeps two running; a finished run (its adaptive.json) is not run again. About 13
 # core-hours on this 2-core CPU. Each run puts the oblivious rows of reports/report.json (`make eval`) beside its
 # numbers when that file exists. Then one merged report, reports/adaptive/, and docs/adaptive.png.
 ADV = $(BIN)/vaegan-eval-adaptive --n 1000 --threads 1 --out $(@D)
@@ -57,7 +57,8 @@ OBLIVIOUS = mkdir -p $(@D) $(if $(wildcard reports/report.json),&& cp reports/re
 EPS := 0.05 0.1 0.2 0.3
 ADAPTIVE_RUNS := $(foreach e,$(EPS),reports/adaptive_full_$e reports/adaptive_apgd_$e reports/adaptive_square1k_$e) \
 	reports/adaptive_full200_0.2 reports/adaptive_full200_0.3 reports/adaptive_fullR3_0.1 \
-	reports/adaptive_apgd9_0.05 reports/adaptive_apgd9_0.1 reports/adaptive_apgd100_0.2 reports/adaptive_tl
+	reports/adaptive_apgd9_0.05 reports/adaptive_apgd9_0.1 reports/adaptive_apgd100_0.2 reports/adaptive_apgd200_0.2 \
+	reports/adaptive_fab_0.1 reports/adaptive_tl
 
 reports/adaptive_full_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
@@ -77,6 +78,13 @@ reports/adaptive_apgd9_%/adaptive.json: | $(STAMP)
 reports/adaptive_apgd100_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
 	$(ADV) --eps $* --attacks apgd --apgd-grad full --apgd-targets 1 --attack-steps 100
+reports/adaptive_apgd200_%/adaptive.json: | $(STAMP)
+	$(OBLIVIOUS)
+	$(ADV) --eps $* --attacks apgd --apgd-grad full --apgd-targets 1 --attack-steps 200
+# FAB-T as in torchattacks' AutoAttack (10 steps, 9 target classes), through the whole purifier
+reports/adaptive_fab_%/adaptive.json: | $(STAMP)
+	$(OBLIVIOUS)
+	$(ADV) --eps $* --attacks fab --apgd-grad full --apgd-targets 9 --attack-steps 10
 reports/adaptive_square1k_%/adaptive.json: | artifacts/manifest.json
 	$(OBLIVIOUS)
 	$(ADV) --eps $* --attacks square --square-queries 1000 --artifacts artifacts
