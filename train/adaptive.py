@@ -64,8 +64,8 @@ def _fmt_budget(b: dict) -> str:
     names = {"steps": ("step", "steps"), "restarts": ("restart", "restarts"), "apgd_targets": ("target", "targets"),
              "eot_samples": ("EOT sample", "EOT samples"), "eot_restarts": ("R", "R"),
              "square_queries": ("query", "queries")}
-    return ", ".join(f"{v:g} {names[k][v != 1]}" for k, v in b.items()
-                     if k in names and not (k == "restarts" and v == 1))
+    parts = [f"{v:g} {names[k][v != 1]}" for k, v in b.items() if k in names and not (k == "restarts" and v == 1)]
+    return ", ".join(parts + (["CW-margin loss"] if b.get("loss") == "margin" else []))
 
 
 @dataclass
@@ -92,6 +92,7 @@ class AdaptiveConfig:
     seed: int = 0
     batch_size: int = 100
     threads: int | None = None
+    device: str = "cpu"                  # torch device of the attacks ("cuda", "cuda:1"); square queries the CPU runtime
     purify: PurifyConfig = field(default_factory=PurifyConfig)
     out: str = "reports"
     data_root: str | None = None
@@ -121,6 +122,14 @@ class AdaptiveConfig:
             raise VaeganError(f"alpha-ratio must be in (0, 1] (got {self.alpha_ratio})")
         if not 1 <= self.apgd_targets <= 9:
             raise VaeganError(f"apgd-targets must be in 1..9 (got {self.apgd_targets})")
+        try:
+            dev = torch.device(self.device)
+        except (RuntimeError, ValueError):
+            raise VaeganError(f"unknown device {self.device!r} (expected cpu, cuda or cuda:N)") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise VaeganError(f"device {self.device!r}: torch sees no CUDA device (torch {torch.__version__})")
+        if dev.type not in ("cpu", "cuda"):
+            raise VaeganError(f"device {self.device!r}: only cpu and cuda are supported")
         try:
             check_config(self.purify)
         except ValueError as e:
@@ -328,12 +337,13 @@ class TrackedPGD(Attack):
         gen = torch.Generator().manual_seed(self.seed)
         n = x0.shape[0]
         best = x0.clone()
-        fooled = torch.zeros(n, dtype=torch.bool)
-        fooled_by = {t: torch.zeros(n, dtype=torch.bool) for t in self.checkpoints}
+        fooled = torch.zeros(n, dtype=torch.bool, device=x0.device)
+        fooled_by = {t: torch.zeros(n, dtype=torch.bool, device=x0.device) for t in self.checkpoints}
         free = self.worst_case and self.eval_model is None and self.eot_iter == 1
         for r in range(self.restarts):
-            x = (x0 + torch.empty_like(x0).uniform_(-self.eps, self.eps, generator=gen)).clamp(0, 1)
-            fooled_r = torch.zeros(n, dtype=torch.bool)
+            start = torch.empty(x0.shape).uniform_(-self.eps, self.eps, generator=gen)  # CPU: same on every device
+            x = (x0 + start.to(x0.device)).clamp(0, 1)
+            fooled_r = torch.zeros(n, dtype=torch.bool, device=x0.device)
             for t in range(1, self.steps + 1):
                 g, logits = self.gradient(x, y)
                 if free:  # the logits of the exact defended model at the current iterate
@@ -354,7 +364,7 @@ class TrackedPGD(Attack):
             if not self.worst_case:
                 best, fooled = x.detach(), fooled_by[self.steps]
         self.curve = {t: 100.0 * (1 - fooled_by[t].float().mean().item()) for t in self.checkpoints}
-        self.fooled = fooled.clone()
+        self.fooled = fooled.cpu()
         return best.detach()
 
 
@@ -466,12 +476,18 @@ def evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, data=No
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    dev = torch.device(cfg.device)
+    if dev.type == "cuda":  # full fp32 convolutions and matmuls, as on the CPU (cuDNN would use TF32 by default)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     vg, _ = ckpt_io.load_model(vaegan_path, "vaegan")
     clf, _ = ckpt_io.load_model(classifier_path, "classifier")
+    vg, clf = vg.to(dev), clf.to(dev)
     if data is None:
         x, y, _ = test_subset(cfg.n, cfg.data_root)
     else:
         x, y = data[0][: cfg.n], data[1][: cfg.n]
+    x, y = x.to(dev), y.to(dev)
     pcfg = cfg.purify
     # .eval() on every wrapper: nn.Module starts in training mode, and torchattacks restores the mode it found
     # after each attack (``_recover_model_mode``), which would leave the shared classifier in training mode
@@ -489,10 +505,13 @@ def evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, data=No
     echo(f"clean: classifier {res['clean']['classifier']:.2f}%, defended {res['clean']['defended']:.2f}% "
          f"(first {len(x)} test images)")
     fooled_any = {e: torch.zeros(len(x), dtype=torch.bool) for e in cfg.eps}
+    device_name = (f"cuda ({torch.cuda.get_device_name(dev)}, torch {torch.__version__})" if dev.type == "cuda"
+                   else f"cpu ({torch.get_num_threads()} threads, torch {torch.__version__})")
     extras: dict = {}
     if "transfer" in cfg.attacks:
         sp = surrogate_checkpoint(cfg, echo)
         surrogate, _ = ckpt_io.load_model(sp, "classifier")
+        surrogate = surrogate.to(dev)
         extras["surrogate"] = {"path": str(sp), "sha256": ckpt_io.file_sha256(sp),
                                "clean_accuracy": accuracy(surrogate, x, y)}
     if "square" in cfg.attacks:
@@ -504,7 +523,7 @@ def evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, data=No
             px, py, _ = test_subset(max(cfg.latent_pool, cfg.n), cfg.data_root)
         else:
             px, py = data
-        tcls, xt = latent_targets(y, px, py, cfg.seed)
+        tcls, xt = latent_targets(y, px.to(dev), py.to(dev), cfg.seed)
         with torch.no_grad():
             codes = MeanEncoder(vg)(xt)
 
@@ -568,9 +587,9 @@ def evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, data=No
             if linf > eps + 1e-5:  # a bug, not a user error
                 raise AssertionError(f"{name} eps {eps}: perturbation {linf} exceeds the budget")
             rec.update(accuracy=100.0 * (1 - fooled.float().mean().item()), seconds=time.perf_counter() - t0,
-                       linf=linf, budget=attack_budget(name, asdict(cfg)))
+                       linf=linf, budget=attack_budget(name, asdict(cfg)), device=device_name)
             if name in WHITE_OR_BLACK_BOX or name == "transfer":
-                fooled_any[eps] |= fooled
+                fooled_any[eps] |= fooled.cpu()
             res["attacks"][name][str(eps)] = rec
             echo(f"{name:9s} eps {eps:<5g} accuracy {rec['accuracy']:6.2f}%  ({rec['seconds']:.0f}s)"
                  + (f"  curve {_fmt_curve(rec['curve'])}" if "curve" in rec else ""))
@@ -580,7 +599,7 @@ def evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, data=No
               **res, **extras,
               "checkpoints": {"vaegan": ckpt_io.file_sha256(vaegan_path),
                               "classifier": ckpt_io.file_sha256(classifier_path)},
-              "threads": torch.get_num_threads(), "oblivious": oblivious_numbers(Path(cfg.out) / "report.json")}
+              "threads": torch.get_num_threads(), "device": device_name, "oblivious": oblivious_numbers(Path(cfg.out) / "report.json")}
     if "square" in cfg.attacks:
         runtime.close()
     write_adaptive(report, Path(cfg.out))
@@ -739,6 +758,13 @@ def write_adaptive(report: dict, out: Path) -> None:
             by.setdefault(b, []).append(e)
         budgets.append(f"{name} " + "; ".join(f"{b} (eps {', '.join(es)})" if len(by) > 1 else b
                                               for b, es in by.items()))
+    devices: dict = {}
+    for name, per in report["attacks"].items():
+        for e, v in per.items():  # reports from before devices were recorded ran on the CPU
+            devices.setdefault(v.get("device", "cpu"), {}).setdefault(name, []).append(e)
+    if len(devices) > 1 or "cpu" not in next(iter(devices), "cpu"):
+        notes.append("- device of each result in the table: " + "; ".join(
+            f"{d}: " + ", ".join(f"{n} (eps {', '.join(es)})" for n, es in by.items()) for d, by in devices.items()))
     md += ["", "## Notes", ""] + notes + [
         "- budget of each result in the table: " + "; ".join(budgets) + f". PGD step {cfgd['alpha_ratio']:g} x eps, "
         f"loss {cfgd['loss']}; purifier {cfgd['purify']}.",
@@ -797,7 +823,7 @@ def merge_reports(reports: list[dict]) -> dict:
             dst = merged["attacks"].setdefault(name, {})
             for e, rec in per.items():
                 rec = {**rec, "budget": rec.get("budget") or attack_budget(name, r["config"])}
-                run = {k: rec[k] for k in ("budget", "accuracy", "curve") if k in rec}
+                run = {k: rec[k] for k in ("budget", "accuracy", "curve", "device", "seconds") if k in rec}
                 if e not in dst:
                     dst[e] = {**rec, "runs": [run]}
                     continue

@@ -77,7 +77,7 @@ def make_attack(model: nn.Module, spec: AttackSpec):
 def random_targets(y: torch.Tensor, seed: int, num_classes: int = 10) -> torch.Tensor:
     """A random class != y per image (seeded)."""
     g = torch.Generator().manual_seed(seed + 12345)
-    return (y + torch.randint(1, num_classes, y.shape, generator=g)) % num_classes
+    return (y + torch.randint(1, num_classes, y.shape, generator=g).to(y.device)) % num_classes
 
 
 def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, batch_size: int = 250,

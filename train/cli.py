@@ -290,6 +290,8 @@ def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, de
 @click.option("--attack-seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=100, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch intra-op threads")
+@click.option("--device", default="cpu", show_default=True,
+              help="torch device of the attacks: cpu, cuda, cuda:N (square always queries the CPU runtime)")
 @dataclass_options(__import__("vaegan.train.config", fromlist=["PurifyConfig"]).PurifyConfig)
 @click.option("--merge", "merge_dirs", multiple=True, type=click.Path(file_okay=False),
               help="instead of attacking: merge the adaptive.json of these earlier runs (same images, checkpoints and "
@@ -299,8 +301,8 @@ def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, de
 @_friendly
 def adaptive_cli(checkpoint, classifier, n, eps_list, attack_list, attack_steps, curve_list, alpha_ratio,
                  attack_restarts, loss, eot_samples, eot_restarts, apgd_grad, apgd_targets, square_queries, artifacts,
-                 surrogate, surrogate_epochs, surrogate_train_limit, attack_seed, batch_size, threads, merge_dirs, out,
-                 data_root, **pvalues):
+                 surrogate, surrogate_epochs, surrogate_train_limit, attack_seed, batch_size, threads, device, merge_dirs,
+                 out, data_root, **pvalues):
     from .config import PurifyConfig
 
     if merge_dirs:
@@ -333,6 +335,6 @@ def adaptive_cli(checkpoint, classifier, n, eps_list, attack_list, attack_steps,
                          apgd_targets=apgd_targets, square_queries=square_queries, artifacts=artifacts,
                          surrogate=surrogate, surrogate_epochs=surrogate_epochs,
                          surrogate_train_limit=surrogate_train_limit, seed=attack_seed, batch_size=batch_size,
-                         threads=threads, purify=build_config(PurifyConfig, pvalues), out=out, data_root=data_root)
+                         threads=threads, device=device, purify=build_config(PurifyConfig, pvalues), out=out, data_root=data_root)
     evaluate_adaptive(checkpoint or _default("vaegan"), classifier or _default("classifier"), cfg, echo=click.echo)
     click.echo(f"wrote {out}/adaptive.md, adaptive.json, adaptive.png")

@@ -113,6 +113,7 @@ def purify(vg: VAEGAN, x: torch.Tensor, cfg: PurifyConfig = PurifyConfig(), nois
     latent_dim = vg.args.latent_dim
     if noise is None:
         noise = restart_noise(cfg, n, latent_dim)
+    noise = noise.to(x.device, x.dtype)  # drawn on the CPU (one seed, same draws on every device)
     r = noise.shape[0]
     if cfg.init == "encoder":
         mu = vg.encoder(x)[0]
@@ -125,7 +126,7 @@ def purify(vg: VAEGAN, x: torch.Tensor, cfg: PurifyConfig = PurifyConfig(), nois
         loss, xg = latent_objective(vg, z, xr, cfg.lam)                # the final objective decodes every row once
         loss = loss.view(r, n)
         best = loss.argmin(0)                                          # (N,)
-        pick = (best, torch.arange(n))
+        pick = (best, torch.arange(n, device=x.device))
         z_best = z.view(r, n, latent_dim)[pick]                        # (N, latent)
         out = xg.view(r, n, *xg.shape[1:])[pick]                       # = G(z_best), not decoded a second time
     return PurifyResult(out, loss.min(0).values.detach(), z_best.detach())

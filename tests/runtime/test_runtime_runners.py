@@ -71,6 +71,41 @@ def _has_trt() -> bool:
 needs_trt = pytest.mark.skipif(not _has_trt(), reason="needs an NVIDIA GPU and the tensorrt package")
 
 
+def _cuda_python_reason() -> str | None:
+    """None when cuda-python imports and sees a GPU, else why not (the half of the TensorRT path without TensorRT)."""
+    from vaegan.runtime.backend.trt.cuda import cudart, device_count
+    from vaegan.runtime.errors import BackendUnavailableError
+
+    try:
+        cudart()
+    except BackendUnavailableError as e:
+        return str(e)
+    return None if device_count() > 0 else "cuda-python sees no CUDA device"
+
+
+@pytest.mark.skipif(_cuda_python_reason() is not None, reason=f"needs cuda-python and a GPU: {_cuda_python_reason()}")
+def test_device_buffer_round_trip_through_cuda_python():
+    """The TensorRT runner's device buffers (grow on demand, never shrink) and ``check`` over cuda-python."""
+    from vaegan.runtime.backend.trt.cuda import DeviceBuffer, check, cudart, device_count
+
+    rt = cudart()
+    a = np.arange(4096, dtype=np.float32)
+    buf = DeviceBuffer()
+    ptr = buf.ensure(a.nbytes)
+    assert ptr and buf.nbytes == a.nbytes
+    check(rt.cudaMemcpy(ptr, a.ctypes.data, a.nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice))
+    assert buf.ensure(a.nbytes // 2) == ptr  # smaller request: same allocation
+    out = np.zeros_like(a)
+    check(rt.cudaMemcpy(out.ctypes.data, ptr, a.nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost))
+    np.testing.assert_array_equal(out, a)
+    bigger = buf.ensure(2 * a.nbytes)  # grows: a new allocation
+    assert buf.nbytes == 2 * a.nbytes and bigger
+    buf.free()
+    assert buf.ptr == 0 and buf.nbytes == 0
+    with pytest.raises(RuntimeError, match="CUDA error cudaErrorInvalidDevice"):
+        check(rt.cudaSetDevice(device_count() + 7))
+
+
 def test_trt_status_says_why_when_unusable():
     from vaegan.runtime.backend.trt import trt_status
 

@@ -1,6 +1,7 @@
 """Adaptive attacks (vaegan.train.adaptive) on the tiny random-init nets and a handful of images."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -195,6 +196,34 @@ def test_bad_input_is_a_one_line_error():
         assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1 and "out of range" in r.output
     r = CliRunner().invoke(adaptive_cli, ["--eps", "a"])
     assert r.exit_code == 1 and "expected comma-separated numbers" in r.output and "Traceback" not in r.output
+    with pytest.raises(VaeganError, match="unknown device 'gpu0'"):
+        AdaptiveConfig(device="gpu0")
+    if not torch.cuda.is_available():
+        r = CliRunner().invoke(adaptive_cli, ["--device", "cuda"])
+        assert r.exit_code == 1 and r.output.startswith("Error: device 'cuda': torch sees no CUDA device")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+def test_attacks_on_cuda_match_the_cpu(live_ckpts, batch, tmp_path):
+    """The same attacks, seeds and images on the CPU and on the GPU (fp32, no TF32): the same random starts and
+    restart noise, so the iterates agree to float tolerance and the scored accuracies match."""
+    from vaegan.train.adaptive import evaluate_adaptive
+
+    x, y = batch
+    x = torch.cat([x, x.flip(-1)])
+    y = torch.cat([y, y])
+    reps = {}
+    for dev in ("cpu", "cuda"):
+        cfg = AdaptiveConfig(n=len(x), eps=(0.1,), attacks=("bpda", "bpda_eot", "full", "apgd", "latent"), steps=3,
+                             checkpoints=(1, 3), eot_samples=2, eot_restarts=2, apgd_targets=1, device=dev,
+                             purify=replace(CFG), out=str(tmp_path / dev), batch_size=4)
+        reps[dev] = evaluate_adaptive(*live_ckpts, cfg, data=(x, y), echo=lambda *a, **k: None)
+    assert reps["cuda"]["device"].startswith("cuda (") and reps["cpu"]["device"].startswith("cpu (")
+    assert reps["cuda"]["clean"] == pytest.approx(reps["cpu"]["clean"])
+    for name, per in reps["cpu"]["attacks"].items():
+        g = reps["cuda"]["attacks"][name]["0.1"]
+        assert g["device"] == reps["cuda"]["device"]
+        assert g["accuracy"] == pytest.approx(per["0.1"]["accuracy"], abs=100 / len(x) + 1e-9), name
 
 
 @requires_data
