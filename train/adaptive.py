@@ -815,7 +815,8 @@ def merge_reports(reports: list[dict]) -> dict:
                 raise VaeganError(f"merge: the reports differ in {what} ({first[key]} vs {r[key]})")
         if r["config"]["purify"] != first["config"]["purify"]:
             raise VaeganError("merge: the reports were measured with different purifier settings")
-    merged = {k: v for k, v in first.items() if k not in ("attacks", "any", "eps")}
+    merged = {k: v for k, v in first.items() if k not in ("attacks", "any", "eps", "clean")}
+    merged["clean"] = dict(first["clean"])
     merged["attacks"], eps = {}, set()
     for r in reports:
         eps |= {float(e) for e in r["eps"]}
@@ -837,12 +838,15 @@ def merge_reports(reports: list[dict]) -> dict:
         for key in ("surrogate", "runtime", "oblivious"):
             if r.get(key) and not merged.get(key):
                 merged[key] = r[key]
+        for k, v in r["clean"].items():  # e.g. the randomized purifier's clean accuracy, from the bpda_eot runs
+            merged["clean"].setdefault(k, v)
     for per in merged["attacks"].values():   # one run: nothing to list
         for rec in per.values():
             if len(rec["runs"]) == 1:
                 del rec["runs"]
     merged["eps"] = sorted(eps)
-    merged["attacks"] = {a: merged["attacks"][a] for a in ATTACKS if a in merged["attacks"]}
+    merged["attacks"] = {a: dict(sorted(merged["attacks"][a].items(), key=lambda kv: float(kv[0])))
+                         for a in ATTACKS if a in merged["attacks"]}
     scored = WHITE_OR_BLACK_BOX + ("transfer",)
     merged["any"] = {}
     for e in (str(x) for x in merged["eps"]):

@@ -204,14 +204,13 @@ def test_bad_input_is_a_one_line_error():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
-def test_attacks_on_cuda_match_the_cpu(live_ckpts, batch, tmp_path):
+def test_attacks_on_cuda_match_the_cpu(live_ckpts, tmp_path):
     """The same attacks, seeds and images on the CPU and on the GPU (fp32, no TF32): the same random starts and
     restart noise, so the iterates agree to float tolerance and the scored accuracies match."""
     from vaegan.train.adaptive import evaluate_adaptive
 
-    x, y = batch
-    x = torch.cat([x, x.flip(-1)])
-    y = torch.cat([y, y])
+    x = torch.rand(10, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    y = torch.arange(10)  # every class once: the latent attack's target pool
     reps = {}
     for dev in ("cpu", "cuda"):
         cfg = AdaptiveConfig(n=len(x), eps=(0.1,), attacks=("bpda", "bpda_eot", "full", "apgd", "latent"), steps=3,
@@ -308,6 +307,19 @@ def test_merge_joins_runs_split_by_eps_and_attack(tmp_path):
     md2 = (tmp_path / "m2" / "adaptive.md").read_text()
     assert "| full (20 steps) | 0.1 | 60.00 | 52.00 |" in md2
     assert "full eps 0.1: 5 steps 60.00, 20 steps 52.00" in md2
+    # a run on another device and with the randomized purifier's clean accuracy: both survive the merge, eps sorted
+    gpu = _report({"bpda_eot": {"0.3": {"accuracy": 40.0, "device": "cuda (H200)", "defense": "R=2",
+                                        "budget": {"steps": 5}},
+                               "0.1": {"accuracy": 70.0, "device": "cuda (H200)", "defense": "R=2",
+                                       "budget": {"steps": 5}}}}, [0.3, 0.1])
+    gpu["clean"]["defended_randomized"] = 77.0
+    m4 = merge_reports([a, gpu])
+    assert m4["clean"] == {"classifier": 90.0, "defended": 80.0, "defended_randomized": 77.0}
+    assert list(m4["attacks"]["bpda_eot"]) == ["0.1", "0.3"] and m4["eps"] == [0.1, 0.3]
+    write_adaptive(m4, tmp_path / "m4")
+    md4 = (tmp_path / "m4" / "adaptive.md").read_text()
+    assert "randomized purifier 77.00%" in md4
+    assert "device of each result in the table: cuda (H200): bpda_eot (eps 0.1, 0.3); cpu: full (eps 0.1)" in md4
     r2 = CliRunner().invoke(adaptive_cli, ["--merge", str(tmp_path / "missing"), "--out", str(out)])
     assert r2.exit_code == 1 and "missing/adaptive.json: not a readable adaptive report" in r2.output
     (tmp_path / "other").mkdir()
