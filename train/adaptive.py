@@ -34,6 +34,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,6 +59,18 @@ BUDGET = {"bpda": ("steps", "restarts", "alpha_ratio", "loss"), "full": ("steps"
 def attack_budget(name: str, config: dict) -> dict:
     """The budget of attack ``name`` under an AdaptiveConfig given as a dict (a report's "config")."""
     return {k: config[k] for k in BUDGET[name] if k in config}
+
+
+def pack_mask(mask: torch.Tensor) -> str:
+    """A per-image bool mask as hex (8 images per byte), so reports carry per-image outcomes compactly."""
+    return np.packbits(mask.detach().cpu().numpy().astype(np.uint8)).tobytes().hex()
+
+
+def unpack_mask(text: str, n: int) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(text), np.uint8))
+    if len(bits) < n:
+        raise VaeganError(f"a per-image mask holds {len(bits)} images, the report {n}")
+    return bits[:n].astype(bool)
 
 
 def _fmt_budget(b: dict) -> str:
@@ -587,7 +600,8 @@ def evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, data=No
             if linf > eps + 1e-5:  # a bug, not a user error
                 raise AssertionError(f"{name} eps {eps}: perturbation {linf} exceeds the budget")
             rec.update(accuracy=100.0 * (1 - fooled.float().mean().item()), seconds=time.perf_counter() - t0,
-                       linf=linf, budget=attack_budget(name, asdict(cfg)), device=device_name)
+                       linf=linf, budget=attack_budget(name, asdict(cfg)), device=device_name,
+                       fooled=pack_mask(fooled))
             if name in WHITE_OR_BLACK_BOX or name == "transfer":
                 fooled_any[eps] |= fooled.cpu()
             res["attacks"][name][str(eps)] = rec
@@ -696,8 +710,10 @@ def write_adaptive(report: dict, out: Path) -> None:
         md.append(f"| {LABELS[name]} | " + " | ".join(f"{per[e]['accuracy']:.2f}" if e in per else "–" for e in eps)
                   + " |")
     if report["any"]:
-        label = ("lowest over the attacks above (merged runs; per image within each run)"
-                 if report.get("any_kind") == "min" else "worst case over the attacks above (per image; deterministic purifier)")
+        label = {"min": "lowest over the attacks above (merged runs; per image within each run)",
+                 "union+min": "worst case over the attacks above (per image where runs recorded it, else the lowest)",
+                 "union": "worst case over the attacks above and their runs (per image)"}.get(
+            report.get("any_kind"), "worst case over the attacks above (per image; deterministic purifier)")
         md.append(f"| **{label}** | " + " | ".join(f"**{report['any'][e]:.2f}**" if e in report["any"] else "–"
                                                  for e in eps) + " |")
     obl = report.get("oblivious")
@@ -800,8 +816,11 @@ def write_adaptive(report: dict, out: Path) -> None:
 def merge_reports(reports: list[dict]) -> dict:
     """One report from several ``evaluate_adaptive`` runs over the same images, checkpoints and purifier, split by
     eps or by attack so that they can run in parallel. A run keeps no per-image outcomes, so across runs the
-    worst-case row is the lowest accuracy over the attacks at each eps (and over each run's own per-image worst
-    case): an upper bound on the per-image union, marked ``any_kind: "min"``.
+    worst-case row is the per-image union over every result that recorded its per-image outcome (``fooled``, a
+    packed mask; every run of this version does), marked ``any_kind: "union"``. Results from older reports without
+    it enter as their accuracy: the row is then the lower of that union and those accuracies (and each run's own
+    per-image worst case), an upper bound on the true union, marked ``"min"`` (no masks at all) or
+    ``"union+min"``.
 
     The same attack at the same eps may come from several runs with different budgets (e.g. 50 and 200 steps, 1
     and 9 APGD targets): the strongest (lowest accuracy) is the one reported, and every run is listed under
@@ -824,7 +843,7 @@ def merge_reports(reports: list[dict]) -> dict:
             dst = merged["attacks"].setdefault(name, {})
             for e, rec in per.items():
                 rec = {**rec, "budget": rec.get("budget") or attack_budget(name, r["config"])}
-                run = {k: rec[k] for k in ("budget", "accuracy", "curve", "device", "seconds") if k in rec}
+                run = {k: rec[k] for k in ("budget", "accuracy", "curve", "device", "seconds", "fooled") if k in rec}
                 if e not in dst:
                     dst[e] = {**rec, "runs": [run]}
                     continue
@@ -848,13 +867,22 @@ def merge_reports(reports: list[dict]) -> dict:
     merged["attacks"] = {a: dict(sorted(merged["attacks"][a].items(), key=lambda kv: float(kv[0])))
                          for a in ATTACKS if a in merged["attacks"]}
     scored = WHITE_OR_BLACK_BOX + ("transfer",)
-    merged["any"] = {}
+    merged["any"], kinds = {}, set()
+    n = first["n"]
     for e in (str(x) for x in merged["eps"]):
-        accs = [per[e]["accuracy"] for a, per in merged["attacks"].items() if a in scored and e in per]
+        results = [run for a, per in merged["attacks"].items() if a in scored and e in per
+                   for run in per[e].get("runs", [per[e]])]
+        masks = [unpack_mask(run["fooled"], n) for run in results if "fooled" in run]
+        accs = [run["accuracy"] for run in results if "fooled" not in run]
         accs += [r["any"][e] for r in reports if e in r.get("any", {})]
+        if masks:
+            accs.append(100.0 * (1 - np.logical_or.reduce(masks).mean()))
+            kinds.add("union" if len(masks) == len(results) else "union+min")
+        elif accs:
+            kinds.add("min")
         if accs:
             merged["any"][e] = min(accs)
-    merged["any_kind"] = "min"
+    merged["any_kind"] = ("union" if kinds == {"union"} else "min" if kinds == {"min"} else "union+min")
     merged["merged_from"] = len(reports)
     return merged
 

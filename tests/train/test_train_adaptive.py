@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from vaegan.train import checkpoint
 from vaegan.train.adaptive import (AdaptiveConfig, RandomizedPurifier, RuntimeModel, StraightThrough, TrackedPGD,
-                                   fab, margin, merge_reports, write_adaptive)
+                                   fab, margin, merge_reports, pack_mask, unpack_mask, write_adaptive)
 from vaegan.train.cli import adaptive_cli
 from vaegan.train.config import PurifyConfig
 from vaegan.train.errors import VaeganError
@@ -250,6 +250,7 @@ def test_cli_writes_the_report_on_4_images(live_ckpts, tiny_vaegan_ckpt, artifac
         assert set(per) == {"0.1", "0.3"}
         for e, v in per.items():
             assert 0 <= v["accuracy"] <= 100 and v["linf"] <= float(e) + 1e-5
+            assert v["accuracy"] == pytest.approx(100 * (1 - unpack_mask(v["fooled"], 4).mean()))
     assert set(rep["attacks"]["bpda"]["0.1"]["curve"]) == {"1", "2"}
     for name in ("bpda", "full", "transfer", "latent"):  # deterministic scoring: the table agrees with the curve
         for e in ("0.1", "0.3"):
@@ -320,6 +321,20 @@ def test_merge_joins_runs_split_by_eps_and_attack(tmp_path):
     md4 = (tmp_path / "m4" / "adaptive.md").read_text()
     assert "randomized purifier 77.00%" in md4
     assert "device of each result in the table: cuda (H200): bpda_eot (eps 0.1, 0.3); cpu: full (eps 0.1)" in md4
+    # per-image outcomes recorded: the worst-case row is their union across runs; without them, the lowest
+    f1 = torch.tensor([1, 1, 0, 0, 0, 0, 0, 0], dtype=torch.bool)
+    f2 = torch.tensor([0, 1, 1, 0, 0, 0, 0, 0], dtype=torch.bool)
+    assert (unpack_mask(pack_mask(f1), 8) == f1.numpy()).all()
+    u1 = _report({"full": {"0.1": {"accuracy": 75.0, "fooled": pack_mask(f1), "budget": {"steps": 5}}}}, [0.1])
+    u2 = _report({"apgd": {"0.1": {"accuracy": 75.0, "fooled": pack_mask(f2), "gradient": "full",
+                                   "budget": {"steps": 7}}}}, [0.1])
+    m5 = merge_reports([u1, u2])
+    assert m5["any"] == {"0.1": 62.5} and m5["any_kind"] == "union"
+    write_adaptive(m5, tmp_path / "m5")
+    assert "| **worst case over the attacks above and their runs (per image)** | **62.50** |" in (
+        tmp_path / "m5" / "adaptive.md").read_text()
+    m6 = merge_reports([u1, u2, b])  # b recorded no masks: its apgd 58.0 at eps 0.1 is lower than the union
+    assert m6["any"]["0.1"] == 58.0 and m6["any_kind"] == "union+min"
     r2 = CliRunner().invoke(adaptive_cli, ["--merge", str(tmp_path / "missing"), "--out", str(out)])
     assert r2.exit_code == 1 and "missing/adaptive.json: not a readable adaptive report" in r2.output
     (tmp_path / "other").mkdir()
