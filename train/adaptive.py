@@ -11,6 +11,7 @@ here targets the defended model, each at every ``eps`` on the first ``n`` test i
 | ``bpda_eot`` | PGD + EOT | BPDA, averaged over ``eot_samples`` draws of a *randomised* purifier (R noisy restarts, fresh noise per draw) |
 | ``full``     | PGD | exact gradient through all T unrolled purification steps (``Purifier(differentiable=True)``) |
 | ``apgd``     | APGD-CE then APGD-T (torchattacks; AutoAttack's gradient components) | the better of bpda / full |
+| ``fab``      | FAB-T (torchattacks; AutoAttack's minimum-norm component), success only within eps | as apgd |
 | ``square``   | Square (torchattacks), scores only | queries the deployed runtime (``vaegan.runtime``, fused ONNX backend) |
 | ``transfer`` | PGD on an independently trained surrogate classifier | none of the defended model |
 | ``latent``   | PGD on ``||mu_E(x + d) - mu_E(x_target)||^2`` (x_target: an image of another class) | encoder only |
@@ -22,6 +23,11 @@ for free and at the convergence checkpoints (accuracy vs steps, e.g. 10/20/50/10
 ``transfer`` scores the final iterate only (choosing iterates by querying the defended model would not be transfer),
 and so does ``bpda_eot``, with a fresh draw of the randomised purifier (a lucky draw must not count as a success).
 The ``any`` row is the per-image worst case over the white-box/black-box attacks on the deterministic defense.
+
+Each result records its budget, its device and the images it fooled (a packed mask), so that ``merge_reports`` can
+join runs split by attack, eps or device into one table whose worst-case row is the per-image union. The attacks
+run on the CPU or on a CUDA device (``device``); random starts and restart noise are drawn on the CPU from the
+seeds, so both devices attack with the same draws.
 
 Outputs: ``OUT/adaptive.md``, ``OUT/adaptive.json``, ``OUT/adaptive.png`` (accuracy vs eps per attack, with the
 oblivious numbers from ``OUT/report.json`` when ``vaegan-eval`` wrote one there).
@@ -47,7 +53,8 @@ from .evaluate import predict
 from .purifier import Defended, Purifier, check_config, purify
 
 ATTACKS = ("bpda", "bpda_eot", "full", "apgd", "fab", "square", "transfer", "latent")
-WHITE_OR_BLACK_BOX = ("bpda", "full", "apgd", "fab", "square", "latent")  # scored on the deterministic defense: "any" row
+# scored on the deterministic defense: the "any" (worst-case) row
+WHITE_OR_BLACK_BOX = ("bpda", "full", "apgd", "fab", "square", "latent")
 LOSSES = ("ce", "margin")
 # the AdaptiveConfig fields that set each attack's budget: recorded per result, so that merged runs keep theirs
 BUDGET = {"bpda": ("steps", "restarts", "alpha_ratio", "loss"), "full": ("steps", "restarts", "alpha_ratio", "loss"),
@@ -105,7 +112,7 @@ class AdaptiveConfig:
     seed: int = 0
     batch_size: int = 100
     threads: int | None = None
-    device: str = "cpu"                  # torch device of the attacks ("cuda", "cuda:1"); square queries the CPU runtime
+    device: str = "cpu"                  # torch device of the attacks ("cuda", "cuda:1"); square: the CPU runtime
     purify: PurifyConfig = field(default_factory=PurifyConfig)
     out: str = "reports"
     data_root: str | None = None
@@ -403,7 +410,8 @@ def fab(model, eps: float, steps: int, seed: int = 0, targets: int = 9):
     return a
 
 
-def latent_targets(y: torch.Tensor, pool_x: torch.Tensor, pool_y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def latent_targets(y: torch.Tensor, pool_x: torch.Tensor, pool_y: torch.Tensor,
+                   seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image a target class != y (seeded, as ``attacks.random_targets``) and x_target: the first image of that
     class in the pool."""
     from .attacks import random_targets
@@ -613,7 +621,8 @@ def evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, data=No
               **res, **extras,
               "checkpoints": {"vaegan": ckpt_io.file_sha256(vaegan_path),
                               "classifier": ckpt_io.file_sha256(classifier_path)},
-              "threads": torch.get_num_threads(), "device": device_name, "oblivious": oblivious_numbers(Path(cfg.out) / "report.json")}
+              "threads": torch.get_num_threads(), "device": device_name,
+              "oblivious": oblivious_numbers(Path(cfg.out) / "report.json")}
     if "square" in cfg.attacks:
         runtime.close()
     write_adaptive(report, Path(cfg.out))
@@ -687,7 +696,8 @@ def oblivious_numbers(path: Path) -> dict | None:
 
 
 LABELS = {"bpda": "BPDA + PGD", "bpda_eot": "BPDA + EOT + PGD (randomized purifier)",
-          "full": "full-gradient PGD (unrolled T steps)", "apgd": "APGD-CE + APGD-T", "fab": "FAB-T", "square": "Square (runtime, scores)",
+          "full": "full-gradient PGD (unrolled T steps)", "apgd": "APGD-CE + APGD-T", "fab": "FAB-T",
+          "square": "Square (runtime, scores)",
           "transfer": "transfer from surrogate", "latent": "latent-space PGD"}
 
 
@@ -725,7 +735,8 @@ def write_adaptive(report: dict, out: Path) -> None:
         md.append("")
         md.append("(No OUT/report.json: run `vaegan-eval --out OUT` for the oblivious numbers beside these.)")
     md += ["", "## Convergence: accuracy (%) vs attack steps", "",
-           "Per image, the worst iterate so far (transfer, bpda_eot: the iterate at that step). Flat = more steps do not help.",
+           "Per image, the worst iterate so far (transfer, bpda_eot: the iterate at that step). "
+           "Flat = more steps do not help.",
            "", "| attack | eps | " + " | ".join(f"{t}" for t in _curve_steps(report)) + " |",
            "|---" * (len(_curve_steps(report)) + 2) + "|"]
     for name, per in report["attacks"].items():
@@ -897,4 +908,5 @@ def _curve_steps(report) -> list[int]:
 
 
 __all__ = ["ATTACKS", "AdaptiveConfig", "StraightThrough", "RandomizedPurifier", "RuntimeModel", "TrackedPGD",
-           "LatentPGD", "apgd", "fab", "margin", "evaluate_adaptive", "write_adaptive", "oblivious_numbers", "merge_reports"]
+           "LatentPGD", "apgd", "fab", "margin", "evaluate_adaptive", "write_adaptive", "oblivious_numbers",
+           "merge_reports", "pack_mask", "unpack_mask"]
