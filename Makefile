@@ -58,7 +58,7 @@ EPS := 0.05 0.1 0.2 0.3
 ADAPTIVE_RUNS := $(foreach e,$(EPS),reports/adaptive_full_$e reports/adaptive_apgd_$e reports/adaptive_square1k_$e) \
 	reports/adaptive_full200_0.2 reports/adaptive_full200_0.3 reports/adaptive_fullR3_0.1 \
 	reports/adaptive_apgd9_0.05 reports/adaptive_apgd9_0.1 reports/adaptive_apgd100_0.2 \
-	reports/adaptive_fab_0.1 reports/adaptive_tl
+	reports/adaptive_fab_0.1 reports/adaptive_tl $(wildcard reports/adaptive_apgd9x100_0.1)
 
 reports/adaptive_full_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
@@ -75,6 +75,11 @@ reports/adaptive_apgd_%/adaptive.json: | $(STAMP)
 reports/adaptive_apgd9_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
 	$(ADV) --eps $* --attacks apgd --apgd-grad full --apgd-targets 9 --attack-steps 50
+# APGD-T with 9 targets and 100 steps at eps 0.1 (two threads: about an hour here)
+reports/adaptive_apgd9x100_%/adaptive.json: | $(STAMP)
+	$(OBLIVIOUS)
+	$(BIN)/vaegan-eval-adaptive --n 1000 --threads 2 --out $(@D) --eps $* --attacks apgd --apgd-grad full \
+	    --apgd-targets 9 --attack-steps 100
 reports/adaptive_apgd100_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
 	$(ADV) --eps $* --attacks apgd --apgd-grad full --apgd-targets 1 --attack-steps 100
@@ -97,7 +102,7 @@ ADAPTIVE_GPU_RUNS := reports/adaptive_gpu_eot_0.1 reports/adaptive_gpu_apgd9x100
 	reports/adaptive_gpu_fullR5_0.1 reports/adaptive_gpu_eot_0.05 reports/adaptive_gpu_apgd9x100_0.3 \
 	reports/adaptive_gpu_fab_0.2 reports/adaptive_gpu_fullcw_0.1 reports/adaptive_gpu_eot_0.2 \
 	reports/adaptive_gpu_apgd200_0.2 reports/adaptive_gpu_fab_0.3 reports/adaptive_gpu_fullcw_0.2 \
-	reports/adaptive_gpu_eot_0.3 reports/adaptive_gpu_apgd9x100_0.1 reports/adaptive_gpu_fab100_0.1 \
+	reports/adaptive_gpu_eot_0.3 reports/adaptive_gpu_fab100_0.1 \
 	reports/adaptive_gpu_fullR5_0.05
 GPU_RUNS_DONE = $(patsubst %/adaptive.json,%,$(wildcard $(addsuffix /adaptive.json,$(ADAPTIVE_GPU_RUNS))))
 
