@@ -52,7 +52,8 @@ artifacts/manifest.json: | $(STAMP)
 # each, so `make -j2 adaptive` keeps two running; a finished run (its adaptive.json) is not run again. About 13
 # core-hours on this 2-core CPU. Each run puts the oblivious rows of reports/report.json (`make eval`) beside its
 # numbers when that file exists. Then one merged report, reports/adaptive/, and docs/adaptive.png.
-ADV = $(BIN)/vaegan-eval-adaptive --n 1000 --threads 1 --out $(@D)
+ADV_THREADS = 1
+ADV = $(BIN)/vaegan-eval-adaptive --n 1000 --threads $(ADV_THREADS) --out $(@D)
 OBLIVIOUS = mkdir -p $(@D) $(if $(wildcard reports/report.json),&& cp reports/report.json $(@D)/)
 EPS := 0.05 0.1 0.2 0.3
 ADAPTIVE_RUNS := $(foreach e,$(EPS),reports/adaptive_full_$e reports/adaptive_apgd_$e reports/adaptive_square1k_$e) \
@@ -76,10 +77,10 @@ reports/adaptive_apgd9_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
 	$(ADV) --eps $* --attacks apgd --apgd-grad full --apgd-targets 9 --attack-steps 50
 # APGD-T with 9 targets and 100 steps at eps 0.1 (two threads: about an hour here)
+reports/adaptive_apgd9x100_%/adaptive.json: ADV_THREADS = 2
 reports/adaptive_apgd9x100_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
-	$(BIN)/vaegan-eval-adaptive --n 1000 --threads 2 --out $(@D) --eps $* --attacks apgd --apgd-grad full \
-	    --apgd-targets 9 --attack-steps 100
+	$(ADV) --eps $* --attacks apgd --apgd-grad full --apgd-targets 9 --attack-steps 100
 reports/adaptive_apgd100_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
 	$(ADV) --eps $* --attacks apgd --apgd-grad full --apgd-targets 1 --attack-steps 100
