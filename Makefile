@@ -56,6 +56,11 @@ ADV_THREADS = 1
 ADV = $(BIN)/vaegan-eval-adaptive --n 1000 --threads $(ADV_THREADS) --out $(@D)
 OBLIVIOUS = mkdir -p $(@D) $(if $(wildcard reports/report.json),&& cp reports/report.json $(@D)/)
 EPS := 0.05 0.1 0.2 0.3
+# attack families shared by the CPU and the GPU rules (the budget, --attack-steps, is each rule's own)
+APGD_1T = --attacks apgd --apgd-grad full --apgd-targets 1
+APGD_9T = --attacks apgd --apgd-grad full --apgd-targets 9
+FAB_9T = --attacks fab --apgd-grad full --apgd-targets 9
+EOT_R2 = --attacks bpda_eot --eot-samples 20 --eot-restarts 2
 ADAPTIVE_RUNS := $(foreach e,$(EPS),reports/adaptive_full_$e reports/adaptive_apgd_$e reports/adaptive_square1k_$e) \
 	reports/adaptive_full200_0.2 reports/adaptive_full200_0.3 reports/adaptive_fullR3_0.1 \
 	reports/adaptive_apgd9_0.05 reports/adaptive_apgd9_0.1 reports/adaptive_apgd100_0.2 \
@@ -72,22 +77,22 @@ reports/adaptive_fullR3_%/adaptive.json: | $(STAMP)
 	$(ADV) --eps $* --attacks full --attack-steps 50 --attack-restarts 3 --curve 10,20,50
 reports/adaptive_apgd_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
-	$(ADV) --eps $* --attacks apgd --apgd-grad full --apgd-targets 1 --attack-steps 50
+	$(ADV) --eps $* $(APGD_1T) --attack-steps 50
 reports/adaptive_apgd9_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
-	$(ADV) --eps $* --attacks apgd --apgd-grad full --apgd-targets 9 --attack-steps 50
+	$(ADV) --eps $* $(APGD_9T) --attack-steps 50
 # APGD-T with 9 targets and 100 steps at eps 0.1 (two threads: about an hour here)
 reports/adaptive_apgd9x100_%/adaptive.json: ADV_THREADS = 2
 reports/adaptive_apgd9x100_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
-	$(ADV) --eps $* --attacks apgd --apgd-grad full --apgd-targets 9 --attack-steps 100
+	$(ADV) --eps $* $(APGD_9T) --attack-steps 100
 reports/adaptive_apgd100_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
-	$(ADV) --eps $* --attacks apgd --apgd-grad full --apgd-targets 1 --attack-steps 100
+	$(ADV) --eps $* $(APGD_1T) --attack-steps 100
 # FAB-T as in torchattacks' AutoAttack (10 steps, 9 target classes), through the whole purifier
 reports/adaptive_fab_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
-	$(ADV) --eps $* --attacks fab --apgd-grad full --apgd-targets 9 --attack-steps 10
+	$(ADV) --eps $* $(FAB_9T) --attack-steps 10
 reports/adaptive_square1k_%/adaptive.json: | artifacts/manifest.json
 	$(OBLIVIOUS)
 	$(ADV) --eps $* --attacks square --square-queries 1000 --artifacts artifacts
@@ -110,19 +115,19 @@ GPU_RUNS_DONE = $(patsubst %/adaptive.json,%,$(wildcard $(addsuffix /adaptive.js
 # BPDA + EOT against the randomized purifier (R = 2 noisy restarts), 20 draws per gradient, on all 1,000 images
 reports/adaptive_gpu_eot_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
-	$(GPU_ADV) --eps $* --attacks bpda_eot --attack-steps 50 --curve 10,20,50 --eot-samples 20 --eot-restarts 2
+	$(GPU_ADV) --eps $* $(EOT_R2) --attack-steps 50 --curve 10,20,50
 reports/adaptive_gpu_apgd9x100_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
-	$(GPU_ADV) --eps $* --attacks apgd --apgd-grad full --apgd-targets 9 --attack-steps 100
+	$(GPU_ADV) --eps $* $(APGD_9T) --attack-steps 100
 reports/adaptive_gpu_apgd200_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
-	$(GPU_ADV) --eps $* --attacks apgd --apgd-grad full --apgd-targets 1 --attack-steps 200
+	$(GPU_ADV) --eps $* $(APGD_1T) --attack-steps 200
 reports/adaptive_gpu_fab_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
-	$(GPU_ADV) --eps $* --attacks fab --apgd-grad full --apgd-targets 9 --attack-steps 10
+	$(GPU_ADV) --eps $* $(FAB_9T) --attack-steps 10
 reports/adaptive_gpu_fab100_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
-	$(GPU_ADV) --eps $* --attacks fab --apgd-grad full --apgd-targets 9 --attack-steps 100
+	$(GPU_ADV) --eps $* $(FAB_9T) --attack-steps 100
 reports/adaptive_gpu_fullR5_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
 	$(GPU_ADV) --eps $* --attacks full --attack-steps 100 --attack-restarts 5 --curve 10,20,50,100
@@ -140,8 +145,8 @@ adaptive: $(addsuffix /adaptive.json,$(ADAPTIVE_RUNS))
 # (about an hour on one core; its own report, as it is not the deployed purifier nor the same images)
 adaptive-eot: | $(STAMP)
 	mkdir -p reports/adaptive_eot200 $(if $(wildcard reports/report.json),&& cp reports/report.json reports/adaptive_eot200/)
-	$(BIN)/vaegan-eval-adaptive --n 200 --eps 0.1 --attacks bpda_eot --attack-steps 20 --curve 5,10,20 \
-	    --eot-samples 20 --eot-restarts 2 --threads 1 --out reports/adaptive_eot200
+	$(BIN)/vaegan-eval-adaptive --n 200 --eps 0.1 $(EOT_R2) --attack-steps 20 --curve 5,10,20 --threads 1 \
+	    --out reports/adaptive_eot200
 
 clean:
 	rm -rf artifacts out reports build dist *.egg-info

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -490,17 +491,34 @@ def surrogate_checkpoint(cfg: AdaptiveConfig, echo=print) -> Path:
     return out / "model.pt"
 
 
+@contextmanager
+def _full_fp32(dev: torch.device):
+    """On CUDA: fp32 convolutions and matmuls as on the CPU (cuDNN would use TF32 by default); the caller's settings
+    come back on exit."""
+    if dev.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, data=None, echo=print) -> dict:
     """Run ``cfg.attacks`` at every ``cfg.eps`` on the first ``cfg.n`` test images; write OUT/adaptive.{md,json,png}.
     ``data`` = (x, y) overrides the test subset (tests); the latent-target pool is then x itself."""
-    from .data import test_subset
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dev = torch.device(cfg.device)
-    if dev.type == "cuda":  # full fp32 convolutions and matmuls, as on the CPU (cuDNN would use TF32 by default)
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
+    with _full_fp32(dev):
+        return _evaluate_adaptive(vaegan_path, classifier_path, cfg, dev, data, echo)
+
+
+def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: torch.device, data, echo) -> dict:
+    from .data import test_subset
+
     vg, _ = ckpt_io.load_model(vaegan_path, "vaegan")
     clf, _ = ckpt_io.load_model(classifier_path, "classifier")
     vg, clf = vg.to(dev), clf.to(dev)

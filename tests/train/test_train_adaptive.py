@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from vaegan.train import checkpoint
 from vaegan.train.adaptive import (AdaptiveConfig, RandomizedPurifier, RuntimeModel, StraightThrough, TrackedPGD,
-                                   fab, margin, merge_reports, pack_mask, unpack_mask, write_adaptive)
+                                   _full_fp32, fab, margin, merge_reports, pack_mask, unpack_mask,
+                                   write_adaptive)
 from vaegan.train.cli import adaptive_cli
 from vaegan.train.config import PurifyConfig
 from vaegan.train.errors import VaeganError
@@ -201,6 +202,26 @@ def test_bad_input_is_a_one_line_error():
     if not torch.cuda.is_available():
         r = CliRunner().invoke(adaptive_cli, ["--device", "cuda"])
         assert r.exit_code == 1 and r.output.startswith("Error: device 'cuda': torch sees no CUDA device")
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_fp32_switch_for_cuda_restores_the_callers_tf32_settings(before):
+    """evaluate_adaptive on CUDA turns TF32 off for its own run only (no GPU needed: these are plain flags)."""
+    flags = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = [f.allow_tf32 for f in flags]
+    try:
+        for f in flags:
+            f.allow_tf32 = before
+        with _full_fp32(torch.device("cpu")):
+            assert [f.allow_tf32 for f in flags] == [before, before]
+        with pytest.raises(RuntimeError, match="inside"):
+            with _full_fp32(torch.device("cuda")):
+                assert [f.allow_tf32 for f in flags] == [False, False]
+                raise RuntimeError("inside")
+        assert [f.allow_tf32 for f in flags] == [before, before]
+    finally:
+        for f, v in zip(flags, saved):
+            f.allow_tf32 = v
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
