@@ -10,6 +10,7 @@ here targets the defended model, each at every ``eps`` on the first ``n`` test i
 | ``bpda``     | PGD (``TrackedPGD``) | BPDA: purifier = identity on the backward pass, ``x + (purify(x) - x).detach()`` |
 | ``bpda_eot`` | PGD + EOT | BPDA, averaged over ``eot_samples`` draws of a *randomised* purifier (R noisy restarts, fresh noise per draw) |
 | ``full``     | PGD | exact gradient through all T unrolled purification steps (``Purifier(differentiable=True)``) |
+| ``full_eot`` | PGD + EOT | the exact gradient of ``full`` through the *randomised* purifier of ``bpda_eot``, averaged over its draws |
 | ``apgd``     | APGD-CE then APGD-T (torchattacks; AutoAttack's gradient components) | the better of bpda / full |
 | ``fab``      | FAB-T (torchattacks; AutoAttack's minimum-norm component), success only within eps | as apgd |
 | ``square``   | Square (torchattacks), scores only | queries the deployed runtime (``vaegan.runtime``, fused ONNX backend) |
@@ -21,7 +22,7 @@ first iterate that fools the (deterministic) defended model, checked every step 
 for free and at the convergence checkpoints (accuracy vs steps, e.g. 10/20/50/100) otherwise. ``bpda_eot`` attacks
 (and is scored on) the randomised purifier, a different defense from the deployed deterministic one: its row says so.
 ``transfer`` scores the final iterate only (choosing iterates by querying the defended model would not be transfer),
-and so does ``bpda_eot``, with a fresh draw of the randomised purifier (a lucky draw must not count as a success).
+and so do ``bpda_eot`` and ``full_eot``, with a fresh draw of the randomised purifier (a lucky draw must not count as a success).
 The ``any`` row is the per-image worst case over the white-box/black-box attacks on the deterministic defense.
 
 Each result records its budget, its device and the images it fooled (a packed mask), so that ``merge_reports`` can
@@ -53,13 +54,16 @@ from .errors import VaeganError
 from .evaluate import predict
 from .purifier import Defended, Purifier, check_config, purify
 
-ATTACKS = ("bpda", "bpda_eot", "full", "apgd", "fab", "square", "transfer", "latent")
+ATTACKS = ("bpda", "bpda_eot", "full", "full_eot", "apgd", "fab", "square", "transfer", "latent")
+# attacked and scored on the randomized purifier (eot_restarts noisy restarts), not the deployed one
+RANDOMIZED = ("bpda_eot", "full_eot")
 # scored on the deterministic defense: the "any" (worst-case) row
 WHITE_OR_BLACK_BOX = ("bpda", "full", "apgd", "fab", "square", "latent")
 LOSSES = ("ce", "margin")
 # the AdaptiveConfig fields that set each attack's budget: recorded per result, so that merged runs keep theirs
 BUDGET = {"bpda": ("steps", "restarts", "alpha_ratio", "loss"), "full": ("steps", "restarts", "alpha_ratio", "loss"),
           "bpda_eot": ("steps", "alpha_ratio", "loss", "eot_samples", "eot_restarts"),
+          "full_eot": ("steps", "alpha_ratio", "loss", "eot_samples", "eot_restarts"),
           "apgd": ("steps", "apgd_targets"), "fab": ("steps", "apgd_targets"), "square": ("square_queries",),
           "transfer": ("steps", "alpha_ratio", "loss"), "latent": ("steps", "alpha_ratio")}
 
@@ -94,13 +98,13 @@ class AdaptiveConfig:
     n: int = 1000                        # the first n test images (fixed subset)
     eps: tuple = (0.05, 0.1, 0.2, 0.3)
     attacks: tuple = ATTACKS
-    steps: int = 100                     # PGD steps (bpda, bpda_eot, full, transfer, latent); APGD steps too
+    steps: int = 100                     # PGD steps (bpda, bpda_eot, full, full_eot, transfer, latent); APGD too
     checkpoints: tuple = (10, 20, 50, 100)  # convergence check: accuracy after this many steps (<= steps)
     alpha_ratio: float = 0.1             # PGD step size = alpha_ratio * eps
     restarts: int = 1                    # PGD random restarts (per-image worst case over restarts)
     loss: str = "ce"                     # PGD loss: "ce" or "margin" (CW margin)
-    eot_samples: int = 20                # draws of the randomised purifier per gradient (bpda_eot)
-    eot_restarts: int = 4                # R of the randomised purifier attacked by bpda_eot (fresh noise per draw)
+    eot_samples: int = 20                # draws of the randomised purifier per gradient (bpda_eot, full_eot)
+    eot_restarts: int = 4                # R of the randomised purifier they attack (fresh noise per draw)
     apgd_grad: str = "auto"              # "bpda", "full" or "auto" (the one with the lower accuracy at that eps)
     apgd_targets: int = 9                # APGD-T and FAB-T target classes (AutoAttack: 9)
     square_queries: int = 1000           # per image (AutoAttack standard: 5000)
@@ -180,15 +184,17 @@ class RandomizedPurifier(nn.Module):
 
     ``noisy_seed=False`` keeps ``purify``'s convention that restart 0 starts at mu_E(x) itself; that restart usually
     wins, which makes the purifier nearly deterministic, so the default puts noise on every restart.
-    ``draws`` counts purified rows (EOT samples x images), ``calls`` forward calls."""
+    ``draws`` counts purified rows (EOT samples x images), ``calls`` forward calls. ``differentiable=True``
+    back-propagates through the T unrolled steps of the restart that wins for each image (``full_eot``)."""
 
-    def __init__(self, vg, cfg: PurifyConfig, seed: int = 0, noisy_seed: bool = True):
+    def __init__(self, vg, cfg: PurifyConfig, seed: int = 0, noisy_seed: bool = True, differentiable: bool = False):
         super().__init__()
         if cfg.noise <= 0 or (cfg.restarts < 2 and cfg.init == "encoder" and not noisy_seed):
             raise VaeganError(f"purifier config restarts={cfg.restarts}, noise={cfg.noise} has no randomness")
         self.vg = vg.eval()
         self.cfg = cfg
         self.noisy_seed = noisy_seed
+        self.differentiable = differentiable
         self.gen = torch.Generator().manual_seed(seed)
         self.draws = 0
         self.calls = 0
@@ -202,6 +208,8 @@ class RandomizedPurifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.draws += x.shape[0]
         self.calls += 1
+        if self.differentiable:
+            return purify(self.vg, x, self.cfg, noise=self.noise(x.shape[0]), create_graph=True).x
         with torch.no_grad():
             return purify(self.vg, x.detach(), self.cfg, noise=self.noise(x.shape[0])).x
 
@@ -539,7 +547,7 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
 
     res: dict = {"clean": {"classifier": accuracy(clf, x, y), "defended": accuracy(defended, x, y)},
                  "attacks": {}, "any": {}}
-    if "bpda_eot" in cfg.attacks:
+    if any(a in cfg.attacks for a in RANDOMIZED):
         res["clean"]["defended_randomized"] = accuracy(rand_eval, x, y)
     echo(f"clean: classifier {res['clean']['classifier']:.2f}%, defended {res['clean']['defended']:.2f}% "
          f"(first {len(x)} test images)")
@@ -574,9 +582,9 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
             if name in ("bpda", "full"):
                 xa, fooled, curve = _pgd_over(bpda if name == "bpda" else full, x, y, cfg, eps)
                 rec["curve"] = curve
-            elif name == "bpda_eot":
-                rand_grad = Defended(StraightThrough(RandomizedPurifier(vg, rcfg, seed=cfg.seed + int(eps * 1e4))),
-                                     clf).eval()
+            elif name in RANDOMIZED:
+                rand = RandomizedPurifier(vg, rcfg, seed=cfg.seed + int(eps * 1e4), differentiable=name == "full_eot")
+                rand_grad = Defended(rand if name == "full_eot" else StraightThrough(rand), clf).eval()
                 xa, fooled, curve = _pgd_over(rand_grad, x, y, cfg, eps, eval_model=rand_eval,
                                               eot_iter=cfg.eot_samples, worst_case=False, restarts=1)
                 seed_at = "mu_E(x) + " if rcfg.init == "encoder" else ""
@@ -714,7 +722,8 @@ def oblivious_numbers(path: Path) -> dict | None:
 
 
 LABELS = {"bpda": "BPDA + PGD", "bpda_eot": "BPDA + EOT + PGD (randomized purifier)",
-          "full": "full-gradient PGD (unrolled T steps)", "apgd": "APGD-CE + APGD-T", "fab": "FAB-T",
+          "full": "full-gradient PGD (unrolled T steps)",
+          "full_eot": "full-gradient EOT + PGD (randomized purifier)", "apgd": "APGD-CE + APGD-T", "fab": "FAB-T",
           "square": "Square (runtime, scores)",
           "transfer": "transfer from surrogate", "latent": "latent-space PGD"}
 
@@ -753,7 +762,7 @@ def write_adaptive(report: dict, out: Path) -> None:
         md.append("")
         md.append("(No OUT/report.json: run `vaegan-eval --out OUT` for the oblivious numbers beside these.)")
     md += ["", "## Convergence: accuracy (%) vs attack steps", "",
-           "Per image, the worst iterate so far (transfer, bpda_eot: the iterate at that step). "
+           "Per image, the worst iterate so far (transfer, bpda_eot, full_eot: the iterate at that step). "
            "Flat = more steps do not help.",
            "", "| attack | eps | " + " | ".join(f"{t}" for t in _curve_steps(report)) + " |",
            "|---" * (len(_curve_steps(report)) + 2) + "|"]
@@ -773,9 +782,9 @@ def write_adaptive(report: dict, out: Path) -> None:
     if repeated:
         notes.append("- the same attack run with several budgets (the table keeps the lowest): "
                      + "; ".join(repeated) + ".")
-    if "bpda_eot" in report["attacks"]:
-        notes.append(f"- bpda_eot attacks and is scored on a *randomized* purifier "
-                     f"({next(iter(report['attacks']['bpda_eot'].values()))['defense']}), not the deployed "
+    for name in [a for a in RANDOMIZED if a in report["attacks"]]:
+        notes.append(f"- {name} attacks and is scored on a *randomized* purifier "
+                     f"({next(iter(report['attacks'][name].values()))['defense']}), not the deployed "
                      f"deterministic one; it is left out of the worst-case row.")
     for name in ("apgd", "fab"):
         if name in report["attacks"]:
@@ -820,7 +829,7 @@ def write_adaptive(report: dict, out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, per in report["attacks"].items():
-        clean = c["defended_randomized"] if name == "bpda_eot" else c["defended"]
+        clean = c["defended_randomized"] if name in RANDOMIZED else c["defended"]
         pts = [(float(e), per[e]["accuracy"]) for e in eps if e in per]
         ax.plot([0.0] + [p[0] for p in pts], [clean] + [p[1] for p in pts], marker="o", label=LABELS[name])
     if report["any"]:

@@ -125,6 +125,26 @@ def test_fab_t_keeps_only_perturbations_that_fool_within_eps(nets, batch):
     assert (pred[~changed] == y[~changed]).all()
 
 
+def test_full_eot_gradient_goes_through_the_randomized_loop_with_its_draws(nets, batch):
+    """full_eot's model: the exact gradient through the T steps of the randomized purifier, for the noise it drew
+    (the same seed draws the same noise), not BPDA's straight-through gradient."""
+    vg, clf = nets
+    x, y = batch
+    rcfg = PurifyConfig(steps=2, eta=0.05, restarts=2, noise=1.0)
+    noise = RandomizedPurifier(vg, rcfg, seed=5).noise(len(x))
+    xg = x.clone().requires_grad_(True)
+    g, = torch.autograd.grad(F.cross_entropy(clf(RandomizedPurifier(vg, rcfg, seed=5, differentiable=True)(xg)), y,
+                                             reduction="sum"), xg)
+    xr = x.clone().requires_grad_(True)
+    g_ref, = torch.autograd.grad(F.cross_entropy(clf(purify(vg, xr, rcfg, noise=noise, create_graph=True).x), y,
+                                                 reduction="sum"), xr)
+    xb = x.clone().requires_grad_(True)
+    g_bpda, = torch.autograd.grad(F.cross_entropy(clf(StraightThrough(RandomizedPurifier(vg, rcfg, seed=5))(xb)), y,
+                                                  reduction="sum"), xb)
+    assert g.abs().sum() > 0 and torch.allclose(g, g_ref, atol=1e-6)
+    assert not torch.allclose(g, g_bpda, atol=1e-4)
+
+
 @pytest.mark.parametrize("eot_rows", [2000, 4])
 def test_eot_averages_the_configured_number_of_samples(nets, batch, eot_rows):
     vg, clf = nets
@@ -190,8 +210,8 @@ def test_bad_input_is_a_one_line_error():
         AdaptiveConfig(eps=(0.1, 1.5))
     r = CliRunner().invoke(adaptive_cli, ["--attacks", "bpda,deepfool"])
     assert r.exit_code == 1 and r.output.strip() == (
-        "Error: unknown adaptive attack 'deepfool' (expected one of bpda, bpda_eot, full, apgd, fab, square, transfer, "
-        "latent)")
+        "Error: unknown adaptive attack 'deepfool' (expected one of bpda, bpda_eot, full, full_eot, apgd, fab, square, "
+        "transfer, latent)")
     for bad in ("-0.1", "0.1,2"):
         r = CliRunner().invoke(adaptive_cli, ["--eps", bad])
         assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1 and "out of range" in r.output
@@ -256,6 +276,7 @@ def test_cli_writes_the_report_on_4_images(live_ckpts, tiny_vaegan_ckpt, artifac
     r = CliRunner().invoke(adaptive_cli, [
         "--checkpoint", str(live_ckpts[0]), "--classifier", str(live_ckpts[1]), "--n", "4",
         "--eps", "0.1,0.3", "--attack-steps", "2", "--curve", "1,2", "--eot-samples", "2", "--eot-restarts", "2",
+        "--attacks", "bpda,bpda_eot,full,full_eot,apgd,fab,square,transfer,latent",
         "--apgd-targets", "1", "--square-queries", "3", "--artifacts", str(artifacts),
         "--surrogate", str(live_ckpts[1]), "--steps", "1", "--out", str(out)])
     assert r.exit_code == 0, r.output
@@ -265,8 +286,8 @@ def test_cli_writes_the_report_on_4_images(live_ckpts, tiny_vaegan_ckpt, artifac
                                            "--out", str(tmp_path / "other")])
     assert r2.exit_code == 1 and "exported from another checkpoint" in r2.output
     rep = json.loads((out / "adaptive.json").read_text())
-    assert rep["n"] == 4 and set(rep["attacks"]) == {"bpda", "bpda_eot", "full", "apgd", "fab", "square", "transfer",
-                                                     "latent"}
+    assert rep["n"] == 4 and set(rep["attacks"]) == {"bpda", "bpda_eot", "full", "full_eot", "apgd", "fab", "square",
+                                                     "transfer", "latent"}
     for name, per in rep["attacks"].items():
         assert set(per) == {"0.1", "0.3"}
         for e, v in per.items():
@@ -278,6 +299,7 @@ def test_cli_writes_the_report_on_4_images(live_ckpts, tiny_vaegan_ckpt, artifac
             assert rep["attacks"][name][e]["accuracy"] == pytest.approx(rep["attacks"][name][e]["curve"]["2"])
     assert rep["any"]["0.3"] <= min(rep["attacks"][a]["0.3"]["accuracy"] for a in ("bpda", "full", "apgd", "fab", "square"))
     md = (out / "adaptive.md").read_text()
+    assert "full_eot attacks and is scored on a *randomized* purifier" in md
     assert "BPDA + PGD" in md and "oblivious pgd40 (purified), first 4" in md and "Convergence" in md
     assert (out / "adaptive.png").stat().st_size > 1000
 
