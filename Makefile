@@ -54,13 +54,14 @@ artifacts/manifest.json: | $(STAMP)
 # numbers when that file exists. Then one merged report, reports/adaptive/, and docs/adaptive.png.
 ADV_THREADS = 1
 ADV = $(BIN)/vaegan-eval-adaptive --n 1000 --threads $(ADV_THREADS) --out $(@D)
-OBLIVIOUS = mkdir -p $(@D) $(if $(wildcard reports/report.json),&& cp reports/report.json $(@D)/)
+oblivious_into = mkdir -p $(1) $(if $(wildcard reports/report.json),&& cp reports/report.json $(1)/)
+OBLIVIOUS = $(call oblivious_into,$(@D))
 EPS := 0.05 0.1 0.2 0.3
 # attack families shared by the CPU and the GPU rules (the budget, --attack-steps, is each rule's own)
 APGD_1T = --attacks apgd --apgd-grad full --apgd-targets 1
 APGD_9T = --attacks apgd --apgd-grad full --apgd-targets 9
 FAB_9T = --attacks fab --apgd-grad full --apgd-targets 9
-EOT_R2 = --attacks bpda_eot --eot-samples 20 --eot-restarts 2
+EOT_R2 = --eot-samples 20 --eot-restarts 2
 ADAPTIVE_RUNS := $(foreach e,$(EPS),reports/adaptive_full_$e reports/adaptive_apgd_$e reports/adaptive_square1k_$e) \
 	reports/adaptive_full200_0.2 reports/adaptive_full200_0.3 reports/adaptive_fullR3_0.1 \
 	reports/adaptive_apgd9_0.05 reports/adaptive_apgd9_0.1 reports/adaptive_apgd100_0.2 \
@@ -115,7 +116,7 @@ GPU_RUNS_DONE = $(patsubst %/adaptive.json,%,$(wildcard $(addsuffix /adaptive.js
 # BPDA + EOT against the randomized purifier (R = 2 noisy restarts), 20 draws per gradient, on all 1,000 images
 reports/adaptive_gpu_eot_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
-	$(GPU_ADV) --eps $* $(EOT_R2) --attack-steps 50 --curve 10,20,50
+	$(GPU_ADV) --eps $* --attacks bpda_eot $(EOT_R2) --attack-steps 50 --curve 10,20,50
 reports/adaptive_gpu_apgd9x100_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
 	$(GPU_ADV) --eps $* $(APGD_9T) --attack-steps 100
@@ -144,8 +145,8 @@ adaptive: $(addsuffix /adaptive.json,$(ADAPTIVE_RUNS))
 # BPDA + EOT against the randomized variant (R = 2 noisy restarts), 20 draws per gradient: first 200 images, eps 0.1
 # (about an hour on one core; its own report, as it is not the deployed purifier nor the same images)
 adaptive-eot: | $(STAMP)
-	mkdir -p reports/adaptive_eot200 $(if $(wildcard reports/report.json),&& cp reports/report.json reports/adaptive_eot200/)
-	$(BIN)/vaegan-eval-adaptive --n 200 --eps 0.1 $(EOT_R2) --attack-steps 20 --curve 5,10,20 --threads 1 \
+	$(call oblivious_into,reports/adaptive_eot200)
+	$(BIN)/vaegan-eval-adaptive --n 200 --eps 0.1 --attacks bpda_eot $(EOT_R2) --attack-steps 20 --curve 5,10,20 --threads 1 \
 	    --out reports/adaptive_eot200
 
 # What randomness buys against the strongest attacker: the exact gradient through the randomized purifier (R = 2
@@ -153,9 +154,9 @@ adaptive-eot: | $(STAMP)
 # first 200 images at eps 0.1 (about 40 minutes on 2 threads here; ADV_EPS=0.2 for another eps)
 ADV_EPS = 0.1
 adaptive-fulleot: | $(STAMP)
-	mkdir -p reports/adaptive_fulleot200_$(ADV_EPS) $(if $(wildcard reports/report.json),&& cp reports/report.json reports/adaptive_fulleot200_$(ADV_EPS)/)
+	$(call oblivious_into,reports/adaptive_fulleot200_$(ADV_EPS))
 	$(BIN)/vaegan-eval-adaptive --n 200 --threads 2 --out reports/adaptive_fulleot200_$(ADV_EPS) --eps $(ADV_EPS) \
-	    --attacks bpda_eot,full,full_eot --eot-samples 20 --eot-restarts 2 --attack-steps 30 --curve 10,20,30
+	    --attacks bpda_eot,full,full_eot $(EOT_R2) --attack-steps 30 --curve 10,20,30
 
 clean:
 	rm -rf artifacts out reports build dist *.egg-info

@@ -583,8 +583,9 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
                 xa, fooled, curve = _pgd_over(bpda if name == "bpda" else full, x, y, cfg, eps)
                 rec["curve"] = curve
             elif name in RANDOMIZED:
-                rand = RandomizedPurifier(vg, rcfg, seed=cfg.seed + int(eps * 1e4), differentiable=name == "full_eot")
-                rand_grad = Defended(rand if name == "full_eot" else StraightThrough(rand), clf).eval()
+                exact = name == "full_eot"  # the gradient through the loop; bpda_eot: straight through it
+                rand = RandomizedPurifier(vg, rcfg, seed=cfg.seed + int(eps * 1e4), differentiable=exact)
+                rand_grad = Defended(rand if exact else StraightThrough(rand), clf).eval()
                 xa, fooled, curve = _pgd_over(rand_grad, x, y, cfg, eps, eval_model=rand_eval,
                                               eot_iter=cfg.eot_samples, worst_case=False, restarts=1)
                 seed_at = "mu_E(x) + " if rcfg.init == "encoder" else ""
