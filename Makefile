@@ -151,7 +151,7 @@ adaptive-eot: | $(STAMP)
 
 # What randomness buys against the strongest attacker: the exact gradient through the randomized purifier (R = 2
 # noisy restarts, 20 draws per gradient) next to BPDA + EOT and the deterministic full-gradient PGD, on the same
-# first 200 images at eps 0.1 (about 40 minutes on 2 threads here; ADV_EPS=0.2 for another eps)
+# first 200 images at eps 0.1 (61 minutes on 2 threads here; ADV_EPS=0.2 for another eps)
 ADV_EPS = 0.1
 adaptive-fulleot: | $(STAMP)
 	$(call oblivious_into,reports/adaptive_fulleot200_$(ADV_EPS))
