@@ -65,7 +65,8 @@ EOT_R2 = --eot-samples 20 --eot-restarts 2
 ADAPTIVE_RUNS := $(foreach e,$(EPS),reports/adaptive_full_$e reports/adaptive_apgd_$e reports/adaptive_square1k_$e) \
 	reports/adaptive_full200_0.2 reports/adaptive_full200_0.3 reports/adaptive_fullR3_0.1 \
 	reports/adaptive_apgd9_0.05 reports/adaptive_apgd9_0.1 reports/adaptive_apgd100_0.2 \
-	reports/adaptive_fab_0.1 reports/adaptive_tl $(wildcard reports/adaptive_apgd9x100_0.1)
+	reports/adaptive_fab_0.1 reports/adaptive_tl \
+	$(wildcard reports/adaptive_apgd9x100_0.1 reports/adaptive_square5k_0.1)
 
 reports/adaptive_full_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
@@ -97,6 +98,11 @@ reports/adaptive_fab_%/adaptive.json: | $(STAMP)
 reports/adaptive_square1k_%/adaptive.json: | artifacts/manifest.json
 	$(OBLIVIOUS)
 	$(ADV) --eps $* --attacks square --square-queries 1000 --artifacts artifacts
+# Square at AutoAttack's 5,000 queries per image (two threads: about two hours here)
+reports/adaptive_square5k_%/adaptive.json: ADV_THREADS = 2
+reports/adaptive_square5k_%/adaptive.json: | artifacts/manifest.json
+	$(OBLIVIOUS)
+	$(ADV) --eps $* --attacks square --square-queries 5000 --artifacts artifacts
 reports/adaptive_tl/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
 	$(ADV) --attacks transfer,latent --attack-steps 50 --curve 10,20,50 --surrogate-train-limit 20000

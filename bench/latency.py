@@ -112,7 +112,8 @@ class RuntimeBackend(Backend):
         c = self.opts["cfg"]
         self.params = PurifyParams.from_settings(dataclasses.asdict(c))
         self.pur = make_purifier(arts, self.name, self.params, threads=self.opts["threads"],
-                                 **({"shard": self.opts["shard"]} if self.name == "fused" else {}))
+                                 **({"shard": self.opts["shard"], "fast_path": self.opts.get("fast_path")}
+                                    if self.name == "fused" else {}))
         self.pur.activate()
 
     def describe(self) -> dict:
@@ -403,13 +404,16 @@ def _ints(s: str) -> list[int]:
 @click.option("--shard/--no-shard", default=None,
               help="fused: batch sharding over --threads one-thread sessions (default: the runtime's, on for > 1 "
                    "thread)")
+@click.option("--fast-path/--no-fast-path", default=None,
+              help="fused: the runtime's CPU fast path, the Loop unrolled at T under onnxruntime 'all' (default: "
+                   "the runtime's, on for the CPU)")
 @click.option("--quick", is_flag=True, help="smoke run: batches 1,8, T = 2 and the default, 3 runs per cell")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--perturb", type=click.Choice(BACKENDS), default=None,
               help="(testing) add 1e-2 to this backend's output, to exercise the agreement check")
 def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_compile, threads, min_runs, max_time,
-         warmup, rounds, dgan_steps, shard, quick, json_path, plot_path, perturb):
+         warmup, rounds, dgan_steps, shard, fast_path, quick, json_path, plot_path, perturb):
     import torch  # the parent process only: references, FLOP counts, peak micro-benchmark
 
     import flops
@@ -449,7 +453,8 @@ def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_co
         noise_all[1:] = rng.standard_normal((cfg.restarts - 1, max(batches), L), dtype=np.float32) * cfg.noise
     cells = [(n, t) for n in batches for t in steps_list]
     opts = {"checkpoint": str(checkpoint), "artifacts": str(arts), "threads": threads, "cfg": cfg, "tol": TOL_LOOP,
-            "min_runs": min_runs, "max_time": max_time, "warmup": warmup, "perturb": perturb, "shard": shard}
+            "min_runs": min_runs, "max_time": max_time, "warmup": warmup, "perturb": perturb, "shard": shard,
+            "fast_path": fast_path}
 
     results: dict = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": threads,
@@ -547,11 +552,15 @@ def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_co
     }
 
     # what the fused backend did, from its own describe() (the runtime decides the default, not this script)
-    shards = results["backends"].get("fused", {}).get("describe", {}).get("shards", 1)
+    fused_desc = results["backends"].get("fused", {}).get("describe", {})
+    shards = fused_desc.get("shards", 1)
     results["settings"]["fused_shards"] = shards
+    results["settings"]["fused_fast_path"] = fused_desc.get("fast_path")
     sharded = shards > 1
+    notes = ([f"batches of 2+ split over {shards} one-thread sessions"] if sharded else []) + \
+        (["one-restart calls on the Loop unrolled at T, onnxruntime opt all"] if fused_desc.get("fast_path") else [])
     click.echo(f"# purification latency ({image_source}; {threads} threads for every backend"
-               + (f" (fused: batches of 2+ split over {shards} one-thread sessions)" if sharded else "")
+               + (f" (fused: {'; '.join(notes)})" if notes else "")
                + f"; best of {rounds} interleaved round(s); load avg {results['machine']['load_avg'][0]:.2f})\n")
     click.echo(markdown(results))
     click.echo(f"\nFLOPs per image: {cost['fixed'] / 1e6:.1f} M fixed + {cost['per_step'] / 1e6:.1f} M per step "

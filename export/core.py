@@ -152,6 +152,9 @@ def export_all(vaegan_ckpt, classifier_ckpt, out_dir, *, opset: int = 18, max_ba
         report.failures += problems
         feeds = {b: specs.dummy_inputs(spec, b, L, images, gen, cfg) for b in sorted({1, max_batch})}
         validate.check_numerics(spec, path, nets, feeds, report, echo)
+        if spec.kind == "fused":  # the runtime's CPU fast path at the shipped T (one restart)
+            feeds = {b: specs.dummy_inputs(spec, b, L, images, gen, cfg, restarts=1) for b in sorted({1, max_batch})}
+            validate.check_fast_path(spec, path, nets, feeds, report, echo)
         entry = spec.manifest_entry()
         entry = {"file": entry.pop("file"), "sha256": file_sha256(path), **entry}
         entry["bytes"] = path.stat().st_size

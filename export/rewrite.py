@@ -21,6 +21,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+# ``unroll_loop`` has one definition, in the runtime (its CPU fast path runs it); re-exported for bench/levers.py
+from vaegan.runtime.backend.onnxrt.unroll import unroll_loop  # noqa: F401
+
 
 def _attrs(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -149,56 +152,3 @@ def convtranspose_as_conv(model: onnx.ModelProto, max_stride: int | None = None)
     del g.initializer[:]
     g.initializer.extend(keep)
     return model
-
-
-def unroll_loop(model: onnx.ModelProto, steps: int) -> onnx.ModelProto:
-    """``purify.onnx`` with its for-style Loop replaced by ``steps`` inlined copies of the body (T fixed at export
-    time; the ``steps`` input is removed). A lever of bench/levers.py: it lets the graph optimiser see across
-    iterations and drops the Loop's per-iteration frame. Not used by ``export_all``: no faster in the A/B."""
-    import copy
-
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0 (got {steps})")
-    m = copy.deepcopy(model)
-    g = m.graph
-    loops = [n for n in g.node if n.op_type == "Loop"]
-    if len(loops) != 1 or loops[0].input[0] != "steps":
-        raise ValueError("expected purify.onnx: one Loop whose trip count is the 'steps' input")
-    nodes: list = []
-    for n in g.node:
-        if n.op_type != "Loop":
-            nodes.append(n)
-            continue
-        body = next(a.g for a in n.attribute if a.name == "body")
-        b_in = [i.name for i in body.input]     # iteration, cond, carried...
-        b_out = [o.name for o in body.output]   # cond, carried...
-        local = set(b_in) | {o for bn in body.node for o in bn.output}
-        carried = list(n.input[2:])
-        for t in range(steps):
-            ren = dict(zip(b_in[2:], carried))
-            for bn in body.node:
-                if b_in[1] in bn.input or b_in[0] in bn.input:
-                    if bn.output[0] in b_out[:1]:
-                        continue  # the condition pass-through
-                    raise ValueError(f"loop body node {bn.name} uses the iteration count or condition")
-                n2 = copy.deepcopy(bn)
-                ins = ["" if not i else ren[i] if i in ren else f"unroll{t}/{i}" if i in local else i for i in bn.input]
-                del n2.input[:]
-                del n2.output[:]
-                n2.input.extend(ins)
-                n2.output.extend(f"unroll{t}/{o}" for o in bn.output)
-                n2.name = f"unroll{t}/{bn.name}"
-                nodes.append(n2)
-            carried = [f"unroll{t}/{o}" for o in b_out[1:]]
-        for src, dst in zip(carried, n.output):
-            nodes.append(helper.make_node("Identity", [src], [dst], name=f"unrolled/{dst}"))
-    del g.node[:]
-    g.node.extend(nodes)
-    keep_inputs = [i for i in g.input if i.name != "steps"]
-    del g.input[:]
-    g.input.extend(keep_inputs)
-    used = {i for n in g.node for i in n.input}
-    keep = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    return m

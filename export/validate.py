@@ -240,17 +240,52 @@ def check_numerics(spec, path: Path, nets, feeds_per_batch: dict[int, dict], rep
             report.failures.append(f"{spec.name} (batch {batch}): onnxruntime failed: {msg}")
             echo(f"  [x] {spec.name} (batch {batch}): onnxruntime failed: {msg}")
             continue
-        ref64 = None
-        for k, (io, g, r) in enumerate(zip(spec.outputs, got, ref)):
-            c = compare(spec.name, io.name, g, r.numpy(), spec.tolerance, batch)
-            if not c.ok and c.shape_ok and spec.kind == "fused":
-                ref64 = ref64 if ref64 is not None else _float64_reference(spec, nets, feed)
-                c = compare_iterative(spec.name, io.name, g, r.numpy(), ref64[k].numpy(), spec.tolerance, batch)
-            report.checks.append(c)
-            echo(c.line())
-            if not c.ok:
-                report.failures.append(
-                    f"{spec.name}.{io.name} (batch {batch}): max abs {c.max_abs:.3e}, max rel {c.max_rel:.3e} "
-                    f"exceeds atol {spec.tolerance['atol']:g} / rtol {spec.tolerance['rtol']:g}"
-                    + ("" if c.fp32_error is None else f" + 2 x torch's fp32 error {c.fp32_error:.3e}")
-                    + ("" if c.shape_ok else f" (shape {np.shape(g)} vs {tuple(r.shape)})"))
+        _check_outputs(spec, nets, feed, got, ref, batch, report, echo)
+
+
+def _check_outputs(spec, nets, feed, got, ref, batch, report: Report, echo, label: str = "") -> None:
+    ref64 = None
+    for k, (io, g, r) in enumerate(zip(spec.outputs, got, ref)):
+        name = io.name + label
+        c = compare(spec.name, name, g, r.numpy(), spec.tolerance, batch)
+        if not c.ok and c.shape_ok and spec.kind == "fused":
+            ref64 = ref64 if ref64 is not None else _float64_reference(spec, nets, feed)
+            c = compare_iterative(spec.name, name, g, r.numpy(), ref64[k].numpy(), spec.tolerance, batch)
+        report.checks.append(c)
+        echo(c.line())
+        if not c.ok:
+            report.failures.append(
+                f"{spec.name}.{name} (batch {batch}): max abs {c.max_abs:.3e}, max rel {c.max_rel:.3e} "
+                f"exceeds atol {spec.tolerance['atol']:g} / rtol {spec.tolerance['rtol']:g}"
+                + ("" if c.fp32_error is None else f" + 2 x torch's fp32 error {c.fp32_error:.3e}")
+                + ("" if c.shape_ok else f" (shape {np.shape(g)} vs {tuple(r.shape)})"))
+
+
+def check_fast_path(spec, path: Path, nets, feeds_per_batch: dict[int, dict], report: Report, echo=print) -> None:
+    """The fused backend's CPU fast path (``vaegan.runtime.purify.UnrolledFastPath``) as the runtime builds it:
+    ``path`` unrolled at the feeds' T, onnxruntime at graph optimisation ``all``, fed one restart; against the same
+    torch reference as the Loop graph. Its checks are the ``purify`` graph's outputs with a ``[fast path ...]``
+    suffix."""
+    import torch
+
+    from vaegan.runtime.backend.onnxrt import SessionFromOnnx
+    from vaegan.runtime.backend.onnxrt.loader import SessionOptionsFromConfig
+    from vaegan.runtime.backend.onnxrt.unroll import UnrolledFromOnnx
+
+    steps = {int(f["steps"]) for f in feeds_per_batch.values()}
+    if len(steps) != 1 or any(f["noise"].shape[0] != 1 for f in feeds_per_batch.values()):
+        raise ValueError("check_fast_path: one T and one restart for every batch")
+    (t,) = steps
+    label = f" [fast path: unrolled T={t}, opt all]"
+    try:
+        sess = SessionFromOnnx(path, session_options=SessionOptionsFromConfig(graph_optimization="all"),
+                               model=UnrolledFromOnnx(path, t))()
+    except Exception as e:  # onnx / onnxruntime raise their own types
+        report.failures.append(f"{spec.name}{label}: cannot build the session: {str(e).splitlines()[0]}")
+        echo(f"  [x] {spec.name}{label}: cannot build the session")
+        return
+    for batch, feed in feeds_per_batch.items():
+        with torch.no_grad():
+            ref = spec.reference(nets, *[feed[i.name] for i in spec.inputs])
+        got = sess.run([o.name for o in spec.outputs], {k: v.numpy() for k, v in feed.items() if k != "steps"})
+        _check_outputs(spec, nets, feed, got, ref, batch, report, echo, label)

@@ -1,7 +1,8 @@
 """Torch-free runtime: read the exported artifacts (docs/ARTIFACTS.md), purify and classify frames.
 
-Depends on numpy, Pillow and onnxruntime only (TensorRT + cuda-python when present, OpenCV for video/camera
-input). Nothing here imports torch; ``tests/runtime/test_runtime_torchfree.py`` checks that.
+Depends on numpy, Pillow, onnxruntime and onnx (the fused backend's CPU fast path unrolls ``purify.onnx``'s Loop in
+memory) only (TensorRT + cuda-python when present, OpenCV for video/camera input). Nothing here imports torch;
+``tests/runtime/test_runtime_cli.py`` checks that with torch blocked.
 
 Layout (Polygraphy style):
 

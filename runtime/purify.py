@@ -13,7 +13,10 @@ Backends (exactly one definition of the algorithm each):
   > 1, a batch of n >= 2 images is cut into min(threads, n) shards run at once on one-thread sessions (batch
   sharding); a single image runs on one session with ``threads`` intra-op threads. Rows are independent, so the
   shards give the same rows as one call; onnxruntime's intra-op threading of these small convolutions scaled 1.2x
-  from 1 to 2 threads at batch 64 where sharding scales 1.25x more (bench/README.md).
+  from 1 to 2 threads at batch 64 where sharding scales 1.25x more (bench/README.md). CPU fast path: a call with
+  one restart runs ``purify.onnx`` with its Loop unrolled at that call's T (``backend/onnxrt/unroll.py``) under
+  onnxruntime's ``all`` level (NCHWc kernels), built once per T (the configured T at activation, up to
+  ``FAST_PATH_CACHE`` of them); the same function, validated by ``vaegan-export`` at the shipped T.
 - ``modular`` -- the loop above on the host in numpy, over ``encoder``, ``decoder``, ``discriminator_grad`` and
   ``decoder_vjp``; T, eta, lam, momentum, restarts change at run time without re-export.
 - ``trt``     -- the purify TensorRT engine (``manifest["engines"]["purify"]``) through ``TrtRunner``; the same
@@ -152,57 +155,123 @@ class Purifier(Activatable):
         return {"backend": self.name, **asdict(self.params)}
 
 
+FAST_PATH_CACHE = 4  # unrolled graphs (one per T) a fused purifier keeps; the least recently used goes first
+
+
 class GraphPurifier(Purifier):
     """Runs the whole loop as one graph: ``purify.onnx`` on onnxruntime (``fused``) or its TensorRT engine
     (``trt``). T, eta, lam and momentum are graph inputs; R is the noise's first dimension.
 
     ``shard_runner`` + ``shards`` > 1 (fused on the CPU): batches of two or more images are split into up to
     ``shards`` row blocks that run concurrently on ``shard_runner`` (a one-thread session; onnxruntime releases the
-    GIL), one block per core; a single image runs on ``runner``."""
+    GIL), one block per core; a single image runs on ``runner``.
+
+    ``fast_path(T, threads)`` (fused on the CPU): returns a runner of the same function with T fixed, for calls
+    with one restart (e.g. the Loop unrolled, ``make_purifier``). Built for the configured T at activation and on
+    first use for another T; its runners are ``runners["purify_fast_T<T>"]`` (and ``..._shard``)."""
 
     def __init__(self, artifacts: Artifacts, params: PurifyParams, runner: BaseRunner, name: str,
-                 shard_runner: BaseRunner | None = None, shards: int = 1):
+                 shard_runner: BaseRunner | None = None, shards: int = 1, fast_path=None):
         super().__init__(artifacts, params)
         self.name = name
         self.runners = {"purify": runner}
         self.shards = shards if shard_runner is not None else 1
         if self.shards > 1:
             self.runners["purify_shard"] = shard_runner
+        self.fast_path = fast_path
+        self._fast: dict[int, tuple[BaseRunner, BaseRunner | None]] = {}  # T -> (runner, shard runner), LRU order
         self._pool: ThreadPoolExecutor | None = None
+        self._active = False
 
     def activate(self) -> None:
-        super().activate()
-        if self.shards > 1 and self._pool is None:
-            self._pool = ThreadPoolExecutor(self.shards, thread_name_prefix="vaegan-shard")
+        """With a fast path, the Loop graph's sessions are built on first use (a call with R > 1), not here: a
+        one-restart deployment never pays their memory."""
+        if self.fast_path is None:
+            super().activate()
+        self._active = True
+        try:
+            if self.shards > 1 and self._pool is None:
+                self._pool = ThreadPoolExecutor(self.shards, thread_name_prefix="vaegan-shard")
+            if self.fast_path is not None:
+                self._fast_runners(self.params.steps)
+        except BaseException:
+            self.deactivate()
+            raise
+
+    def _loop_runners(self) -> tuple[BaseRunner, BaseRunner | None]:
+        pair = (self.runners["purify"], self.runners.get("purify_shard"))
+        for r in pair:
+            if r is not None and not r.is_active:
+                r.activate()
+        return pair
 
     def deactivate(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+        for t in list(self._fast):
+            self._drop_fast(t)
+        self._active = False
         super().deactivate()
 
+    def _fast_runners(self, steps: int) -> tuple[BaseRunner, BaseRunner | None]:
+        if steps in self._fast:
+            self._fast[steps] = self._fast.pop(steps)  # most recently used last
+            return self._fast[steps]
+        while len(self._fast) >= FAST_PATH_CACHE:
+            self._drop_fast(next(iter(self._fast)))
+        pair = (self.fast_path(steps, None), self.fast_path(steps, 1) if self.shards > 1 else None)
+        started = []
+        try:
+            for r in pair:
+                if r is not None:
+                    r.activate()
+                    started.append(r)
+        except BaseException:
+            for r in started:
+                r.deactivate()
+            raise
+        self._fast[steps] = pair
+        self.runners[f"purify_fast_T{steps}"] = pair[0]
+        if pair[1] is not None:
+            self.runners[f"purify_fast_T{steps}_shard"] = pair[1]
+        return pair
+
+    def _drop_fast(self, steps: int) -> None:
+        for r in self._fast.pop(steps):
+            if r is not None:
+                r.deactivate()
+        self.runners.pop(f"purify_fast_T{steps}", None)
+        self.runners.pop(f"purify_fast_T{steps}_shard", None)
+
     @staticmethod
-    def _run(runner: BaseRunner, x, noise, params) -> PurifyOutput:
-        out = runner.infer({
-            "x": x, "noise": noise,
-            "steps": np.array(params.steps, dtype=np.int64), "eta": np.array(params.eta, dtype=np.float32),
-            "lam": np.array(params.lam, dtype=np.float32), "momentum": np.array(params.momentum, dtype=np.float32),
-        })
+    def _run(runner: BaseRunner, x, noise, params, fixed_steps: bool = False) -> PurifyOutput:
+        feed = {"x": x, "noise": noise, "eta": np.array(params.eta, dtype=np.float32),
+                "lam": np.array(params.lam, dtype=np.float32),
+                "momentum": np.array(params.momentum, dtype=np.float32)}
+        if not fixed_steps:
+            feed["steps"] = np.array(params.steps, dtype=np.int64)
+        out = runner.infer(feed)
         return PurifyOutput(out["purified"], out["loss"], out["z"])
 
     def _purify_chunk(self, x, noise, params) -> PurifyOutput:
+        if not self._active:
+            raise RuntimeError(f"{self.name} purifier: not active; call activate() or use it as a context manager")
+        fast = self.fast_path is not None and noise.shape[0] == 1
+        main, shard = self._fast_runners(params.steps) if fast else self._loop_runners()
         k = min(self.shards, x.shape[0])
         if k < 2 or self._pool is None:
-            return self._run(self.runners["purify"], x, noise, params)
+            return self._run(main, x, noise, params, fast)
         cuts = np.linspace(0, x.shape[0], k + 1).round().astype(int)
-        runner = self.runners["purify_shard"]
-        futures = [self._pool.submit(self._run, runner, np.ascontiguousarray(x[a:b]),
-                                     np.ascontiguousarray(noise[:, a:b]), params) for a, b in zip(cuts, cuts[1:])]
+        futures = [self._pool.submit(self._run, shard, np.ascontiguousarray(x[a:b]),
+                                     np.ascontiguousarray(noise[:, a:b]), params, fast)
+                   for a, b in zip(cuts, cuts[1:])]
         parts = [f.result() for f in futures]
         return PurifyOutput.concat(parts)
 
     def describe(self) -> dict:
-        return {**super().describe(), "shards": self.shards}
+        return {**super().describe(), "shards": self.shards,
+                "fast_path": None if self.fast_path is None else getattr(self.fast_path, "description", "on")}
 
 
 class ModularPurifier(Purifier):
@@ -269,6 +338,34 @@ def ort_runner(artifacts: Artifacts, graph: str, providers, threads: int | None,
                         name=f"onnxrt:{graph}")
 
 
+class UnrolledFastPath:
+    """``GraphPurifier.fast_path`` of the fused backend on the CPU: ``purify.onnx`` unrolled at T
+    (``backend/onnxrt/unroll.py``) on an onnxruntime session at graph optimisation ``all``. For one restart only:
+    with R > 1 the NCHWc kernels' summation order can flip a near-tie between restarts (bench/README.md), so those
+    calls run the Loop graph at ``extended``."""
+
+    description = "purify.onnx unrolled at the call's T, onnxruntime graph optimisation 'all', one restart"
+
+    def __init__(self, artifacts: Artifacts, providers, threads: int | None, allow_spinning: bool):
+        self.path = artifacts.path("purify")  # sha256-checked here, like every graph
+        self.providers, self.threads, self.allow_spinning = providers, threads, allow_spinning
+        self._models: dict = {}
+
+    def __call__(self, steps: int, threads: int | None) -> OnnxrtRunner:
+        from .backend.onnxrt.unroll import UnrolledFromOnnx
+
+        model = self._models.get(steps)
+        if model is None:
+            model = self._models[steps] = UnrolledFromOnnx(self.path, steps)
+        if len(self._models) > 2 * FAST_PATH_CACHE:  # drop unrolled bytes of Ts no longer cached
+            self._models = {steps: model}
+        so = SessionOptionsFromConfig(intra_op_threads=threads or self.threads, allow_spinning=self.allow_spinning,
+                                      graph_optimization="all")
+        return OnnxrtRunner(SessionFromOnnx(self.path, providers=self.providers, session_options=so,
+                                            model=model),
+                            name=f"onnxrt:purify[unrolled T={steps}, opt all]")
+
+
 def trt_usable(artifacts: Artifacts) -> tuple[bool, str]:
     if not artifacts.has_engine("purify"):
         return False, "the artifacts have no TensorRT purify engine (export with --trt)"
@@ -287,13 +384,15 @@ def resolve_backend(backend: str, artifacts: Artifacts) -> str:
 
 def make_purifier(artifacts: Artifacts, backend: str = "auto", params: PurifyParams | None = None,
                   providers=("cpu",), threads: int | None = None, allow_spinning: bool | None = None,
-                  cuda_graph: bool = True, shard: bool | None = None) -> Purifier:
+                  cuda_graph: bool = True, shard: bool | None = None, fast_path: bool | None = None) -> Purifier:
     """Build (not activate) the purifier ``backend``; the graphs it needs are sha256-checked here.
 
     ``allow_spinning`` defaults to off for ``modular`` (four sessions run in turn; spinning threads of the idle
     ones compete for the cores) and on for ``fused``. ``shard`` (fused only): batch sharding over ``threads``
     one-thread sessions (see ``GraphPurifier``); default on when the providers are the CPU alone and ``threads``
-    (default: the CPU count) is above 1."""
+    (default: the CPU count) is above 1. ``fast_path`` (fused only): one-restart calls run the Loop unrolled at
+    their T under onnxruntime's ``all`` level (``UnrolledFastPath``); default on when the providers are the CPU
+    alone."""
     params = params or PurifyParams.from_manifest(artifacts)
     backend = resolve_backend(backend, artifacts)
     if backend == "fused":
@@ -304,11 +403,16 @@ def make_purifier(artifacts: Artifacts, backend: str = "auto", params: PurifyPar
             shard = cpu_only and n_threads > 1
         elif shard and not cpu_only:
             raise RuntimeUsageError("batch sharding runs one-thread CPU sessions: use it with --providers cpu")
+        if fast_path is None:
+            fast_path = cpu_only
+        elif fast_path and not cpu_only:
+            raise RuntimeUsageError("the fast path uses onnxruntime's CPU layout kernels: use it with --providers cpu")
+        fast = UnrolledFastPath(artifacts, providers, threads, spin) if fast_path else None
         main = ort_runner(artifacts, "purify", providers, threads, spin)
         if not shard or n_threads < 2:
-            return GraphPurifier(artifacts, params, main, "fused")
+            return GraphPurifier(artifacts, params, main, "fused", fast_path=fast)
         return GraphPurifier(artifacts, params, main, "fused", ort_runner(artifacts, "purify", providers, 1, spin),
-                             shards=n_threads)
+                             shards=n_threads, fast_path=fast)
     if backend == "modular":
         spin = False if allow_spinning is None else allow_spinning
         runners = {g: ort_runner(artifacts, g, providers, threads, spin) for g in ModularPurifier.GRAPHS}

@@ -36,6 +36,7 @@ class RunOptions:
     providers: str = "cpu"
     threads: int | None = None
     shard: bool | None = None            # fused on the CPU: batch sharding (None: on when threads > 1)
+    fast_path: bool | None = None        # fused on the CPU: the Loop unrolled at T, opt 'all' (None: on for cpu)
     batch_size: int = 16
     steps: int | None = None
     eta: float | None = None
@@ -126,7 +127,8 @@ def run(opts: RunOptions) -> dict:
     params = PurifyParams.from_manifest(arts, steps=opts.steps, eta=opts.eta, lam=opts.lam, momentum=opts.momentum,
                                         restarts=opts.restarts)
     backend = resolve_backend(opts.backend, arts)
-    purifier = make_purifier(arts, backend, params, providers=opts.providers, threads=opts.threads, shard=opts.shard)
+    purifier = make_purifier(arts, backend, params, providers=opts.providers, threads=opts.threads,
+                             **({"shard": opts.shard, "fast_path": opts.fast_path} if backend == "fused" else {}))
     classifier = make_classifier(arts, backend, providers=opts.providers, threads=opts.threads) if opts.classify else None
 
     out = Path(opts.out)

@@ -49,6 +49,8 @@ def test_quick_json_structure(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt, 
     # the runtime's own description is recorded: at one thread the fused backend does not shard the batch
     assert r["backends"]["fused"]["describe"]["backend"] == "fused"
     assert r["backends"]["fused"]["describe"]["shards"] == 1 == r["settings"]["fused_shards"]
+    # ... and on the CPU it takes its fast path (the Loop unrolled at T) by default
+    assert r["settings"]["fused_fast_path"] == r["backends"]["fused"]["describe"]["fast_path"] is not None
     trt = r["backends"]["trt"]
     assert "skipped" in trt or all(c["status"] == "timed" for c in trt["cells"])
     cost = r["cost"]

@@ -25,11 +25,13 @@ def test_levers_quick(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt, tiny_art
     assert "| variant | batch 1 ms | vs shipped | batch 2 ms |" in res.stdout
     r = json.loads(js.read_text())
     v = {x["variant"].split(" (")[0]: x for x in r["variants"]}
-    assert len(r["variants"]) == 10 and not [x for x in r["variants"] if "error" in x]
+    assert len(r["variants"]) == 11 and not [x for x in r["variants"] if "error" in x]
     shipped = r["variants"][0]
     assert shipped["config"]["shipped"] and shipped["describe"]["shards"] == 2  # 2 threads: the runtime shards
-    assert v["- batch sharding off"]["describe"]["shards"] == 1
-    assert v["+ 1 thread"]["describe"]["shards"] == 1
+    assert shipped["describe"]["fast_path"]  # the CPU fast path is on by default, off in every other variant
+    assert not [x for x in r["variants"][1:] if x["describe"]["fast_path"]]
+    assert v["Loop graph: - batch sharding off"]["describe"]["shards"] == 1
+    assert v["Loop graph: + 1 thread"]["describe"]["shards"] == 1
     for x in r["variants"]:
         for n in ("1", "2"):
             c = x["cells"][n]

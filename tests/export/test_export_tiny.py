@@ -37,7 +37,9 @@ def test_cli_exit_code_and_trt_message(tiny_export):
     else:
         assert res.exit_code == 0, res.output
     assert "[x]" not in res.output
-    assert res.output.count("[ok]") == 2 * 12  # 12 outputs over the 8 graphs, at batch 1 and 64
+    # 12 outputs over the 8 graphs + purify's 3 again on the runtime's CPU fast path, at batch 1 and 64
+    assert res.output.count("[ok]") == 2 * (12 + 3)
+    assert res.output.count("[fast path: unrolled T=3, opt all]") == 2 * 3
 
 
 def test_files_and_manifest(tiny_export):
@@ -70,6 +72,8 @@ def test_files_and_manifest(tiny_export):
         for io in g["inputs"] + g["outputs"]:
             if io["name"] not in ("steps", "eta", "lam", "momentum"):
                 assert io["shape"][0] in ("N", "R") and g["dynamic_axes"][io["name"]]["0"] == io["shape"][0]
+    fast = {k for k in m["graphs"]["purify"]["validation"] if "fast path" in k}
+    assert fast == {f"{o} [fast path: unrolled T={PurifyConfig().steps}, opt all]" for o in ("purified", "loss", "z")}
     assert m["graphs"]["purify"]["inputs"][1] == {"name": "noise", "shape": ["R", "N", L], "dtype": "float32"}
     assert m["graphs"]["purify"]["inputs"][2] == {"name": "steps", "shape": [], "dtype": "int64"}
     assert json.loads((out / "manifest.json").read_text()) == m
@@ -124,7 +128,7 @@ def test_purify_is_a_for_loop_independent_of_T(tiny_export):
 
 @pytest.mark.parametrize("steps", [0, 3])
 def test_unrolled_loop_is_the_same_function(tiny_export, tmp_path, steps):
-    """export.rewrite.unroll_loop (a bench lever): no Loop, no 'steps' input, the same outputs as the Loop at T."""
+    """unroll_loop (the runtime's CPU fast path): no Loop, no 'steps' input, the same outputs as the Loop at T."""
     from vaegan.export.rewrite import unroll_loop
 
     model = onnx.load(tiny_export["out"] / "purify.onnx")

@@ -256,37 +256,45 @@ def test_preprocessing_one_place():
 
 
 def test_import_is_torch_free(artifacts_dir, frames_dir, tmp_path):
-    """Importing torch raises in the child; the runtime still purifies frames end to end."""
-    code = (
-        "import sys; sys.modules['torch'] = None\n"
-        "from vaegan.runtime.cli import main\n"
-        f"main(['--input', {str(frames_dir)!r}, '--artifacts', {str(artifacts_dir)!r}, '--out', "
-        f"{str(tmp_path / 'o')!r}, '--quiet', '--steps', '2', '--backend', 'modular'])\n"
-    )
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
+    """Importing torch raises in the child; the runtime still purifies frames end to end (both CPU backends, the
+    fused one on its fast path, which unrolls the Loop with onnx)."""
+    for backend in ("modular", "fused"):
+        code = (
+            "import sys; sys.modules['torch'] = None\n"
+            "from vaegan.runtime.cli import main\n"
+            f"main(['--input', {str(frames_dir)!r}, '--artifacts', {str(artifacts_dir)!r}, '--out', "
+            f"{str(tmp_path / backend)!r}, '--quiet', '--steps', '2', '--backend', {backend!r}])\n"
+        )
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+    assert json.loads((tmp_path / "fused" / "summary.json").read_text())["purify"]["fast_path"]
     p = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None\n"
                         "import vaegan.runtime, vaegan.runtime.purify, vaegan.runtime.io, vaegan.runtime.run, "
-                        "vaegan.runtime.backend.trt\nimport torch"], capture_output=True, text=True)
+                        "vaegan.runtime.backend.trt, vaegan.runtime.backend.onnxrt.unroll\nimport torch"], capture_output=True, text=True)
     assert p.returncode == 1 and "import of torch halted" in p.stderr  # the trick works: torch really is blocked
-    assert len(_records(tmp_path / "o")) == len(list(frames_dir.iterdir()))
+    for backend in ("modular", "fused"):
+        assert len(_records(tmp_path / backend)) == len(list(frames_dir.iterdir()))
 
 
-def test_shard_flag_same_outputs(artifacts_dir, frames_dir, tmp_path):
-    """--shard (batch split over one-thread sessions) and --no-shard give the same labels and purified frames."""
+def test_shard_and_fast_path_flags_same_outputs(artifacts_dir, frames_dir, tmp_path):
+    """--shard (batch split over one-thread sessions) and --no-shard, --fast-path (the Loop unrolled at T, opt
+    'all', the CPU default) and --no-fast-path give the same labels and purified frames."""
     common = ("--input", frames_dir, "--artifacts", artifacts_dir, "--quiet", "--steps", "2", "--batch-size", "5",
               "--backend", "fused", "--threads", "2")
-    res_s = _run(*common, "--out", tmp_path / "s", "--shard")
-    res_n = _run(*common, "--out", tmp_path / "n", "--no-shard")
-    assert res_s.exit_code == 0 and res_n.exit_code == 0, res_s.output + res_n.output
-    assert json.loads((tmp_path / "s" / "summary.json").read_text())["purify"]["shards"] == 2
-    assert json.loads((tmp_path / "n" / "summary.json").read_text())["purify"]["shards"] == 1
-    rs, rn = _records(tmp_path / "s"), _records(tmp_path / "n")
-    assert [r["class_id"] for r in rs] == [r["class_id"] for r in rn]
-    for p in sorted((tmp_path / "n" / "purified").glob("*.png")):
-        a = np.asarray(Image.open(p), dtype=np.int16)
-        b = np.asarray(Image.open(tmp_path / "s" / "purified" / p.name), dtype=np.int16)
-        assert np.abs(a - b).max() <= 1  # 8-bit PNGs of images equal to ~1e-6
+    runs = {"s": ("--shard",), "n": ("--no-shard",), "f": ("--no-fast-path",)}
+    for name, flags in runs.items():
+        res = _run(*common, "--out", tmp_path / name, *flags)
+        assert res.exit_code == 0, res.output
+    summ = {k: json.loads((tmp_path / k / "summary.json").read_text())["purify"] for k in runs}
+    assert summ["s"]["shards"] == 2 and summ["n"]["shards"] == 1
+    assert summ["s"]["fast_path"] and summ["n"]["fast_path"] and summ["f"]["fast_path"] is None
+    rs = _records(tmp_path / "s")
+    for k in ("n", "f"):
+        assert [r["class_id"] for r in rs] == [r["class_id"] for r in _records(tmp_path / k)]
+        for p in sorted((tmp_path / k / "purified").glob("*.png")):
+            a = np.asarray(Image.open(p), dtype=np.int16)
+            b = np.asarray(Image.open(tmp_path / "s" / "purified" / p.name), dtype=np.int16)
+            assert np.abs(a - b).max() <= 1  # 8-bit PNGs of images equal to ~1e-5
 
 
 def test_shard_needs_cpu_provider(artifacts_dir):

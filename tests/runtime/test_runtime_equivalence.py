@@ -29,7 +29,7 @@ def _torch_reference(vg_ckpt, clf_ckpt, x, noise, params: PurifyParams):
 
 
 BACKENDS = {"fused": ("fused", {"shard": False}), "fused-sharded": ("fused", {"threads": 3, "shard": True}),
-            "modular": ("modular", {})}
+            "fused-loop": ("fused", {"threads": 3, "shard": True, "fast_path": False}), "modular": ("modular", {})}
 
 
 def _check(arts_dir, vg_ckpt, clf_ckpt, x, variant, params=None, restarts=1):
@@ -41,9 +41,13 @@ def _check(arts_dir, vg_ckpt, clf_ckpt, x, variant, params=None, restarts=1):
     ref_x, ref_loss, ref_cls = _torch_reference(vg_ckpt, clf_ckpt, x, noise, params)
     with make_purifier(arts, backend, params, **kw) as pur:
         out = pur.purify(x, noise=noise)
-        if kw.get("shard"):  # the rows really went through the one-thread shard sessions
-            assert pur.shards == 3 and pur.runners["purify_shard"].last_inference_time() is not None
-            assert pur.runners["purify"].last_inference_time() is None
+        if backend == "fused":  # which graph ran: the unrolled fast path for one restart (CPU default), else the Loop
+            fast = restarts == 1 and kw.get("fast_path", True)
+            graph = f"purify_fast_T{params.steps}" if fast else "purify"
+            used = {k for k, r in pur.runners.items() if r.last_inference_time() is not None}
+            assert used == ({graph + "_shard"} if kw.get("shard") else {graph}), used
+            if kw.get("shard"):  # the rows really went through the one-thread shard sessions
+                assert pur.shards == 3
     clf = make_classifier(arts, backend)
     with clf.runner:
         ids, conf, _ = clf(out.purified, arts.max_batch)
@@ -91,7 +95,7 @@ def test_sharding_single_image_uses_the_threaded_session(artifacts_dir, fmnist64
     """One image cannot be split: it runs on the intra-op-threaded session, same output as the sharded batch row."""
     x, _ = fmnist64
     arts = load_artifacts(artifacts_dir)
-    with make_purifier(arts, "fused", threads=2, shard=True) as pur:
+    with make_purifier(arts, "fused", threads=2, shard=True, fast_path=False) as pur:
         one = pur.purify(x[:1])
         assert pur.runners["purify"].last_inference_time() is not None
         many = pur.purify(x[:4])
@@ -99,6 +103,43 @@ def test_sharding_single_image_uses_the_threaded_session(artifacts_dir, fmnist64
     np.testing.assert_allclose(one.purified, many.purified[:1], atol=1e-5)
     with make_purifier(arts, "fused", threads=1) as pur:  # one thread: nothing to shard over
         assert pur.shards == 1 and "purify_shard" not in pur.runners
+
+
+def test_fast_path_runs_one_restart_calls_at_their_T(artifacts_dir, fmnist64):
+    """The CPU fast path (the Loop unrolled at T, onnxruntime 'all'): built for the configured T at activation,
+    on first use for another T (at most FAST_PATH_CACHE kept, least recently used dropped), never for R > 1;
+    the same rows as the Loop graph."""
+    from dataclasses import replace
+
+    from vaegan.runtime.purify import FAST_PATH_CACHE
+
+    x, _ = fmnist64
+    arts = load_artifacts(artifacts_dir)
+    params = PurifyParams.from_manifest(arts)
+    with make_purifier(arts, "fused", params, threads=2, fast_path=False) as loop, \
+            make_purifier(arts, "fused", params, threads=2) as pur:
+        assert pur.describe()["fast_path"] and loop.describe()["fast_path"] is None
+        t0 = params.steps
+        assert f"purify_fast_T{t0}" in pur.runners and f"purify_fast_T{t0}_shard" in pur.runners  # at activation
+        assert not pur.runners["purify"].is_active  # the Loop graph's sessions: built on first use only
+        np.testing.assert_allclose(pur.purify(x[:5]).purified, loop.purify(x[:5]).purified, atol=PIXEL_ATOL)
+        assert pur.runners["purify_shard"].last_inference_time() is None  # the Loop graph did not run
+        two = replace(params, restarts=2)
+        np.testing.assert_allclose(pur.purify(x[:1], params=two).purified, loop.purify(x[:1], params=two).purified,
+                                   atol=1e-6)  # R = 2: the Loop graph at 'extended', like `loop`
+        assert pur.runners["purify"].last_inference_time() is not None
+        ts = [t0 + 1 + k for k in range(FAST_PATH_CACHE)]
+        for t in ts:
+            p = replace(params, steps=t)
+            np.testing.assert_allclose(pur.purify(x[:3], params=p).purified, loop.purify(x[:3], params=p).purified,
+                                       atol=PIXEL_ATOL)
+        fast = sorted(int(k[len("purify_fast_T"):]) for k in pur.runners if k.startswith("purify_fast_T")
+                      and not k.endswith("_shard"))
+        assert fast == ts  # the configured T was the least recently used: dropped
+    assert not any(k.startswith("purify_fast") for k in pur.runners)  # deactivated with the purifier
+    assert not pur.runners["purify"].is_active
+    with pytest.raises(RuntimeError, match="not active"):
+        pur.purify(x[:1])
 
 
 def test_restart_noise_layout():

@@ -65,9 +65,11 @@ class SessionOptionsFromConfig:
     threads busy-wait for work. Spinning lowers the latency of one session run but burns the cores while the host
     does other work; with several sessions run alternately (the ``modular`` loop) it is best off.
 
-    ``graph_optimization`` defaults to ``extended``, not ``all``: the ``all`` level's NCHWc layout kernels moved one
-    of the 64 validation images of the fused loop (shipped weights, R = 2) 2e-3 away from float64, where torch fp32
-    and ``extended`` stay within 2e-6, and were not faster in the A/B of bench/levers.py (bench/README.md).
+    ``graph_optimization`` defaults to ``extended``, not ``all``: on the Loop graph the ``all`` level's NCHWc layout
+    kernels moved one of the 64 validation images of the fused loop (shipped weights, R = 2) 2e-3 away from float64
+    (another restart won the argmin), where torch fp32 and ``extended`` stay within 2e-6, and were not faster in the
+    A/B of bench/levers.py (bench/README.md). The fused backend's CPU fast path (one restart, no argmin; the Loop
+    unrolled) does use ``all``.
     """
 
     def __init__(self, intra_op_threads: int | None = None, inter_op_threads: int = 1, allow_spinning: bool = True,
@@ -96,15 +98,17 @@ class SessionOptionsFromConfig:
 
 
 class SessionFromOnnx:
-    """Lazily builds an ``onnxruntime.InferenceSession`` from an ONNX file path.
+    """Lazily builds an ``onnxruntime.InferenceSession`` from an ONNX file path, or from the serialized model that
+    ``model`` (a loader such as ``unroll.UnrolledFromOnnx``, called with no argument) derives from that file.
 
     >>> runner = OnnxrtRunner(SessionFromOnnx("artifacts/decoder.onnx", providers=["cpu"]))
     """
 
-    def __init__(self, path, providers=("cpu",), session_options=None):
+    def __init__(self, path, providers=("cpu",), session_options=None, model=None):
         self.path = Path(path)
         self.providers = providers
         self.session_options = session_options or SessionOptionsFromConfig()
+        self.model = model
 
     def __call__(self):
         import onnxruntime as ort
@@ -113,7 +117,8 @@ class SessionFromOnnx:
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: ONNX file not found")
         so = self.session_options() if callable(self.session_options) else self.session_options
-        sess = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
+        src = self.model() if self.model is not None else str(self.path)
+        sess = ort.InferenceSession(src, sess_options=so, providers=providers)
         got = sess.get_providers()
         lost = [p for p in providers if p not in got]
         if lost:
