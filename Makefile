@@ -60,7 +60,7 @@ EPS := 0.05 0.1 0.2 0.3
 # attack families shared by the CPU and the GPU rules (the budget, --attack-steps, is each rule's own)
 APGD_1T = --attacks apgd --apgd-grad full --apgd-targets 1
 APGD_9T = --attacks apgd --apgd-grad full --apgd-targets 9
-FAB_9T = --attacks fab --apgd-grad full --apgd-targets 9
+FAB_9T = --attacks fab --apgd-grad full --fab-targets 9
 EOT_R2 = --eot-samples 20 --eot-restarts 2
 ADAPTIVE_RUNS := $(foreach e,$(EPS),reports/adaptive_full_$e reports/adaptive_apgd_$e reports/adaptive_square1k_$e) \
 	reports/adaptive_full200_0.2 reports/adaptive_full200_0.3 reports/adaptive_fullR3_0.1 \

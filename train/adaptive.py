@@ -64,7 +64,7 @@ LOSSES = ("ce", "margin")
 BUDGET = {"bpda": ("steps", "restarts", "alpha_ratio", "loss"), "full": ("steps", "restarts", "alpha_ratio", "loss"),
           "bpda_eot": ("steps", "alpha_ratio", "loss", "eot_samples", "eot_restarts"),
           "full_eot": ("steps", "alpha_ratio", "loss", "eot_samples", "eot_restarts"),
-          "apgd": ("steps", "apgd_targets"), "fab": ("steps", "apgd_targets"), "square": ("square_queries",),
+          "apgd": ("steps", "apgd_targets"), "fab": ("steps", "fab_targets"), "square": ("square_queries",),
           "transfer": ("steps", "alpha_ratio", "loss"), "latent": ("steps", "alpha_ratio")}
 
 
@@ -87,6 +87,7 @@ def unpack_mask(text: str, n: int) -> np.ndarray:
 
 def _fmt_budget(b: dict) -> str:
     names = {"steps": ("step", "steps"), "restarts": ("restart", "restarts"), "apgd_targets": ("target", "targets"),
+             "fab_targets": ("target", "targets"),
              "eot_samples": ("EOT sample", "EOT samples"), "eot_restarts": ("R", "R"),
              "square_queries": ("query", "queries")}
     parts = [f"{v:g} {names[k][v != 1]}" for k, v in b.items() if k in names and not (k == "restarts" and v == 1)]
@@ -106,7 +107,8 @@ class AdaptiveConfig:
     eot_samples: int = 20                # draws of the randomised purifier per gradient (bpda_eot, full_eot)
     eot_restarts: int = 4                # R of the randomised purifier they attack (fresh noise per draw)
     apgd_grad: str = "auto"              # "bpda", "full" or "auto" (the one with the lower accuracy at that eps)
-    apgd_targets: int = 9                # APGD-T and FAB-T target classes (AutoAttack: 9)
+    apgd_targets: int = 9                # APGD-T target classes (AutoAttack: 9)
+    fab_targets: int = 9                 # FAB-T target classes (AutoAttack: 9)
     square_queries: int = 1000           # per image (AutoAttack standard: 5000)
     artifacts: str | None = None         # exported artifacts for square (default: export to OUT/artifacts)
     surrogate: str | None = None         # surrogate classifier checkpoint for transfer (default: train one)
@@ -145,8 +147,9 @@ class AdaptiveConfig:
             raise VaeganError(f"unknown apgd gradient {self.apgd_grad!r} (expected auto, bpda or full)")
         if not 0 < self.alpha_ratio <= 1:
             raise VaeganError(f"alpha-ratio must be in (0, 1] (got {self.alpha_ratio})")
-        if not 1 <= self.apgd_targets <= 9:
-            raise VaeganError(f"apgd-targets must be in 1..9 (got {self.apgd_targets})")
+        for flag, v in (("apgd-targets", self.apgd_targets), ("fab-targets", self.fab_targets)):
+            if not 1 <= v <= 9:
+                raise VaeganError(f"{flag} must be in 1..9 (got {v})")
         try:
             dev = torch.device(self.device)
         except (RuntimeError, ValueError):
@@ -600,7 +603,8 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
                     grad = min(done, key=done.get) if done else "full"
                 model = bpda if grad == "bpda" else full
                 make = apgd if name == "apgd" else fab
-                xa = torch.cat([make(model, eps, cfg.steps, cfg.seed, cfg.apgd_targets)(xb, yb)
+                targets = cfg.apgd_targets if name == "apgd" else cfg.fab_targets
+                xa = torch.cat([make(model, eps, cfg.steps, cfg.seed, targets)(xb, yb)
                                 for xb, yb in zip(x.split(cfg.batch_size), y.split(cfg.batch_size))])
                 with torch.no_grad():
                     fooled = predict(defended, xa, cfg.batch_size) != y

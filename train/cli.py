@@ -279,7 +279,8 @@ def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, de
 @click.option("--eot-samples", type=int, default=20, show_default=True)
 @click.option("--eot-restarts", type=int, default=4, show_default=True, help="R of the randomized purifier")
 @click.option("--apgd-grad", type=click.Choice(["auto", "bpda", "full"]), default="auto", show_default=True)
-@click.option("--apgd-targets", type=int, default=9, show_default=True, help="APGD-T and FAB-T target classes")
+@click.option("--apgd-targets", type=int, default=9, show_default=True, help="APGD-T target classes")
+@click.option("--fab-targets", type=int, default=9, show_default=True, help="FAB-T target classes")
 @click.option("--square-queries", type=int, default=1000, show_default=True)
 @click.option("--artifacts", type=click.Path(file_okay=False), default=None,
               help="exported artifacts for square (default: export to OUT/artifacts)")
@@ -300,7 +301,7 @@ def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, de
 @click.option("--data-root", default=None)
 @_friendly
 def adaptive_cli(checkpoint, classifier, n, eps_list, attack_list, attack_steps, curve_list, alpha_ratio,
-                 attack_restarts, loss, eot_samples, eot_restarts, apgd_grad, apgd_targets, square_queries, artifacts,
+                 attack_restarts, loss, eot_samples, eot_restarts, apgd_grad, apgd_targets, fab_targets, square_queries, artifacts,
                  surrogate, surrogate_epochs, surrogate_train_limit, attack_seed, batch_size, threads, device, merge_dirs,
                  out, data_root, **pvalues):
     from .config import PurifyConfig
@@ -332,7 +333,7 @@ def adaptive_cli(checkpoint, classifier, n, eps_list, attack_list, attack_steps,
     cfg = AdaptiveConfig(n=n, eps=eps, attacks=tuple(a.strip() for a in attack_list.split(",") if a.strip()),
                          steps=attack_steps, checkpoints=curve, alpha_ratio=alpha_ratio, restarts=attack_restarts,
                          loss=loss, eot_samples=eot_samples, eot_restarts=eot_restarts, apgd_grad=apgd_grad,
-                         apgd_targets=apgd_targets, square_queries=square_queries, artifacts=artifacts,
+                         apgd_targets=apgd_targets, fab_targets=fab_targets, square_queries=square_queries, artifacts=artifacts,
                          surrogate=surrogate, surrogate_epochs=surrogate_epochs,
                          surrogate_train_limit=surrogate_train_limit, seed=attack_seed, batch_size=batch_size,
                          threads=threads, device=device, purify=build_config(PurifyConfig, pvalues), out=out, data_root=data_root)

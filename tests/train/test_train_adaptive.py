@@ -277,7 +277,7 @@ def test_cli_writes_the_report_on_4_images(live_ckpts, tiny_vaegan_ckpt, artifac
         "--checkpoint", str(live_ckpts[0]), "--classifier", str(live_ckpts[1]), "--n", "4",
         "--eps", "0.1,0.3", "--attack-steps", "2", "--curve", "1,2", "--eot-samples", "2", "--eot-restarts", "2",
         "--attacks", "bpda,bpda_eot,full,full_eot,apgd,fab,square,transfer,latent",
-        "--apgd-targets", "1", "--square-queries", "3", "--artifacts", str(artifacts),
+        "--apgd-targets", "1", "--fab-targets", "2", "--square-queries", "3", "--artifacts", str(artifacts),
         "--surrogate", str(live_ckpts[1]), "--steps", "1", "--out", str(out)])
     assert r.exit_code == 0, r.output
     # artifacts exported from other weights are refused: square must query the model under test
@@ -294,6 +294,9 @@ def test_cli_writes_the_report_on_4_images(live_ckpts, tiny_vaegan_ckpt, artifac
             assert 0 <= v["accuracy"] <= 100 and v["linf"] <= float(e) + 1e-5
             assert v["accuracy"] == pytest.approx(100 * (1 - unpack_mask(v["fooled"], 4).mean()))
     assert set(rep["attacks"]["bpda"]["0.1"]["curve"]) == {"1", "2"}
+    # each targeted attack records its own number of target classes
+    assert rep["attacks"]["apgd"]["0.1"]["budget"] == {"steps": 2, "apgd_targets": 1}
+    assert rep["attacks"]["fab"]["0.1"]["budget"] == {"steps": 2, "fab_targets": 2}
     for name in ("bpda", "full", "transfer", "latent"):  # deterministic scoring: the table agrees with the curve
         for e in ("0.1", "0.3"):
             assert rep["attacks"][name][e]["accuracy"] == pytest.approx(rep["attacks"][name][e]["curve"]["2"])
