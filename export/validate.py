@@ -220,27 +220,31 @@ def ort_session(path: str | Path):
     return ort.InferenceSession(str(path), SessionOptionsFromConfig()(), providers=["CPUExecutionProvider"])
 
 
-def check_numerics(spec, path: Path, nets, feeds_per_batch: dict[int, dict], report: Report, echo=print) -> None:
-    """Run ``path`` in onnxruntime and ``spec.reference`` in torch on the same inputs, for each batch size."""
+def check_numerics(spec, path: Path, nets, feeds_per_batch: dict[int, dict], report: Report, echo=print,
+                   session=None, label: str = "") -> None:
+    """Run ``path`` in onnxruntime and ``spec.reference`` in torch on the same inputs, for each batch size.
+    ``session``: a loader of the session to check (default: ``ort_session(path)``, the runtime's options), fed the
+    inputs it declares; ``label``: a suffix of the output names in the report (a variant of the same graph)."""
     import torch
 
     try:
-        sess = ort_session(path)
-    except Exception as e:  # onnxruntime raises its own Fail / InvalidGraph types
-        report.failures.append(f"{spec.name}: onnxruntime cannot load {path.name}: {str(e).splitlines()[0]}")
-        echo(f"  [x] {spec.name}: onnxruntime cannot load the file")
+        sess = session() if session is not None else ort_session(path)
+    except Exception as e:  # onnx / onnxruntime raise their own Fail / InvalidGraph types
+        report.failures.append(f"{spec.name}{label}: onnxruntime cannot load {path.name}: {str(e).splitlines()[0]}")
+        echo(f"  [x] {spec.name}{label}: onnxruntime cannot load the file")
         return
+    takes = {i.name for i in sess.get_inputs()}
     for batch, feed in feeds_per_batch.items():
         with torch.no_grad():
             ref = spec.reference(nets, *[feed[i.name] for i in spec.inputs])
         try:
-            got = sess.run([o.name for o in spec.outputs], {k: v.numpy() for k, v in feed.items()})
+            got = sess.run([o.name for o in spec.outputs], {k: v.numpy() for k, v in feed.items() if k in takes})
         except Exception as e:  # onnxruntime's runtime errors (e.g. a baked-in batch size)
             msg = str(e).splitlines()[0]
-            report.failures.append(f"{spec.name} (batch {batch}): onnxruntime failed: {msg}")
-            echo(f"  [x] {spec.name} (batch {batch}): onnxruntime failed: {msg}")
+            report.failures.append(f"{spec.name}{label} (batch {batch}): onnxruntime failed: {msg}")
+            echo(f"  [x] {spec.name}{label} (batch {batch}): onnxruntime failed: {msg}")
             continue
-        _check_outputs(spec, nets, feed, got, ref, batch, report, echo)
+        _check_outputs(spec, nets, feed, got, ref, batch, report, echo, label)
 
 
 def _check_outputs(spec, nets, feed, got, ref, batch, report: Report, echo, label: str = "") -> None:
@@ -266,8 +270,6 @@ def check_fast_path(spec, path: Path, nets, feeds_per_batch: dict[int, dict], re
     ``path`` unrolled at the feeds' T, onnxruntime at graph optimisation ``all``, fed one restart; against the same
     torch reference as the Loop graph. Its checks are the ``purify`` graph's outputs with a ``[fast path ...]``
     suffix."""
-    import torch
-
     from vaegan.runtime.backend.onnxrt import SessionFromOnnx
     from vaegan.runtime.backend.onnxrt.loader import SessionOptionsFromConfig
     from vaegan.runtime.backend.onnxrt.unroll import UnrolledFromOnnx
@@ -276,16 +278,7 @@ def check_fast_path(spec, path: Path, nets, feeds_per_batch: dict[int, dict], re
     if len(steps) != 1 or any(f["noise"].shape[0] != 1 for f in feeds_per_batch.values()):
         raise ValueError("check_fast_path: one T and one restart for every batch")
     (t,) = steps
-    label = f" [fast path: unrolled T={t}, opt all]"
-    try:
-        sess = SessionFromOnnx(path, session_options=SessionOptionsFromConfig(graph_optimization="all"),
-                               model=UnrolledFromOnnx(path, t))()
-    except Exception as e:  # onnx / onnxruntime raise their own types
-        report.failures.append(f"{spec.name}{label}: cannot build the session: {str(e).splitlines()[0]}")
-        echo(f"  [x] {spec.name}{label}: cannot build the session")
-        return
-    for batch, feed in feeds_per_batch.items():
-        with torch.no_grad():
-            ref = spec.reference(nets, *[feed[i.name] for i in spec.inputs])
-        got = sess.run([o.name for o in spec.outputs], {k: v.numpy() for k, v in feed.items() if k != "steps"})
-        _check_outputs(spec, nets, feed, got, ref, batch, report, echo, label)
+    session = SessionFromOnnx(path, session_options=SessionOptionsFromConfig(graph_optimization="all"),
+                              model=UnrolledFromOnnx(path, t))
+    check_numerics(spec, path, nets, feeds_per_batch, report, echo, session=session,
+                   label=f" [fast path: unrolled T={t}, opt all]")

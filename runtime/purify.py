@@ -101,6 +101,19 @@ class PurifyOutput:
         return PurifyOutput(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("purified", "loss", "z")))
 
 
+def activate_all(runners) -> None:
+    """Activate ``runners`` together: if one fails, those already started are deactivated again."""
+    done = []
+    try:
+        for r in runners:
+            r.activate()
+            done.append(r)
+    except BaseException:
+        for r in done:
+            r.deactivate()
+        raise
+
+
 class Purifier(Activatable):
     """Base: owns runners, activates them together, splits a batch into chunks the graphs accept."""
 
@@ -112,15 +125,7 @@ class Purifier(Activatable):
         self.runners: dict[str, BaseRunner] = {}
 
     def activate(self) -> None:
-        done = []
-        try:
-            for r in self.runners.values():
-                r.activate()
-                done.append(r)
-        except BaseException:
-            for r in done:
-                r.deactivate()
-            raise
+        activate_all(self.runners.values())
 
     def deactivate(self) -> None:
         for r in self.runners.values():
@@ -200,9 +205,7 @@ class GraphPurifier(Purifier):
 
     def _loop_runners(self) -> tuple[BaseRunner, BaseRunner | None]:
         pair = (self.runners["purify"], self.runners.get("purify_shard"))
-        for r in pair:
-            if r is not None and not r.is_active:
-                r.activate()
+        activate_all(r for r in pair if r is not None and not r.is_active)
         return pair
 
     def deactivate(self) -> None:
@@ -221,16 +224,7 @@ class GraphPurifier(Purifier):
         while len(self._fast) >= FAST_PATH_CACHE:
             self._drop_fast(next(iter(self._fast)))
         pair = (self.fast_path(steps, None), self.fast_path(steps, 1) if self.shards > 1 else None)
-        started = []
-        try:
-            for r in pair:
-                if r is not None:
-                    r.activate()
-                    started.append(r)
-        except BaseException:
-            for r in started:
-                r.deactivate()
-            raise
+        activate_all(r for r in pair if r is not None)
         self._fast[steps] = pair
         self.runners[f"purify_fast_T{steps}"] = pair[0]
         if pair[1] is not None:
