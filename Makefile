@@ -66,7 +66,7 @@ ADAPTIVE_RUNS := $(foreach e,$(EPS),reports/adaptive_full_$e reports/adaptive_ap
 	reports/adaptive_full200_0.2 reports/adaptive_full200_0.3 reports/adaptive_fullR3_0.1 \
 	reports/adaptive_apgd9_0.05 reports/adaptive_apgd9_0.1 reports/adaptive_apgd100_0.2 \
 	reports/adaptive_fab_0.1 reports/adaptive_tl \
-	$(wildcard reports/adaptive_apgd9x100_0.1 reports/adaptive_square5k_0.1)
+	$(patsubst %/adaptive.json,%,$(wildcard reports/adaptive_apgd9x100_0.1/adaptive.json reports/adaptive_square5k_0.1/adaptive.json))
 
 reports/adaptive_full_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
@@ -98,7 +98,8 @@ reports/adaptive_fab_%/adaptive.json: | $(STAMP)
 reports/adaptive_square1k_%/adaptive.json: | artifacts/manifest.json
 	$(OBLIVIOUS)
 	$(ADV) --eps $* --attacks square --square-queries 1000 --artifacts artifacts
-# Square at AutoAttack's 5,000 queries per image (two threads: about two hours here)
+# Square at AutoAttack's 5,000 queries per image (two threads: about two hours here). Like apgd9x100, `make adaptive`
+# merges it once it has been run (`make reports/adaptive_square5k_0.1/adaptive.json`), and does not start it.
 reports/adaptive_square5k_%/adaptive.json: ADV_THREADS = 2
 reports/adaptive_square5k_%/adaptive.json: | artifacts/manifest.json
 	$(OBLIVIOUS)
