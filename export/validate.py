@@ -270,15 +270,11 @@ def check_fast_path(spec, path: Path, nets, feeds_per_batch: dict[int, dict], re
     ``path`` unrolled at the feeds' T, onnxruntime at graph optimisation ``all``, fed one restart; against the same
     torch reference as the Loop graph. Its checks are the ``purify`` graph's outputs with a ``[fast path ...]``
     suffix."""
-    from vaegan.runtime.backend.onnxrt import SessionFromOnnx
-    from vaegan.runtime.backend.onnxrt.loader import SessionOptionsFromConfig
-    from vaegan.runtime.backend.onnxrt.unroll import UnrolledFromOnnx
+    from vaegan.runtime.purify import fast_path_session
 
     steps = {int(f["steps"]) for f in feeds_per_batch.values()}
     if len(steps) != 1 or any(f["noise"].shape[0] != 1 for f in feeds_per_batch.values()):
         raise ValueError("check_fast_path: one T and one restart for every batch")
     (t,) = steps
-    session = SessionFromOnnx(path, session_options=SessionOptionsFromConfig(graph_optimization="all"),
-                              model=UnrolledFromOnnx(path, t))
-    check_numerics(spec, path, nets, feeds_per_batch, report, echo, session=session,
+    check_numerics(spec, path, nets, feeds_per_batch, report, echo, session=fast_path_session(path, t),
                    label=f" [fast path: unrolled T={t}, opt all]")

@@ -171,8 +171,8 @@ class GraphPurifier(Purifier):
     ``shards`` row blocks that run concurrently on ``shard_runner`` (a one-thread session; onnxruntime releases the
     GIL), one block per core; a single image runs on ``runner``.
 
-    ``fast_path(T, threads)`` (fused on the CPU): returns a runner of the same function with T fixed, for calls
-    with one restart (e.g. the Loop unrolled, ``make_purifier``). Built for the configured T at activation and on
+    ``fast_path(T, shard)`` (fused on the CPU): returns (runner, shard runner or None) of the same function with T
+    fixed, for calls with one restart (``UnrolledFastPath``, the Loop unrolled). Built for the configured T at activation and on
     first use for another T; its runners are ``runners["purify_fast_T<T>"]`` (and ``..._shard``)."""
 
     def __init__(self, artifacts: Artifacts, params: PurifyParams, runner: BaseRunner, name: str,
@@ -223,7 +223,7 @@ class GraphPurifier(Purifier):
             return self._fast[steps]
         while len(self._fast) >= FAST_PATH_CACHE:
             self._drop_fast(next(iter(self._fast)))
-        pair = (self.fast_path(steps, None), self.fast_path(steps, 1) if self.shards > 1 else None)
+        pair = self.fast_path(steps, self.shards > 1)
         activate_all(r for r in pair if r is not None)
         self._fast[steps] = pair
         self.runners[f"purify_fast_T{steps}"] = pair[0]
@@ -332,32 +332,41 @@ def ort_runner(artifacts: Artifacts, graph: str, providers, threads: int | None,
                         name=f"onnxrt:{graph}")
 
 
+def fast_path_session(path, steps: int, providers=("cpu",), threads: int | None = None, allow_spinning: bool = True,
+                      model=None) -> SessionFromOnnx:
+    """The session loader of the CPU fast path: ``path`` (``purify.onnx``) unrolled at ``steps``, onnxruntime graph
+    optimisation ``all``. ``model``: an ``UnrolledFromOnnx`` to share between sessions (default: a new one).
+    ``vaegan-export`` validates through this same function."""
+    from .backend.onnxrt.unroll import UnrolledFromOnnx
+
+    so = SessionOptionsFromConfig(intra_op_threads=threads, allow_spinning=allow_spinning, graph_optimization="all")
+    return SessionFromOnnx(path, providers=providers, session_options=so,
+                           model=model if model is not None else UnrolledFromOnnx(path, steps))
+
+
 class UnrolledFastPath:
     """``GraphPurifier.fast_path`` of the fused backend on the CPU: ``purify.onnx`` unrolled at T
-    (``backend/onnxrt/unroll.py``) on an onnxruntime session at graph optimisation ``all``. For one restart only:
-    with R > 1 the NCHWc kernels' summation order can flip a near-tie between restarts (bench/README.md), so those
-    calls run the Loop graph at ``extended``."""
+    (``backend/onnxrt/unroll.py``) on onnxruntime sessions at graph optimisation ``all`` (``fast_path_session``).
+    For one restart only: with R > 1 the NCHWc kernels' summation order can flip a near-tie between restarts
+    (bench/README.md), so those calls run the Loop graph at ``extended``."""
 
     description = "purify.onnx unrolled at the call's T, onnxruntime graph optimisation 'all', one restart"
 
     def __init__(self, artifacts: Artifacts, providers, threads: int | None, allow_spinning: bool):
         self.path = artifacts.path("purify")  # sha256-checked here, like every graph
         self.providers, self.threads, self.allow_spinning = providers, threads, allow_spinning
-        self._models: dict = {}
 
-    def __call__(self, steps: int, threads: int | None) -> OnnxrtRunner:
+    def __call__(self, steps: int, shard: bool) -> tuple[OnnxrtRunner, OnnxrtRunner | None]:
+        """(runner with ``threads`` intra-op threads, one-thread shard runner or None), unrolled once for both."""
         from .backend.onnxrt.unroll import UnrolledFromOnnx
 
-        model = self._models.get(steps)
-        if model is None:
-            model = self._models[steps] = UnrolledFromOnnx(self.path, steps)
-        if len(self._models) > 2 * FAST_PATH_CACHE:  # drop unrolled bytes of Ts no longer cached
-            self._models = {steps: model}
-        so = SessionOptionsFromConfig(intra_op_threads=threads or self.threads, allow_spinning=self.allow_spinning,
-                                      graph_optimization="all")
-        return OnnxrtRunner(SessionFromOnnx(self.path, providers=self.providers, session_options=so,
-                                            model=model),
-                            name=f"onnxrt:purify[unrolled T={steps}, opt all]")
+        model = UnrolledFromOnnx(self.path, steps)
+
+        def runner(threads):
+            return OnnxrtRunner(fast_path_session(self.path, steps, self.providers, threads, self.allow_spinning,
+                                                  model), name=f"onnxrt:purify[unrolled T={steps}, opt all]")
+
+        return runner(self.threads), runner(1) if shard else None
 
 
 def trt_usable(artifacts: Artifacts) -> tuple[bool, str]:

@@ -127,8 +127,8 @@ def run(opts: RunOptions) -> dict:
     params = PurifyParams.from_manifest(arts, steps=opts.steps, eta=opts.eta, lam=opts.lam, momentum=opts.momentum,
                                         restarts=opts.restarts)
     backend = resolve_backend(opts.backend, arts)
-    purifier = make_purifier(arts, backend, params, providers=opts.providers, threads=opts.threads,
-                             **({"shard": opts.shard, "fast_path": opts.fast_path} if backend == "fused" else {}))
+    purifier = make_purifier(arts, backend, params, providers=opts.providers, threads=opts.threads, shard=opts.shard,
+                             fast_path=opts.fast_path)
     classifier = make_classifier(arts, backend, providers=opts.providers, threads=opts.threads) if opts.classify else None
 
     out = Path(opts.out)
