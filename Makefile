@@ -99,7 +99,8 @@ reports/adaptive_square1k_%/adaptive.json: | artifacts/manifest.json
 	$(OBLIVIOUS)
 	$(ADV) --eps $* --attacks square --square-queries 1000 --artifacts artifacts
 # Square at AutoAttack's 5,000 queries per image (two threads: more than 2.5 hours here; a first try stopped unfinished
-# after 2 h 37 min, 4 CPU-hours). Like apgd9x100, `make adaptive`
+# after 2 h 37 min, 4 CPU-hours). Finished batches of 100 images stay in the run's partial/ folder, so the same
+# command resumes a stopped run. Like apgd9x100, `make adaptive`
 # merges it once it has been run (`make reports/adaptive_square5k_0.1/adaptive.json`), and does not start it.
 reports/adaptive_square5k_%/adaptive.json: ADV_THREADS = 2
 reports/adaptive_square5k_%/adaptive.json: | artifacts/manifest.json

@@ -36,7 +36,10 @@ oblivious numbers from ``OUT/report.json`` when ``vaegan-eval`` wrote one there)
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -464,6 +467,65 @@ def _pgd_over(model, x, y, cfg: AdaptiveConfig, eps, eval_model=None, eot_iter=1
     return torch.cat(adv), torch.cat(fooled), curve
 
 
+class BatchCache:
+    """The finished batches of the long batched attacks (apgd, fab, square), one file each under ``OUT/partial/``,
+    so that an interrupted run resumes at its first unfinished batch (an AutoAttack-budget Square run is hours on
+    this CPU). Each batch of these attacks is a function of its images, labels and seed alone (torchattacks seeds
+    every call), so a resumed run writes what an uninterrupted one would. A file is reused only when its key
+    matches: attack, eps, budget, seed, device, checkpoints, purifier settings and the sha256 of the batch's images
+    and labels; anything else (another budget, corrupt file) is recomputed and overwritten. ``_evaluate_adaptive``
+    removes the folder once the report is written."""
+
+    def __init__(self, root: Path, base: dict, echo=print):
+        self.root = Path(root)
+        self.base = base
+        self.echo = echo
+
+    def _key(self, tag: str, budget: dict, index: int, xb: torch.Tensor, yb: torch.Tensor) -> str:
+        h = hashlib.sha256(xb.detach().cpu().contiguous().numpy().tobytes())
+        h.update(yb.detach().cpu().contiguous().numpy().tobytes())
+        return json.dumps({**self.base, "tag": tag, "budget": budget, "batch": index, "inputs": h.hexdigest()},
+                          sort_keys=True, default=str)
+
+    def map(self, tag: str, budget: dict, fn, x: torch.Tensor, y: torch.Tensor, batch_size: int):
+        """``fn(xb, yb) -> (x_adv_b, extras: dict[str, int])`` over the batches; returns (x_adv, summed extras,
+        number of batches reused from an earlier run). ``budget``: what else sets the result (part of the key)."""
+        advs, extras, reused = [], {}, 0
+        batches = list(zip(x.split(batch_size), y.split(batch_size)))
+        for i, (xb, yb) in enumerate(batches):
+            path = self.root / f"{tag}_b{i:04d}.pt"
+            key = self._key(tag, budget, i, xb, yb)
+            hit = None
+            if path.is_file():
+                try:
+                    saved = torch.load(path, map_location="cpu", weights_only=True)
+                    if saved.get("key") == key and saved["x_adv"].shape == xb.shape:
+                        hit = saved
+                except Exception as e:  # a truncated file from a killed run: recompute it
+                    self.echo(f"{path}: unreadable ({type(e).__name__}: {e}); recomputing that batch")
+            if hit is None:
+                t0 = time.perf_counter()
+                xa, ex = fn(xb, yb)
+                hit = {"key": key, "x_adv": xa.detach().cpu(), "extras": {k: int(v) for k, v in ex.items()}}
+                self.root.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                torch.save(hit, tmp)
+                os.replace(tmp, path)  # a kill mid-write leaves the .tmp, never a half-written batch file
+                self.echo(f"{tag}: batch {i + 1}/{len(batches)} done ({time.perf_counter() - t0:.0f}s), "
+                          f"kept in {path}")
+            else:
+                reused += 1
+            advs.append(hit["x_adv"].to(x.device))
+            for k, v in hit["extras"].items():
+                extras[k] = extras.get(k, 0) + v
+        if reused:
+            self.echo(f"{tag}: {reused} of {len(batches)} batches reused from {self.root}")
+        return torch.cat(advs), extras, reused
+
+    def clear(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 def ensure_artifacts(cfg: AdaptiveConfig, vaegan_path, classifier_path, echo=print) -> Path:
     """The artifacts Square queries: ``cfg.artifacts``, else OUT/artifacts (exported there on first use). Refuses
     artifacts exported from other checkpoints."""
@@ -577,11 +639,16 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
         with torch.no_grad():
             codes = MeanEncoder(vg)(xt)
 
+    cache = BatchCache(Path(cfg.out) / "partial",
+                       {"checkpoints": [ckpt_io.file_sha256(vaegan_path), ckpt_io.file_sha256(classifier_path)],
+                        "purify": asdict(pcfg), "seed": cfg.seed, "device": dev.type},
+                       echo)
     for name in [a for a in ATTACKS if a in cfg.attacks]:
         res["attacks"][name] = {}
         for eps in cfg.eps:
             t0 = time.perf_counter()
             rec: dict = {}
+            reused = 0
             if name in ("bpda", "full"):
                 xa, fooled, curve = _pgd_over(bpda if name == "bpda" else full, x, y, cfg, eps)
                 rec["curve"] = curve
@@ -604,22 +671,27 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
                 model = bpda if grad == "bpda" else full
                 make = apgd if name == "apgd" else fab
                 targets = cfg.apgd_targets if name == "apgd" else cfg.fab_targets
-                xa = torch.cat([make(model, eps, cfg.steps, cfg.seed, targets)(xb, yb)
-                                for xb, yb in zip(x.split(cfg.batch_size), y.split(cfg.batch_size))])
+                xa, _, reused = cache.map(f"{name}_{grad}_eps{eps:g}", attack_budget(name, asdict(cfg)),
+                                          lambda xb, yb: (make(model, eps, cfg.steps, cfg.seed, targets)(xb, yb), {}),
+                                          x, y, cfg.batch_size)
                 with torch.no_grad():
                     fooled = predict(defended, xa, cfg.batch_size) != y
                 rec["gradient"] = grad
             elif name == "square":
                 import torchattacks
 
-                q0 = runtime.queries
-                xa = torch.cat([torchattacks.Square(runtime, norm="Linf", eps=eps, n_queries=cfg.square_queries,
-                                                    n_restarts=1, seed=cfg.seed, loss="margin")(xb, yb)
-                                for xb, yb in zip(x.split(cfg.batch_size), y.split(cfg.batch_size))])
+                def square_batch(xb, yb):
+                    q0 = runtime.queries
+                    xa = torchattacks.Square(runtime, norm="Linf", eps=eps, n_queries=cfg.square_queries,
+                                             n_restarts=1, seed=cfg.seed, loss="margin")(xb, yb)
+                    return xa, {"queries": runtime.queries - q0}
+
+                xa, counted, reused = cache.map(f"square_eps{eps:g}", attack_budget(name, asdict(cfg)),
+                                                    square_batch, x, y, cfg.batch_size)
                 with torch.no_grad():
                     fooled = predict(runtime, xa, cfg.batch_size) != y
                     torch_acc = accuracy(defended, xa, y)
-                rec.update(queries=runtime.queries - q0, torch_reference_accuracy=torch_acc)
+                rec.update(queries=counted.get("queries", 0), torch_reference_accuracy=torch_acc)
             elif name == "transfer":
                 xa, _, curve = _pgd_over(surrogate, x, y, cfg, eps, eval_model=defended, worst_case=False,
                                          restarts=1)
@@ -641,6 +713,8 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
             rec.update(accuracy=100.0 * (1 - fooled.float().mean().item()), seconds=time.perf_counter() - t0,
                        linf=linf, budget=attack_budget(name, asdict(cfg)), device=device_name,
                        fooled=pack_mask(fooled))
+            if reused:  # ``seconds`` then covers only the batches this run computed
+                rec["resumed_batches"] = reused
             if name in WHITE_OR_BLACK_BOX or name == "transfer":
                 fooled_any[eps] |= fooled.cpu()
             res["attacks"][name][str(eps)] = rec
@@ -657,6 +731,7 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
     if "square" in cfg.attacks:
         runtime.close()
     write_adaptive(report, Path(cfg.out))
+    cache.clear()
     return report
 
 

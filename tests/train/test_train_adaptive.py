@@ -387,3 +387,81 @@ def test_merge_joins_runs_split_by_eps_and_attack(tmp_path):
     (tmp_path / "other" / "adaptive.json").write_text(json.dumps({"n": 8, "table": {}}))
     r3 = CliRunner().invoke(adaptive_cli, ["--merge", str(tmp_path / "other"), "--out", str(out)])
     assert r3.exit_code == 1 and "other/adaptive.json: not an adaptive report (no eps, clean, attacks" in r3.output
+
+
+def test_batch_cache_resumes_an_interrupted_attack_at_its_first_unfinished_batch(tmp_path):
+    from vaegan.train.adaptive import BatchCache
+
+    x = torch.rand(10, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    y = torch.arange(10)
+    calls = []
+
+    def attack(xb, yb, fail_at=None):
+        calls.append(int(yb[0]))
+        if fail_at is not None and int(yb[0]) == fail_at:
+            raise KeyboardInterrupt  # the run is killed while it works on this batch
+        return (xb * 0.5).clamp(0, 1), {"queries": len(xb)}
+
+    budget = {"square_queries": 7}
+    fresh, counted, reused = BatchCache(tmp_path / "fresh", {"seed": 0}, echo=lambda *a: None).map(
+        "square_eps0.1", budget, attack, x, y, 4)
+    assert reused == 0 and counted == {"queries": 10} and calls == [0, 4, 8]
+
+    cache = BatchCache(tmp_path / "p", {"seed": 0}, echo=lambda *a: None)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        cache.map("square_eps0.1", budget, lambda xb, yb: attack(xb, yb, fail_at=4), x, y, 4)
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["square_eps0.1_b0000.pt"]
+    calls.clear()
+    out, counted, reused = cache.map("square_eps0.1", budget, attack, x, y, 4)
+    assert calls == [4, 8] and reused == 1  # batch 0 came from disk
+    assert torch.equal(out, fresh) and counted == {"queries": 10}  # its query count too
+
+    # another budget, other images or a corrupt file: recomputed, never reused
+    calls.clear()
+    cache.map("square_eps0.1", {"square_queries": 8}, attack, x, y, 4)
+    assert calls == [0, 4, 8]
+    calls.clear()
+    cache.map("square_eps0.1", {"square_queries": 8}, attack, x.flip(0), y.flip(0), 4)
+    assert calls == [9, 5, 1]
+    (tmp_path / "p" / "square_eps0.1_b0001.pt").write_bytes(b"truncated")
+    seen = []
+    calls.clear()
+    BatchCache(tmp_path / "p", {"seed": 0}, echo=seen.append).map("square_eps0.1", {"square_queries": 8}, attack,
+                                                                  x.flip(0), y.flip(0), 4)
+    assert calls == [5] and any("square_eps0.1_b0001.pt: unreadable" in m for m in seen)
+    cache.clear()
+    assert not (tmp_path / "p").exists()
+
+
+def test_an_interrupted_adaptive_run_resumes_and_gives_the_uninterrupted_report(live_ckpts, tmp_path, monkeypatch):
+    from vaegan.train import adaptive
+
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    y = torch.arange(8)
+    cfg = AdaptiveConfig(n=8, eps=(0.1,), attacks=("apgd",), steps=3, apgd_targets=1, apgd_grad="full",
+                         purify=replace(CFG), batch_size=4, out=str(tmp_path / "whole"))
+    whole = adaptive.evaluate_adaptive(*live_ckpts, cfg, data=(x, y), echo=lambda *a, **k: None)
+    assert not (tmp_path / "whole" / "partial").exists()  # removed once the report is written
+
+    real, made = adaptive.apgd, []
+
+    def killed_on_second_batch(*args, **kwargs):
+        made.append(1)
+        if len(made) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    cfg = replace(cfg, out=str(tmp_path / "split"))
+    monkeypatch.setattr(adaptive, "apgd", killed_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        adaptive.evaluate_adaptive(*live_ckpts, cfg, data=(x, y), echo=lambda *a, **k: None)
+    assert len(list((tmp_path / "split" / "partial").glob("*.pt"))) == 1
+    monkeypatch.setattr(adaptive, "apgd", real)
+    log = []
+    split = adaptive.evaluate_adaptive(*live_ckpts, cfg, data=(x, y), echo=log.append)
+    a, b = whole["attacks"]["apgd"]["0.1"], split["attacks"]["apgd"]["0.1"]
+    assert b["resumed_batches"] == 1 and "resumed_batches" not in a
+    assert (b["accuracy"], b["fooled"], b["linf"]) == (a["accuracy"], a["fooled"], a["linf"])
+    assert any("1 of 2 batches reused" in m for m in log)
+    assert not (tmp_path / "split" / "partial").exists()
