@@ -52,7 +52,7 @@ from torch import nn
 from torchattacks.attack import Attack
 
 from . import checkpoint as ckpt_io
-from .config import PurifyConfig, check_eps
+from .config import PurifyConfig, check_eps, resolve_device
 from .errors import VaeganError
 from .evaluate import predict
 from .purifier import Defended, Purifier, check_config, purify
@@ -153,14 +153,7 @@ class AdaptiveConfig:
         for flag, v in (("apgd-targets", self.apgd_targets), ("fab-targets", self.fab_targets)):
             if not 1 <= v <= 9:
                 raise VaeganError(f"{flag} must be in 1..9 (got {v})")
-        try:
-            dev = torch.device(self.device)
-        except (RuntimeError, ValueError):
-            raise VaeganError(f"unknown device {self.device!r} (expected cpu, cuda or cuda:N)") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise VaeganError(f"device {self.device!r}: torch sees no CUDA device (torch {torch.__version__})")
-        if dev.type not in ("cpu", "cuda"):
-            raise VaeganError(f"device {self.device!r}: only cpu and cuda are supported")
+        resolve_device(self.device)
         try:
             check_config(self.purify)
         except ValueError as e:

@@ -9,6 +9,22 @@ from .errors import VaeganError
 TEST_SUBSET = 2_000  # the first 2,000 test images: the adversarial test set (see data.py)
 
 
+def resolve_device(name: str):
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> ``torch.device``; anything else, or CUDA where torch sees none, is a
+    one-line VaeganError (torch is imported here, not at module level: the CLIs read this module to build options)."""
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise VaeganError(f"unknown device {name!r} (expected cpu, cuda or cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise VaeganError(f"device {name!r}: only cpu and cuda are supported")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise VaeganError(f"device {name!r}: torch sees no CUDA device (torch {torch.__version__})")
+    return dev
+
+
 def check_eps(eps: float) -> float:
     """An L-inf budget in pixel units: pixels are in [0, 1], so eps must be too (a one-line VaeganError)."""
     if not 0.0 <= eps <= 1.0:
@@ -43,6 +59,7 @@ class ClassifierConfig:
     train_limit: int | None = None  # use the first N training images (tests, smoke runs)
     eval_limit: int = TEST_SUBSET
     data_root: str | None = None
+    device: str = "cpu"              # torch device: cpu, cuda, cuda:N (random draws stay on the CPU generator)
     init: str | None = None        # start from this classifier checkpoint's weights (fine-tuning)
     purifier: str | None = None    # VAE-GAN checkpoint: train on its reconstructions too (see trainer.py)
     purifier_prob: float = 0.5     # fraction of each batch replaced by G(mu_E(x~)), x~ = x with sign noise
@@ -66,6 +83,7 @@ class VAEGANConfig:
     train_limit: int | None = None
     eval_limit: int = TEST_SUBSET
     data_root: str | None = None
+    device: str = "cpu"              # torch device: cpu, cuda, cuda:N (random draws stay on the CPU generator)
     classifier: str | None = None  # if given, report the classifier's accuracy on reconstructions each epoch
     model: VAEGANArgs = field(default_factory=VAEGANArgs)
 
@@ -103,6 +121,7 @@ class PurifierConfig:
     train_limit: int | None = None
     eval_limit: int = TEST_SUBSET
     data_root: str | None = None
+    device: str = "cpu"              # torch device: cpu, cuda, cuda:N (random draws stay on the CPU generator)
 
 
 @dataclass

@@ -2,6 +2,9 @@
 
 Both are driven by a dataclass config, seeded, log one f-string line per epoch, write a resumable checkpoint
 (``OUT/ckpt.pt``, with optimizer) and the shippable weights (``OUT/model.pt``, without) after every epoch.
+They run on the CPU or on a CUDA device (``device``; under torchrun each process takes ``cuda:LOCAL_RANK`` and NCCL).
+Every random draw (batch order, noise, corruption, attack starts) comes from CPU generators and is then moved to the
+device, so a seed means the same draws everywhere; checkpoints are written with CPU tensors.
 
 VAE-GAN objective (per image, averaged over the batch), after Larsen et al. 2016 plus a denoising term:
     L_EG = BCE_pixels(G(z), x) + kl_weight * KL(q(z|x~) || N(0, I))
@@ -29,7 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from . import checkpoint as ckpt_io
-from .config import ClassifierConfig, PurifierConfig, VAEGANConfig
+from .config import ClassifierConfig, PurifierConfig, VAEGANConfig, resolve_device
 from .data import load_split
 from .models import VAEGAN, VGG16
 
@@ -37,16 +40,42 @@ from .models import VAEGAN, VGG16
 # --------------------------------------------------------------------------------------------------------------
 # distributed helpers
 
-def _dist_setup() -> tuple[int, int]:
+def _dist_setup(device: str = "cpu") -> tuple[int, int, torch.device]:
+    """(rank, world size, this process's device): gloo on the CPU; on CUDA, NCCL and ``cuda:LOCAL_RANK`` per process
+    when torchrun started several."""
+    dev = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
-    return rank, world
+    return rank, world, dev
 
 
 def _wrap(module: torch.nn.Module, world: int) -> torch.nn.Module:
-    return DDP(module) if world > 1 else module
+    if world == 1:
+        return module
+    dev = next(module.parameters()).device
+    return DDP(module, device_ids=[dev] if dev.type == "cuda" else None)
+
+
+def _cpu_state(module: torch.nn.Module) -> dict:
+    """The state dict with CPU tensors (checkpoints load anywhere, ``map_location`` or not)."""
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+def _cpu_tree(obj):
+    """An optimizer state dict with its tensors on the CPU (``Optimizer.load_state_dict`` moves them back)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu_tree(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_cpu_tree(v) for v in obj]
+    return obj
 
 
 def _loader(ds, cfg, world: int, rank: int, epoch: int) -> DataLoader:
@@ -70,9 +99,9 @@ def _train_set(cfg):
     return ds
 
 
-def _eval_set(cfg):
+def _eval_set(cfg, dev: torch.device):
     x, y = load_split(False, cfg.data_root).tensors
-    return x[: cfg.eval_limit], y[: cfg.eval_limit]
+    return x[: cfg.eval_limit].to(dev), y[: cfg.eval_limit].to(dev)
 
 
 def _resume_state(out: Path, resume: bool, kind: str) -> dict | None:
@@ -99,7 +128,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     padded = F.pad(x, (2, 2, 2, 2))
     dx, dy = torch.randint(0, 5, (2,), generator=gen).tolist()
     x = padded[:, :, dy:dy + 28, dx:dx + 28]
-    flip = torch.rand(n, generator=gen) < 0.5
+    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
@@ -108,7 +137,7 @@ def _mix_reconstructions(vg, x: torch.Tensor, prob: float, gen: torch.Generator)
     """Replace a ``prob`` fraction of the batch by the purifier's reconstruction G(mu_E(x~)) of a sign-noise
     corrupted copy (half of them corrupted, amplitude U(0, 0.35)): the classifier learns the purifier's output
     distribution, which closes most of the clean-accuracy gap after purification (models/MODEL_CARD.md)."""
-    sel = torch.rand(x.shape[0], generator=gen) < prob
+    sel = (torch.rand(x.shape[0], generator=gen) < prob).to(x.device)
     if sel.any():
         x = x.clone()
         x[sel] = vg.reconstruct(corrupt(x[sel], 0.35, 0.5, gen))
@@ -116,10 +145,10 @@ def _mix_reconstructions(vg, x: torch.Tensor, prob: float, gen: torch.Generator)
 
 
 def train_classifier(cfg: ClassifierConfig, resume: bool = False) -> dict:
-    rank, world = _dist_setup()
+    rank, world, dev = _dist_setup(cfg.device)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    model = VGG16(cfg.model)
+    model = VGG16(cfg.model).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=True)
     train_ds = _train_set(cfg)
@@ -129,7 +158,7 @@ def train_classifier(cfg: ClassifierConfig, resume: bool = False) -> dict:
     start_epoch, step, best = 0, 0, -1.0
     if cfg.init:
         model.load_state_dict(ckpt_io.load_model(cfg.init, "classifier")[0].state_dict())
-    vg = ckpt_io.load_model(cfg.purifier, "vaegan")[0] if cfg.purifier else None
+    vg = ckpt_io.load_model(cfg.purifier, "vaegan")[0].to(dev) if cfg.purifier else None
     state = _resume_state(out, resume, "classifier")
     if state is not None:
         model.load_state_dict(state["model"])
@@ -137,7 +166,7 @@ def train_classifier(cfg: ClassifierConfig, resume: bool = False) -> dict:
         sched.load_state_dict(state["optimizer"]["sched"])
         start_epoch, step, best = state["epoch"], state["step"], state["best_metric"]
     dmodel = _wrap(model, world)
-    xe, ye = _eval_set(cfg)
+    xe, ye = _eval_set(cfg, dev)
     gen = torch.Generator().manual_seed(cfg.seed + 1 + rank)
     metrics = {}
     for epoch in range(start_epoch, cfg.epochs):
@@ -146,6 +175,7 @@ def train_classifier(cfg: ClassifierConfig, resume: bool = False) -> dict:
         tot, n = 0.0, 0
         loader = _loader(train_ds, cfg, world, rank, epoch)
         for x, y in tqdm(loader, desc=f"classifier epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, leave=False):
+            x, y = x.to(dev), y.to(dev)
             if cfg.augment:
                 x = _augment(x, gen)
             if vg is not None:
@@ -168,9 +198,9 @@ def train_classifier(cfg: ClassifierConfig, resume: bool = False) -> dict:
                 rec = f", on reconstructions {metrics['test_acc_reconstructed']:.2f}%"
             print(f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f}, test acc {acc:.2f}%{rec} "
                   f"(first {len(xe)}), {metrics['epoch_seconds']:.0f}s", flush=True)
-            ckpt = {"kind": "classifier", "model": model.state_dict(), "model_args": asdict(cfg.model),
+            ckpt = {"kind": "classifier", "model": _cpu_state(model), "model_args": asdict(cfg.model),
                     "config": asdict(cfg), "epoch": epoch + 1, "step": step, "metrics": metrics, "best_metric": best,
-                    "world_size": world, "optimizer": {"opt": opt.state_dict(), "sched": sched.state_dict()}}
+                    "world_size": world, "optimizer": {"opt": _cpu_tree(opt.state_dict()), "sched": sched.state_dict()}}
             ckpt_io.save(out / "ckpt.pt", ckpt)
             ckpt_io.save(out / "model.pt", ckpt_io.slim(ckpt))
         if world > 1:
@@ -196,7 +226,8 @@ def corrupt(x: torch.Tensor, eps_max: float, prob: float, gen: torch.Generator) 
         sign = torch.randint(0, 2, (k, 1, s, s), generator=gen).float().mul_(2).sub_(1)
         sign = F.interpolate(sign, size=28, mode="nearest")
         eps = torch.rand(k, 1, 1, 1, generator=gen) * eps_max
-        out[sel] = (x[sel] + eps * sign).clamp_(0, 1)
+        sel = sel.to(x.device)
+        out[sel] = (x[sel] + (eps * sign).to(x.device)).clamp_(0, 1)
     return out
 
 
@@ -236,7 +267,8 @@ def _gan_step(disc, d_raw, opt_d, x, xr_logit, xr, xp, mu, logvar) -> dict:
     terms of the objective above with D frozen: ``rec``, ``kl``, ``fm``, ``g_adv`` (tensors with graph) and ``d``."""
     b = x.shape[0]
     d_logits = disc(torch.cat([x, xr.detach(), xp.detach()])).squeeze(1)
-    loss_d = F.binary_cross_entropy_with_logits(d_logits, torch.cat([torch.ones(b), torch.zeros(2 * b)]))
+    loss_d = F.binary_cross_entropy_with_logits(d_logits, torch.cat([torch.ones(b, device=x.device),
+                                                                     torch.zeros(2 * b, device=x.device)]))
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
@@ -249,7 +281,7 @@ def _gan_step(disc, d_raw, opt_d, x, xr_logit, xr, xp, mu, logvar) -> dict:
     return {"rec": F.binary_cross_entropy_with_logits(xr_logit, x, reduction="sum") / b,
             "kl": -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / b,
             "fm": F.mse_loss(f_fake[:b], f_real, reduction="sum") / b / f_real[0].numel() * 100.0,
-            "g_adv": F.binary_cross_entropy_with_logits(l_fake.squeeze(1), torch.ones(2 * b)),
+            "g_adv": F.binary_cross_entropy_with_logits(l_fake.squeeze(1), torch.ones(2 * b, device=x.device)),
             "d": loss_d.detach()}
 
 
@@ -267,18 +299,18 @@ def _eg_update(opt_eg, terms: dict, cfg, sums: dict) -> None:
 
 
 def train_vaegan(cfg: VAEGANConfig, resume: bool = False) -> dict:
-    rank, world = _dist_setup()
+    rank, world, dev = _dist_setup(cfg.device)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    vg = VAEGAN(cfg.model)
+    vg = VAEGAN(cfg.model).to(dev)
     opt_eg, opt_d, start_epoch, step, best = _vaegan_optimizers(vg, cfg, out, resume, math.inf)
     enc, dec, disc = (_wrap(m, world) for m in (vg.encoder, vg.decoder, vg.discriminator))
     d_raw = vg.discriminator
     train_ds = _train_set(cfg)
-    xe, ye = _eval_set(cfg)
+    xe, ye = _eval_set(cfg, dev)
     clf = None
     if cfg.classifier and rank == 0:
-        clf, _ = ckpt_io.load_model(cfg.classifier, "classifier")
+        clf = ckpt_io.load_model(cfg.classifier, "classifier")[0].to(dev)
     gen = torch.Generator().manual_seed(cfg.seed + 1 + rank)
     metrics = {}
     steps_per_epoch = _steps_per_epoch(train_ds, cfg, world)
@@ -289,13 +321,14 @@ def train_vaegan(cfg: VAEGANConfig, resume: bool = False) -> dict:
         n = 0
         loader = _loader(train_ds, cfg, world, rank, epoch)
         for x, _ in tqdm(loader, desc=f"vaegan epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, leave=False):
+            x = x.to(dev)
             b = x.shape[0]
             _set_lr(((opt_eg, cfg.lr), (opt_d, cfg.lr_d)),
                     _lr_scale(step, cfg.epochs, cfg.lr_decay_epochs, steps_per_epoch))
             x_in = corrupt(x, cfg.denoise_eps, cfg.denoise_prob, gen)
             mu, logvar = enc(x_in)
-            z = mu + torch.randn(mu.shape, generator=gen) * torch.exp(0.5 * logvar)
-            zp = torch.randn(mu.shape, generator=gen)
+            z = mu + torch.randn(mu.shape, generator=gen).to(dev) * torch.exp(0.5 * logvar)
+            zp = torch.randn(mu.shape, generator=gen).to(dev)
             logit_img = dec(torch.cat([z, zp]), logits=True)
             img = torch.sigmoid(logit_img)
             xr_logit, xr, xp = logit_img[:b], img[:b], img[b:]
@@ -314,9 +347,9 @@ def train_vaegan(cfg: VAEGANConfig, resume: bool = False) -> dict:
             print(f"epoch {epoch + 1}: rec {metrics['rec']:.2f} kl {metrics['kl']:.2f} fm {metrics['fm']:.3f} "
                   f"g_adv {metrics['g_adv']:.3f} d {metrics['d']:.3f} | test mse clean {metrics['test_mse_clean']:.4f} "
                   f"noisy.3 {metrics['test_mse_noisy']:.4f}{extra}, {metrics['epoch_seconds']:.0f}s", flush=True)
-            ckpt = {"kind": "vaegan", "model": vg.state_dict(), "model_args": asdict(cfg.model), "config": asdict(cfg),
+            ckpt = {"kind": "vaegan", "model": _cpu_state(vg), "model_args": asdict(cfg.model), "config": asdict(cfg),
                     "epoch": epoch + 1, "step": step, "metrics": metrics, "best_metric": best, "world_size": world,
-                    "optimizer": {"eg": opt_eg.state_dict(), "d": opt_d.state_dict()}}
+                    "optimizer": {"eg": _cpu_tree(opt_eg.state_dict()), "d": _cpu_tree(opt_d.state_dict())}}
             ckpt_io.save(out / "ckpt.pt", ckpt)
             ckpt_io.save(out / "model.pt", ckpt_io.slim(ckpt))
         if world > 1:
@@ -329,7 +362,7 @@ def evaluate_vaegan(vg: VAEGAN, x: torch.Tensor, y: torch.Tensor, clf=None, seed
     """Reconstruction MSE (per pixel) on clean and on sign-noise eps=0.3 inputs; classifier accuracy on both."""
     vg.eval()
     gen = torch.Generator().manual_seed(seed)
-    sign = torch.randint(0, 2, x.shape, generator=gen).float().mul_(2).sub_(1)
+    sign = torch.randint(0, 2, x.shape, generator=gen).float().mul_(2).sub_(1).to(x.device)
     noisy = (x + 0.3 * sign).clamp(0, 1)
     rec, rec_n = vg.reconstruct(x), vg.reconstruct(noisy)
     out = {"test_mse_clean": F.mse_loss(rec, x).item(), "test_mse_noisy": F.mse_loss(rec_n, x).item()}
@@ -344,7 +377,8 @@ def evaluate_vaegan(vg: VAEGAN, x: torch.Tensor, y: torch.Tensor, clf=None, seed
 
 def _fgsm_rs(clf, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """FGSM with a random start (Wong et al. 2020) against the bare classifier; ``eps`` per image (N x 1 x 1 x 1)."""
-    delta = (torch.rand(x.shape, generator=gen) * 2 - 1) * eps
+    eps = eps.to(x.device)
+    delta = (torch.rand(x.shape, generator=gen).to(x.device) * 2 - 1) * eps
     x1 = (x + delta).clamp(0, 1).requires_grad_(True)
     with torch.enable_grad():
         g, = torch.autograd.grad(F.cross_entropy(clf(x1), y), x1)
@@ -354,8 +388,9 @@ def _fgsm_rs(clf, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, gen: torc
 
 def _pgd(model, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, steps: int, gen: torch.Generator) -> torch.Tensor:
     """L-inf PGD with a random start and step 2.5 eps / steps (Madry et al. 2018) on ``model``'s cross-entropy."""
+    eps = eps.to(x.device)
     alpha = 2.5 * eps / max(steps, 1)
-    xa = (x + (torch.rand(x.shape, generator=gen) * 2 - 1) * eps).clamp(0, 1)
+    xa = (x + (torch.rand(x.shape, generator=gen).to(x.device) * 2 - 1) * eps).clamp(0, 1)
     for _ in range(steps):
         xa.requires_grad_(True)
         with torch.enable_grad():
@@ -394,19 +429,20 @@ def train_purifier(cfg: PurifierConfig, resume: bool = False) -> dict:
     ``_purifier_inputs``); D is trained as in ``train_vaegan`` so that it keeps judging G's outputs. E and G run with
     eval-mode BatchNorm, so the adversarial examples are crafted against the same function that is trained.
     """
-    rank, world = _dist_setup()
+    rank, world, dev = _dist_setup(cfg.device)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     init = cfg.init or str(ckpt_io.default_path("vaegan"))
     clf_path = cfg.classifier or str(ckpt_io.default_path("classifier"))
     vg, init_ckpt = ckpt_io.load_model(init, "vaegan")
     clf, _ = ckpt_io.load_model(clf_path, "classifier")
+    vg, clf = vg.to(dev), clf.to(dev)
     clf.eval().requires_grad_(False)
     opt_eg, opt_d, start_epoch, step, best = _vaegan_optimizers(vg, cfg, out, resume, -math.inf)
     enc, dec, disc = (_wrap(m, world) for m in (vg.encoder, vg.decoder, vg.discriminator))
     d_raw = vg.discriminator
     train_ds = _train_set(cfg)
-    xe, ye = _eval_set(cfg)
+    xe, ye = _eval_set(cfg, dev)
     gen = torch.Generator().manual_seed(cfg.seed + 1 + rank)
     metrics = {}
     steps_per_epoch = _steps_per_epoch(train_ds, cfg, world)
@@ -417,13 +453,14 @@ def train_purifier(cfg: PurifierConfig, resume: bool = False) -> dict:
         n = 0
         loader = _loader(train_ds, cfg, world, rank, epoch)
         for x, y in tqdm(loader, desc=f"purifier epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, leave=False):
+            x, y = x.to(dev), y.to(dev)
             b = x.shape[0]
             _set_lr(((opt_eg, cfg.lr), (opt_d, cfg.lr_d)),
                     _lr_scale(step, cfg.epochs, cfg.lr_decay_epochs, steps_per_epoch))
             x_in = _purifier_inputs(vg, clf, x, y, cfg, gen)
             mu, logvar = enc(x_in)
-            z = mu + torch.randn(mu.shape, generator=gen) * torch.exp(0.5 * logvar)
-            zp = torch.randn(mu.shape, generator=gen)
+            z = mu + torch.randn(mu.shape, generator=gen).to(dev) * torch.exp(0.5 * logvar)
+            zp = torch.randn(mu.shape, generator=gen).to(dev)
             logit_img = dec(torch.cat([z, zp, mu]), logits=True)
             img = torch.sigmoid(logit_img)
             xr_logit, xr, xp, xm = logit_img[:b], img[:b], img[b:2 * b], img[2 * b:]
@@ -444,10 +481,10 @@ def train_purifier(cfg: PurifierConfig, resume: bool = False) -> dict:
                   f"clf acc rec {metrics['clf_acc_rec']:.2f}% noisy.3 {metrics['clf_acc_rec_noisy']:.2f}% "
                   f"oblivious pgd10 .1 {metrics['oblivious_pgd_acc']:.2f}% adaptive pgd10 .1 "
                   f"{metrics['adaptive_pgd_acc']:.2f}%, {metrics['epoch_seconds']:.0f}s", flush=True)
-            ckpt = {"kind": "vaegan", "model": vg.state_dict(), "model_args": init_ckpt["model_args"],
+            ckpt = {"kind": "vaegan", "model": _cpu_state(vg), "model_args": init_ckpt["model_args"],
                     "config": asdict(cfg), "init_config": init_ckpt.get("config"), "epoch": epoch + 1, "step": step,
                     "metrics": metrics, "best_metric": best, "world_size": world,
-                    "optimizer": {"eg": opt_eg.state_dict(), "d": opt_d.state_dict()}}
+                    "optimizer": {"eg": _cpu_tree(opt_eg.state_dict()), "d": _cpu_tree(opt_d.state_dict())}}
             ckpt_io.save(out / "ckpt.pt", ckpt)
             ckpt_io.save(out / "model.pt", ckpt_io.slim(ckpt))
         if world > 1:
@@ -461,7 +498,7 @@ def evaluate_purifier_robustness(vg: VAEGAN, clf, x: torch.Tensor, y: torch.Tens
     crafted against the bare classifier (oblivious) and through classifier(G(mu_E(.))) (adaptive, T = 0)."""
     vg.eval()
     gen = torch.Generator().manual_seed(seed)
-    e = torch.full((len(x), 1, 1, 1), eps)
+    e = torch.full((len(x), 1, 1, 1), eps, device=x.device)
     x_obl = _pgd(clf, x, y, e, steps, gen)
     x_ada = _pgd(lambda v: clf(vg.reconstruct(v)), x, y, e, steps, gen)
     with torch.no_grad():
