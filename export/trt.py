@@ -25,6 +25,18 @@ MAX_STEPS = 1000            # profile range of purify's ``steps`` if TensorRT tr
 TOL_TRT = {"fp32": {"atol": 1e-4, "rtol": 1e-3}, "fp16": {"atol": 5e-2, "rtol": 5e-2}}
 
 
+def check_profile(max_restarts: int, purify_cfg) -> None:
+    """The engines' optimisation profile must contain the shipped operating point (TensorRT rejects opt > max):
+    a one-line VaeganError before any slow work."""
+    if max_restarts < 1:
+        raise VaeganError(f"max-restarts must be >= 1 (got {max_restarts})")
+    if purify_cfg.restarts > max_restarts:
+        raise VaeganError(f"max-restarts {max_restarts} is below the purifier's restarts ({purify_cfg.restarts}): "
+                          f"the engine's profile must contain them")
+    if purify_cfg.steps > MAX_STEPS:
+        raise VaeganError(f"steps {purify_cfg.steps} is above the engines' maximum of {MAX_STEPS}")
+
+
 def _cudart():
     try:
         from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
@@ -146,12 +158,14 @@ class TrtRunner:
         try:
             for name in self.inputs:
                 want = trt.nptype(self.engine.get_tensor_dtype(name))
-                arr = np.ascontiguousarray(feed[name], dtype=want)
+                arr = np.asarray(feed[name], dtype=want, order="C")  # keeps 0-d scalars 0-d
                 if self.engine.is_shape_inference_io(name):  # shape tensors live in host memory
                     host_keep.append(arr)
                     self.context.set_tensor_address(name, arr.ctypes.data)
                 else:
-                    self.context.set_input_shape(name, arr.shape)
+                    if not self.context.set_input_shape(name, arr.shape):
+                        raise VaeganError(f"input '{name}' shape {list(arr.shape)} is outside the engine's "
+                                          f"optimization profile")
                     ptr = _check(cudart.cudaMalloc(max(arr.nbytes, 1)))
                     allocs.append(ptr)
                     _check(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes,
@@ -231,6 +245,8 @@ def build_engines(out_dir: Path, gspecs: dict, *, max_batch: int, max_restarts: 
                  "tensorrt_version": trt.__version__, "timing_cache": TIMING_CACHE}
         if any("R" in io.shape for io in spec.inputs):
             entry["restarts_profile"] = {"min": 1, "opt": purify_cfg.restarts, "max": max_restarts}
+        if any(io.name == "steps" for io in spec.inputs):
+            entry["steps_profile"] = {"min": 0, "opt": purify_cfg.steps, "max": MAX_STEPS}
         engines[name] = entry
     for name, errs in report.summary().items():
         base = name.removesuffix("[trt]")

@@ -184,6 +184,9 @@ class GraphPurifier(Purifier):
         if self.shards > 1:
             self.runners["purify_shard"] = shard_runner
         self.fast_path = fast_path
+        # a TensorRT engine's profile bounds T and R (manifest["engines"]["purify"]); onnxruntime has no bounds
+        entry = (artifacts.manifest.get("engines") or {}).get("purify", {}) if name == "trt" else {}
+        self.limits = {k: int(entry[f"{k}_profile"]["max"]) for k in ("steps", "restarts") if f"{k}_profile" in entry}
         self._fast: dict[int, tuple[BaseRunner, BaseRunner | None]] = {}  # T -> (runner, shard runner), LRU order
         self._pool: ThreadPoolExecutor | None = None
         self._active = False
@@ -251,6 +254,10 @@ class GraphPurifier(Purifier):
     def _purify_chunk(self, x, noise, params) -> PurifyOutput:
         if not self._active:
             raise RuntimeError(f"{self.name} purifier: not active; call activate() or use it as a context manager")
+        for what, value in (("steps", params.steps), ("restarts", noise.shape[0])):
+            if what in self.limits and value > self.limits[what]:
+                raise RuntimeUsageError(f"{self.name}: {what} {value} is above the engine's profile maximum "
+                                        f"({self.limits[what]}); export the engines again with a larger one")
         fast = self.fast_path is not None and noise.shape[0] == 1
         main, shard = self._fast_runners(params.steps) if fast else self._loop_runners()
         k = min(self.shards, x.shape[0])

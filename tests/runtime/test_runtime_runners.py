@@ -150,3 +150,46 @@ def test_trt_backend_end_to_end(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt
     res = CliRunner().invoke(main, ["--input", str(frames_dir), "--artifacts", str(tmp_path / "a"),
                                     "--out", str(tmp_path / "o"), "--backend", "trt", "--quiet"])
     assert res.exit_code == 0, res.output
+
+
+def test_engine_profile_bounds_are_checked_before_the_engine_runs(artifacts_dir, fmnist64):
+    """A TensorRT purify engine accepts T and R only within its optimisation profile (manifest ``steps_profile`` /
+    ``restarts_profile``); the purifier refuses larger ones with a clear error instead of a failed enqueue. The
+    engine is stood in for by the onnxruntime runner of the same graph: the check is the purifier's, not TensorRT's."""
+    from vaegan.runtime.artifacts import load_artifacts
+    from vaegan.runtime.errors import RuntimeUsageError
+    from vaegan.runtime.purify import GraphPurifier, PurifyParams, ort_runner
+
+    arts = load_artifacts(artifacts_dir)
+    arts.manifest = {**arts.manifest, "engines": {"purify": {"steps_profile": {"min": 0, "opt": 3, "max": 4},
+                                                             "restarts_profile": {"min": 1, "opt": 1, "max": 2}}}}
+    params = PurifyParams.from_manifest(arts, steps=4, restarts=2)
+    x = fmnist64[0][:3]
+    with GraphPurifier(arts, params, ort_runner(arts, "purify", ("cpu",), 1, False), "trt") as p:
+        assert p.limits == {"steps": 4, "restarts": 2}
+        out = p.purify(x)  # at the profile's maximum: runs
+        assert out.purified.shape == x.shape
+        with pytest.raises(RuntimeUsageError, match=r"trt: steps 5 is above the engine's profile maximum \(4\)"):
+            p.purify(x, params=PurifyParams.from_manifest(arts, steps=5, restarts=1))
+        with pytest.raises(RuntimeUsageError, match=r"trt: restarts 3 is above the engine's profile maximum \(2\)"):
+            p.purify(x, params=PurifyParams.from_manifest(arts, steps=1, restarts=3))
+    with GraphPurifier(arts, params, ort_runner(arts, "purify", ("cpu",), 1, False), "fused") as p:
+        assert p.limits == {}  # onnxruntime has no profile
+        p.purify(x, params=PurifyParams.from_manifest(arts, steps=5, restarts=3))
+
+
+def test_export_refuses_an_engine_profile_without_the_operating_point(tmp_path, tiny_vaegan_ckpt,
+                                                                      tiny_classifier_ckpt):
+    """TensorRT rejects a profile whose opt exceeds its max: the export says so up front (before any export work or
+    the TensorRT import), whatever machine it runs on."""
+    from vaegan.export import export_all
+    from vaegan.train.config import PurifyConfig
+    from vaegan.train.errors import VaeganError
+
+    for kw, msg in ((dict(max_restarts=1, purify_cfg=PurifyConfig(restarts=2)),
+                     r"max-restarts 1 is below the purifier's restarts \(2\)"),
+                    (dict(max_restarts=0), "max-restarts must be >= 1"),
+                    (dict(purify_cfg=PurifyConfig(steps=1001)), "steps 1001 is above the engines' maximum of 1000")):
+        with pytest.raises(VaeganError, match=msg):
+            export_all(tiny_vaegan_ckpt, tiny_classifier_ckpt, tmp_path / "a", trt=True, **kw)
+        assert not (tmp_path / "a").exists()

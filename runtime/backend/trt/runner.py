@@ -76,7 +76,7 @@ class TrtRunner(BaseRunner):
         rt = cudart()
         key = []
         for name in self._inputs:
-            a = np.ascontiguousarray(feed[name])
+            a = np.asarray(feed[name], order="C")  # not ascontiguousarray: it turns 0-d scalars (eta, steps) into (1,)
             if self.engine.is_shape_inference_io(name):
                 # shape tensors are read by TensorRT from host memory at enqueue time
                 host = self._host_shape_inputs.get(name)
@@ -123,6 +123,9 @@ class TrtRunner(BaseRunner):
         key = key + tuple((n, self._buffers[n].ptr) for n in self._inputs if self._buffers[n].ptr)
         graph_exec = self._graphs.get(key)
         if graph_exec is None:
+            # one graph per context at a time: replaying a graph captured for other shapes after the context has
+            # run these is not documented as safe, so a new shape key replaces the old graph (recaptured on return)
+            self._drop_graphs()
             # one plain run first: TensorRT may allocate / set up lazily, which must not happen during capture
             if not self.context.execute_async_v3(self.stream):
                 raise RuntimeError(f"{self.name}: TensorRT enqueue failed")
@@ -133,11 +136,13 @@ class TrtRunner(BaseRunner):
             if not ok or int(err) != int(rt.cudaError_t.cudaSuccess):
                 # some engines (e.g. loops whose trip count is read on the host) cannot be captured: run them
                 # uncaptured from now on, and say so once; the result of this call is already in the buffers
+                if int(err) == int(rt.cudaError_t.cudaSuccess):
+                    check(rt.cudaGraphDestroy(graph))  # captured, but the enqueue inside it failed
                 self.cuda_graph = False
                 self.cuda_graph_error = f"enqueue ok={ok}, capture status {err}"
                 warnings.warn(f"{self.name}: CUDA graph capture failed ({self.cuda_graph_error}); "
                               f"running without CUDA graphs", RuntimeWarning, stacklevel=3)
-                check(rt.cudaGetLastError())
+                rt.cudaGetLastError()  # clears the capture's error; it is the error we are handling, not a new one
                 return
             graph_exec = check(rt.cudaGraphInstantiate(graph, 0))
             check(rt.cudaGraphDestroy(graph))
