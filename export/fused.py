@@ -132,8 +132,9 @@ def assemble_purify(encoder: onnx.ModelProto, step: onnx.ModelProto, loss: onnx.
          helper.make_tensor_value_info("loop/z_out", f32, ["RN", L]),
          helper.make_tensor_value_info("loop/vel_out", f32, ["RN", L])],
     )
-    cond = b.const("loop_true", np.array(True))
-    zT, _velT = b.node("Loop", ["steps", cond, z0, vel0], n_out=2, body=body)
+    # (trip count, "") is ONNX's for-loop form: no condition input, so TensorRT's Loop importer adds only a COUNT
+    # trip limit (a condition input, even a constant True, would add a WHILE limit evaluated every iteration)
+    zT, _velT = b.node("Loop", ["steps", "", z0, vel0], n_out=2, body=body)
 
     # restart selection and final decode
     lossv, xg = b.inline(loss, "loss", {"z": zT, "x": xr, "lam": "lam"})
