@@ -114,6 +114,7 @@ def evaluate(vaegan_path, classifier_path, cfg: EvalConfig, progress: bool = Tru
 
     rows = rows_for(cfg)
     table: dict[str, dict[str, float]] = {}
+    per_class: dict[str, dict[str, float]] = {}  # clean accuracy per class, per row: where purification costs
     timing: dict[str, float] = {}
     purified_examples: dict[str, torch.Tensor] = {}
     jobs = [(r, s) for r in rows for s in sets
@@ -128,7 +129,11 @@ def evaluate(vaegan_path, classifier_path, cfg: EvalConfig, progress: bool = Tru
         else:
             xp, ms = purify_batched(vg, xs, pcfg, cfg.batch_size)
             timing.setdefault(row, ms)
-        table.setdefault(row, {})[set_name] = (predict(clf, xp) == ys).float().mean().item() * 100
+        pred = predict(clf, xp)
+        table.setdefault(row, {})[set_name] = (pred == ys).float().mean().item() * 100
+        if set_name == "clean":
+            per_class[row] = {c: (pred[ys == k] == k).float().mean().item() * 100
+                              for k, c in enumerate(CLASSES) if (ys == k).any()}
         if pcfg is cfg.purify:
             purified_examples[set_name] = xp[:10]
     targeted_res = {}
@@ -139,7 +144,7 @@ def evaluate(vaegan_path, classifier_path, cfg: EvalConfig, progress: bool = Tru
                              "accuracy_after": (predict(clf, xp) == y).float().mean().item() * 100}
     report = {
         "n": cfg.n, "config": _jsonable(asdict(cfg)), "table": table, "ms_per_image": timing,
-        "targeted": targeted_res,
+        "per_class_clean": per_class, "targeted": targeted_res,
         "checkpoints": {"vaegan": ckpt_io.file_sha256(vaegan_path), "classifier": ckpt_io.file_sha256(classifier_path)},
         "threads": torch.get_num_threads(),
     }
@@ -179,6 +184,13 @@ def write_report(report: dict, cfg: EvalConfig, x, sets, purified_examples) -> N
                "| attack | success before | success after purification | accuracy after |", "|---|---|---|---|"]
         md += [f"| {k} | {v['success_before']:.2f} | {v['success_after']:.2f} | {v['accuracy_after']:.2f} |"
                for k, v in report["targeted"].items()]
+        md.append("")
+    if report.get("per_class_clean"):
+        classes = list(next(iter(report["per_class_clean"].values())))
+        md += ["## Clean accuracy per class (%)", "", "| purifier | " + " | ".join(classes) + " |",
+               "|---" * (len(classes) + 1) + "|"]
+        md += [f"| {row} | " + " | ".join(f"{v[c]:.1f}" if c in v else "–" for c in classes) + " |"
+               for row, v in report["per_class_clean"].items()]
         md.append("")
     md += [f"Threads: {report['threads']}. Checkpoints: vaegan `{report['checkpoints']['vaegan'][:12]}`, "
            f"classifier `{report['checkpoints']['classifier'][:12]}`.", "",

@@ -83,6 +83,15 @@ def test_eval_quick_writes_report(tiny_vaegan_ckpt, tiny_classifier_ckpt, tmp_pa
     assert "none" in rows and "VAE reconstruction only (T=0)" in rows
     assert set(rows["none"]) == {"clean", "fgsm_eps0.1", "fgsm_eps0.3", "pgd10_eps0.1", "pgd10_eps0.3"}
     assert all(0 <= v <= 100 for row in rows.values() for v in row.values())
+    # per-class clean accuracy: one entry per class present, and their weighted mean is the row's clean accuracy
+    from vaegan.train.data import CLASSES, test_subset
+
+    y = test_subset(12)[1]
+    counts = {c: int((y == k).sum()) for k, c in enumerate(CLASSES) if (y == k).any()}
+    for row, per in rep["per_class_clean"].items():
+        assert set(per) == set(counts)
+        assert sum(per[c] * counts[c] for c in counts) / 12 == pytest.approx(rows[row]["clean"], abs=1e-4)
+    assert "## Clean accuracy per class (%)" in (out / "report.md").read_text()
     for f in ("report.md", "grid.png", "accuracy_vs_eps.png"):
         assert (out / f).stat().st_size > 0
     assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
