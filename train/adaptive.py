@@ -442,29 +442,37 @@ def accuracy(model, x, y, bs=250) -> float:
 
 
 def _pgd_over(model, x, y, cfg: AdaptiveConfig, eps, eval_model=None, eot_iter=1, worst_case=True, restarts=None,
-              labels=None):
-    """TrackedPGD in batches; returns (x_adv, fooled (N,), curve {step: acc})."""
-    adv, fooled, curves, sizes = [], [], [], []
-    lab = y if labels is None else labels
-    for i in range(0, len(x), cfg.batch_size):
+              cache: BatchCache | None = None, tag: str = "", budget: dict | None = None):
+    """TrackedPGD in batches (each seeded ``cfg.seed`` + its first image's index); returns (x_adv, fooled (N,),
+    curve {step: acc}). With ``cache`` (deterministic attacks only), finished batches are kept under ``tag``."""
+
+    def one(i, xb, yb):
         atk = TrackedPGD(model, eps=eps, alpha=cfg.alpha_ratio * eps, steps=cfg.steps,
                          restarts=cfg.restarts if restarts is None else restarts, loss=cfg.loss, eot_iter=eot_iter,
                          eval_model=eval_model, checkpoints=cfg.checkpoints, worst_case=worst_case,
                          seed=cfg.seed + i)
-        sl = slice(i, i + cfg.batch_size)
-        adv.append(atk.run(x[sl], lab[sl], y[sl]) if labels is not None else atk(x[sl], y[sl]))
-        fooled.append(atk.fooled)
-        curves.append(atk.curve)
-        sizes.append(len(x[sl]))
-    curve = {t: sum(c[t] * s for c, s in zip(curves, sizes)) / sum(sizes) for t in curves[0]}
-    return torch.cat(adv), torch.cat(fooled), curve
+        xa = atk(xb, yb)
+        return xa, {"fooled": atk.fooled, "curve": atk.curve}
+
+    if cache is None:
+        starts = range(0, len(x), cfg.batch_size)
+        parts = [one(i, x[i:i + cfg.batch_size], y[i:i + cfg.batch_size]) for i in starts]
+        adv, extras = torch.cat([a for a, _ in parts]), [e for _, e in parts]
+    else:
+        adv, extras, _ = cache.map(tag, {**(budget or {}), "checkpoints": list(cfg.checkpoints)}, one, x, y,
+                                   cfg.batch_size)
+    sizes = [len(e["fooled"]) for e in extras]
+    curve = {t: sum(e["curve"][t] * s for e, s in zip(extras, sizes)) / sum(sizes) for t in extras[0]["curve"]}
+    return adv, torch.cat([e["fooled"] for e in extras]), curve
 
 
 class BatchCache:
-    """The finished batches of the long batched attacks (apgd, fab, square), one file each under ``OUT/partial/``,
-    so that an interrupted run resumes at its first unfinished batch (an AutoAttack-budget Square run is hours on
-    this CPU). Each batch of these attacks is a function of its images, labels and seed alone (torchattacks seeds
-    every call), so a resumed run writes what an uninterrupted one would. A file is reused only when its key
+    """The finished batches of the batched attacks on the deterministic defense (bpda, full, apgd, fab, square,
+    transfer), one file each under ``OUT/partial/``, so that an interrupted run resumes at its first unfinished batch
+    (an AutoAttack-budget Square run is hours on this CPU). Each batch of these attacks is a function of its images,
+    labels and seed alone (torchattacks seeds every call, ``TrackedPGD`` takes the batch's seed), so a resumed run
+    writes what an uninterrupted one would. The EOT attacks are not kept: their randomized purifier draws from one
+    generator across batches, so a batch's result depends on the batches before it. A file is reused only when its key
     matches: attack, eps, budget, seed, device, checkpoints, purifier settings and the sha256 of the batch's images
     and labels; anything else (another budget, corrupt file) is recomputed and overwritten. ``_evaluate_adaptive``
     removes the folder once the report is written."""
@@ -473,6 +481,7 @@ class BatchCache:
         self.root = Path(root)
         self.base = base
         self.echo = echo
+        self.reused = 0  # batches the last ``map`` took from disk
 
     def _key(self, tag: str, budget: dict, index: int, xb: torch.Tensor, yb: torch.Tensor) -> str:
         h = hashlib.sha256(xb.detach().cpu().contiguous().numpy().tobytes())
@@ -481,9 +490,10 @@ class BatchCache:
                           sort_keys=True, default=str)
 
     def map(self, tag: str, budget: dict, fn, x: torch.Tensor, y: torch.Tensor, batch_size: int):
-        """``fn(xb, yb) -> (x_adv_b, extras: dict[str, int])`` over the batches; returns (x_adv, summed extras,
-        number of batches reused from an earlier run). ``budget``: what else sets the result (part of the key)."""
-        advs, extras, reused = [], {}, 0
+        """``fn(start, xb, yb) -> (x_adv_b, extras)`` over the batches (``start``: the batch's first image; extras: a
+        dict of numbers, CPU tensors and dicts of numbers); returns (x_adv, the batches' extras in order, number of
+        batches reused from an earlier run). ``budget``: what else sets the result (part of the key)."""
+        advs, extras, reused = [], [], 0
         batches = list(zip(x.split(batch_size), y.split(batch_size)))
         for i, (xb, yb) in enumerate(batches):
             path = self.root / f"{tag}_b{i:04d}.pt"
@@ -498,8 +508,9 @@ class BatchCache:
                     self.echo(f"{path}: unreadable ({type(e).__name__}: {e}); recomputing that batch")
             if hit is None:
                 t0 = time.perf_counter()
-                xa, ex = fn(xb, yb)
-                hit = {"key": key, "x_adv": xa.detach().cpu(), "extras": {k: int(v) for k, v in ex.items()}}
+                xa, ex = fn(i * batch_size, xb, yb)
+                hit = {"key": key, "x_adv": xa.detach().cpu(),
+                       "extras": {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in ex.items()}}
                 self.root.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
                 torch.save(hit, tmp)
@@ -509,10 +520,10 @@ class BatchCache:
             else:
                 reused += 1
             advs.append(hit["x_adv"].to(x.device))
-            for k, v in hit["extras"].items():
-                extras[k] = extras.get(k, 0) + v
+            extras.append(hit["extras"])
         if reused:
             self.echo(f"{tag}: {reused} of {len(batches)} batches reused from {self.root}")
+        self.reused = reused
         return torch.cat(advs), extras, reused
 
     def clear(self) -> None:
@@ -641,9 +652,10 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
         for eps in cfg.eps:
             t0 = time.perf_counter()
             rec: dict = {}
-            reused = 0
+            cache.reused = 0
             if name in ("bpda", "full"):
-                xa, fooled, curve = _pgd_over(bpda if name == "bpda" else full, x, y, cfg, eps)
+                xa, fooled, curve = _pgd_over(bpda if name == "bpda" else full, x, y, cfg, eps, cache=cache,
+                                              tag=f"{name}_eps{eps:g}", budget=attack_budget(name, asdict(cfg)))
                 rec["curve"] = curve
             elif name in RANDOMIZED:
                 exact = name == "full_eot"  # the gradient through the loop; bpda_eot: straight through it
@@ -664,30 +676,33 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
                 model = bpda if grad == "bpda" else full
                 make = apgd if name == "apgd" else fab
                 targets = cfg.apgd_targets if name == "apgd" else cfg.fab_targets
-                xa, _, reused = cache.map(f"{name}_{grad}_eps{eps:g}", attack_budget(name, asdict(cfg)),
-                                          lambda xb, yb: (make(model, eps, cfg.steps, cfg.seed, targets)(xb, yb), {}),
-                                          x, y, cfg.batch_size)
+                xa, _, _ = cache.map(f"{name}_{grad}_eps{eps:g}", attack_budget(name, asdict(cfg)),
+                                     lambda _, xb, yb: (make(model, eps, cfg.steps, cfg.seed, targets)(xb, yb), {}),
+                                     x, y, cfg.batch_size)
                 with torch.no_grad():
                     fooled = predict(defended, xa, cfg.batch_size) != y
                 rec["gradient"] = grad
             elif name == "square":
                 import torchattacks
 
-                def square_batch(xb, yb):
+                def square_batch(_, xb, yb):
                     q0 = runtime.queries
                     xa = torchattacks.Square(runtime, norm="Linf", eps=eps, n_queries=cfg.square_queries,
                                              n_restarts=1, seed=cfg.seed, loss="margin")(xb, yb)
                     return xa, {"queries": runtime.queries - q0}
 
-                xa, counted, reused = cache.map(f"square_eps{eps:g}", attack_budget(name, asdict(cfg)),
+                xa, counted, _ = cache.map(f"square_eps{eps:g}", attack_budget(name, asdict(cfg)),
                                                     square_batch, x, y, cfg.batch_size)
+                counted = sum(e["queries"] for e in counted)
                 with torch.no_grad():
                     fooled = predict(runtime, xa, cfg.batch_size) != y
                     torch_acc = accuracy(defended, xa, y)
-                rec.update(queries=counted.get("queries", 0), torch_reference_accuracy=torch_acc)
+                rec.update(queries=counted, torch_reference_accuracy=torch_acc)
             elif name == "transfer":
                 xa, _, curve = _pgd_over(surrogate, x, y, cfg, eps, eval_model=defended, worst_case=False,
-                                         restarts=1)
+                                         restarts=1, cache=cache, tag=f"transfer_eps{eps:g}",
+                                         budget={**attack_budget(name, asdict(cfg)),
+                                                 "surrogate": extras["surrogate"]["sha256"]})
                 with torch.no_grad():
                     fooled = predict(defended, xa, cfg.batch_size) != y
                 rec.update(curve=curve, surrogate_accuracy=accuracy(surrogate, xa, y),
@@ -706,8 +721,8 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
             rec.update(accuracy=100.0 * (1 - fooled.float().mean().item()), seconds=time.perf_counter() - t0,
                        linf=linf, budget=attack_budget(name, asdict(cfg)), device=device_name,
                        fooled=pack_mask(fooled))
-            if reused:  # ``seconds`` then covers only the batches this run computed
-                rec["resumed_batches"] = reused
+            if cache.reused:  # ``seconds`` then covers only the batches this run computed
+                rec["resumed_batches"] = cache.reused
             if name in WHITE_OR_BLACK_BOX or name == "transfer":
                 fooled_any[eps] |= fooled.cpu()
             res["attacks"][name][str(eps)] = rec

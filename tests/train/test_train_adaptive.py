@@ -394,9 +394,10 @@ def test_batch_cache_resumes_an_interrupted_attack_at_its_first_unfinished_batch
 
     x = torch.rand(10, 1, 28, 28, generator=torch.Generator().manual_seed(4))
     y = torch.arange(10)
-    calls = []
+    calls, starts = [], []
 
-    def attack(xb, yb, fail_at=None):
+    def attack(start, xb, yb, fail_at=None):
+        starts.append(start)
         calls.append(int(yb[0]))
         if fail_at is not None and int(yb[0]) == fail_at:
             raise KeyboardInterrupt  # the run is killed while it works on this batch
@@ -405,17 +406,18 @@ def test_batch_cache_resumes_an_interrupted_attack_at_its_first_unfinished_batch
     budget = {"square_queries": 7}
     fresh, counted, reused = BatchCache(tmp_path / "fresh", {"seed": 0}, echo=lambda *a: None).map(
         "square_eps0.1", budget, attack, x, y, 4)
-    assert reused == 0 and counted == {"queries": 10} and calls == [0, 4, 8]
+    assert reused == 0 and counted == [{"queries": 4}, {"queries": 4}, {"queries": 2}] and calls == [0, 4, 8]
+    assert starts == [0, 4, 8]  # each batch is told where it starts (TrackedPGD seeds it with seed + start)
 
     cache = BatchCache(tmp_path / "p", {"seed": 0}, echo=lambda *a: None)
     calls.clear()
     with pytest.raises(KeyboardInterrupt):
-        cache.map("square_eps0.1", budget, lambda xb, yb: attack(xb, yb, fail_at=4), x, y, 4)
+        cache.map("square_eps0.1", budget, lambda i, xb, yb: attack(i, xb, yb, fail_at=4), x, y, 4)
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["square_eps0.1_b0000.pt"]
     calls.clear()
     out, counted, reused = cache.map("square_eps0.1", budget, attack, x, y, 4)
-    assert calls == [4, 8] and reused == 1  # batch 0 came from disk
-    assert torch.equal(out, fresh) and counted == {"queries": 10}  # its query count too
+    assert calls == [4, 8] and reused == 1 and cache.reused == 1  # batch 0 came from disk
+    assert torch.equal(out, fresh) and counted == [{"queries": 4}, {"queries": 4}, {"queries": 2}]  # its count too
 
     # another budget, other images or a corrupt file: recomputed, never reused
     calls.clear()
@@ -465,3 +467,36 @@ def test_an_interrupted_adaptive_run_resumes_and_gives_the_uninterrupted_report(
     assert (b["accuracy"], b["fooled"], b["linf"]) == (a["accuracy"], a["fooled"], a["linf"])
     assert any("1 of 2 batches reused" in m for m in log)
     assert not (tmp_path / "split" / "partial").exists()
+
+
+def test_pgd_batches_are_kept_and_resume_to_the_same_curve_and_mask(live_ckpts, tmp_path, monkeypatch):
+    """bpda / full (TrackedPGD, each batch seeded by its first index) resume like apgd: a run stopped after its
+    first batch finishes with the uninterrupted run's accuracy, fooled mask and convergence curve."""
+    from vaegan.train import adaptive
+
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(6))
+    y = torch.arange(8)
+    cfg = AdaptiveConfig(n=8, eps=(0.1,), attacks=("bpda", "full"), steps=2, checkpoints=(1, 2),
+                         purify=replace(CFG), batch_size=4, out=str(tmp_path / "whole"))
+    whole = adaptive.evaluate_adaptive(*live_ckpts, cfg, data=(x, y), echo=lambda *a, **k: None)
+
+    real, runs = adaptive.TrackedPGD.__call__, []
+
+    def stop_on_third_batch(self, *a, **k):  # bpda's 2 batches, then full's first: killed
+        runs.append(1)
+        if len(runs) == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    cfg = replace(cfg, out=str(tmp_path / "split"))
+    monkeypatch.setattr(adaptive.TrackedPGD, "__call__", stop_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        adaptive.evaluate_adaptive(*live_ckpts, cfg, data=(x, y), echo=lambda *a, **k: None)
+    assert len(list((tmp_path / "split" / "partial").glob("*.pt"))) == 2
+    monkeypatch.setattr(adaptive.TrackedPGD, "__call__", real)
+    split = adaptive.evaluate_adaptive(*live_ckpts, cfg, data=(x, y), echo=lambda *a, **k: None)
+    assert split["attacks"]["bpda"]["0.1"]["resumed_batches"] == 2
+    assert "resumed_batches" not in split["attacks"]["full"]["0.1"]
+    for name in ("bpda", "full"):
+        a, b = whole["attacks"][name]["0.1"], split["attacks"][name]["0.1"]
+        assert (b["accuracy"], b["fooled"], b["curve"]) == (a["accuracy"], a["fooled"], a["curve"]), name
