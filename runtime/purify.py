@@ -176,7 +176,8 @@ class GraphPurifier(Purifier):
     first use for another T; its runners are ``runners["purify_fast_T<T>"]`` (and ``..._shard``)."""
 
     def __init__(self, artifacts: Artifacts, params: PurifyParams, runner: BaseRunner, name: str,
-                 shard_runner: BaseRunner | None = None, shards: int = 1, fast_path=None):
+                 shard_runner: BaseRunner | None = None, shards: int = 1, fast_path=None,
+                 limits: dict[str, int] | None = None):
         super().__init__(artifacts, params)
         self.name = name
         self.runners = {"purify": runner}
@@ -184,9 +185,7 @@ class GraphPurifier(Purifier):
         if self.shards > 1:
             self.runners["purify_shard"] = shard_runner
         self.fast_path = fast_path
-        # a TensorRT engine's profile bounds T and R (manifest["engines"]["purify"]); onnxruntime has no bounds
-        entry = (artifacts.manifest.get("engines") or {}).get("purify", {}) if name == "trt" else {}
-        self.limits = {k: int(entry[f"{k}_profile"]["max"]) for k in ("steps", "restarts") if f"{k}_profile" in entry}
+        self.limits = limits or {}  # most T / R the runner accepts (a TensorRT engine's profile: engine_limits)
         self._fast: dict[int, tuple[BaseRunner, BaseRunner | None]] = {}  # T -> (runner, shard runner), LRU order
         self._pool: ThreadPoolExecutor | None = None
         self._active = False
@@ -376,6 +375,13 @@ class UnrolledFastPath:
         return runner(self.threads), runner(1) if shard else None
 
 
+def engine_limits(artifacts: Artifacts, graph: str = "purify") -> dict[str, int]:
+    """The most T and R the TensorRT engine of ``graph`` accepts (its profile's ``steps_profile`` /
+    ``restarts_profile`` maxima in the manifest; onnxruntime sessions have no such bound)."""
+    entry = (artifacts.manifest.get("engines") or {}).get(graph, {})
+    return {k: int(entry[f"{k}_profile"]["max"]) for k in ("steps", "restarts") if f"{k}_profile" in entry}
+
+
 def trt_usable(artifacts: Artifacts) -> tuple[bool, str]:
     if not artifacts.has_engine("purify"):
         return False, "the artifacts have no TensorRT purify engine (export with --trt)"
@@ -433,7 +439,7 @@ def make_purifier(artifacts: Artifacts, backend: str = "auto", params: PurifyPar
     from .backend.trt import EngineFromPath, TrtRunner
 
     runner = TrtRunner(EngineFromPath(artifacts.engine_path("purify")), name="trt:purify", cuda_graph=cuda_graph)
-    return GraphPurifier(artifacts, params, runner, "trt")
+    return GraphPurifier(artifacts, params, runner, "trt", limits=engine_limits(artifacts))
 
 
 def make_classifier(artifacts: Artifacts, backend: str, providers=("cpu",), threads: int | None = None,

@@ -459,7 +459,7 @@ def _pgd_over(model, x, y, cfg: AdaptiveConfig, eps, eval_model=None, eot_iter=1
         parts = [one(i, x[i:i + cfg.batch_size], y[i:i + cfg.batch_size]) for i in starts]
         adv, extras = torch.cat([a for a, _ in parts]), [e for _, e in parts]
     else:
-        adv, extras, _ = cache.map(tag, {**(budget or {}), "checkpoints": list(cfg.checkpoints)}, one, x, y,
+        adv, extras = cache.map(tag, {**(budget or {}), "checkpoints": list(cfg.checkpoints)}, one, x, y,
                                    cfg.batch_size)
     sizes = [len(e["fooled"]) for e in extras]
     curve = {t: sum(e["curve"][t] * s for e, s in zip(extras, sizes)) / sum(sizes) for t in extras[0]["curve"]}
@@ -491,8 +491,9 @@ class BatchCache:
 
     def map(self, tag: str, budget: dict, fn, x: torch.Tensor, y: torch.Tensor, batch_size: int):
         """``fn(start, xb, yb) -> (x_adv_b, extras)`` over the batches (``start``: the batch's first image; extras: a
-        dict of numbers, CPU tensors and dicts of numbers); returns (x_adv, the batches' extras in order, number of
-        batches reused from an earlier run). ``budget``: what else sets the result (part of the key)."""
+        dict of numbers, CPU tensors and dicts of numbers); returns (x_adv, the batches' extras in order) and sets
+        ``reused`` to the number of batches taken from an earlier run. ``budget``: what else sets the result (part
+        of the key)."""
         advs, extras, reused = [], [], 0
         batches = list(zip(x.split(batch_size), y.split(batch_size)))
         for i, (xb, yb) in enumerate(batches):
@@ -524,7 +525,7 @@ class BatchCache:
         if reused:
             self.echo(f"{tag}: {reused} of {len(batches)} batches reused from {self.root}")
         self.reused = reused
-        return torch.cat(advs), extras, reused
+        return torch.cat(advs), extras
 
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -676,9 +677,9 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
                 model = bpda if grad == "bpda" else full
                 make = apgd if name == "apgd" else fab
                 targets = cfg.apgd_targets if name == "apgd" else cfg.fab_targets
-                xa, _, _ = cache.map(f"{name}_{grad}_eps{eps:g}", attack_budget(name, asdict(cfg)),
-                                     lambda _, xb, yb: (make(model, eps, cfg.steps, cfg.seed, targets)(xb, yb), {}),
-                                     x, y, cfg.batch_size)
+                xa, _ = cache.map(f"{name}_{grad}_eps{eps:g}", attack_budget(name, asdict(cfg)),
+                                  lambda _, xb, yb: (make(model, eps, cfg.steps, cfg.seed, targets)(xb, yb), {}),
+                                  x, y, cfg.batch_size)
                 with torch.no_grad():
                     fooled = predict(defended, xa, cfg.batch_size) != y
                 rec["gradient"] = grad
@@ -691,13 +692,12 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
                                              n_restarts=1, seed=cfg.seed, loss="margin")(xb, yb)
                     return xa, {"queries": runtime.queries - q0}
 
-                xa, counted, _ = cache.map(f"square_eps{eps:g}", attack_budget(name, asdict(cfg)),
-                                                    square_batch, x, y, cfg.batch_size)
-                counted = sum(e["queries"] for e in counted)
+                xa, per_batch = cache.map(f"square_eps{eps:g}", attack_budget(name, asdict(cfg)), square_batch,
+                                          x, y, cfg.batch_size)
                 with torch.no_grad():
                     fooled = predict(runtime, xa, cfg.batch_size) != y
                     torch_acc = accuracy(defended, xa, y)
-                rec.update(queries=counted, torch_reference_accuracy=torch_acc)
+                rec.update(queries=sum(b["queries"] for b in per_batch), torch_reference_accuracy=torch_acc)
             elif name == "transfer":
                 xa, _, curve = _pgd_over(surrogate, x, y, cfg, eps, eval_model=defended, worst_case=False,
                                          restarts=1, cache=cache, tag=f"transfer_eps{eps:g}",

@@ -62,13 +62,9 @@ def _wrap(module: torch.nn.Module, world: int) -> torch.nn.Module:
     return DDP(module, device_ids=[dev] if dev.type == "cuda" else None)
 
 
-def _cpu_state(module: torch.nn.Module) -> dict:
-    """The state dict with CPU tensors (checkpoints load anywhere, ``map_location`` or not)."""
-    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
-
-
 def _cpu_tree(obj):
-    """An optimizer state dict with its tensors on the CPU (``Optimizer.load_state_dict`` moves them back)."""
+    """A state dict (model or optimizer) with its tensors on the CPU: checkpoints load anywhere, ``map_location`` or
+    not (``Optimizer.load_state_dict`` moves optimizer state back to its parameters' device)."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
     if isinstance(obj, dict):
@@ -198,7 +194,7 @@ def train_classifier(cfg: ClassifierConfig, resume: bool = False) -> dict:
                 rec = f", on reconstructions {metrics['test_acc_reconstructed']:.2f}%"
             print(f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f}, test acc {acc:.2f}%{rec} "
                   f"(first {len(xe)}), {metrics['epoch_seconds']:.0f}s", flush=True)
-            ckpt = {"kind": "classifier", "model": _cpu_state(model), "model_args": asdict(cfg.model),
+            ckpt = {"kind": "classifier", "model": _cpu_tree(model.state_dict()), "model_args": asdict(cfg.model),
                     "config": asdict(cfg), "epoch": epoch + 1, "step": step, "metrics": metrics, "best_metric": best,
                     "world_size": world, "optimizer": {"opt": _cpu_tree(opt.state_dict()), "sched": sched.state_dict()}}
             ckpt_io.save(out / "ckpt.pt", ckpt)
@@ -347,7 +343,7 @@ def train_vaegan(cfg: VAEGANConfig, resume: bool = False) -> dict:
             print(f"epoch {epoch + 1}: rec {metrics['rec']:.2f} kl {metrics['kl']:.2f} fm {metrics['fm']:.3f} "
                   f"g_adv {metrics['g_adv']:.3f} d {metrics['d']:.3f} | test mse clean {metrics['test_mse_clean']:.4f} "
                   f"noisy.3 {metrics['test_mse_noisy']:.4f}{extra}, {metrics['epoch_seconds']:.0f}s", flush=True)
-            ckpt = {"kind": "vaegan", "model": _cpu_state(vg), "model_args": asdict(cfg.model), "config": asdict(cfg),
+            ckpt = {"kind": "vaegan", "model": _cpu_tree(vg.state_dict()), "model_args": asdict(cfg.model), "config": asdict(cfg),
                     "epoch": epoch + 1, "step": step, "metrics": metrics, "best_metric": best, "world_size": world,
                     "optimizer": {"eg": _cpu_tree(opt_eg.state_dict()), "d": _cpu_tree(opt_d.state_dict())}}
             ckpt_io.save(out / "ckpt.pt", ckpt)
@@ -481,7 +477,7 @@ def train_purifier(cfg: PurifierConfig, resume: bool = False) -> dict:
                   f"clf acc rec {metrics['clf_acc_rec']:.2f}% noisy.3 {metrics['clf_acc_rec_noisy']:.2f}% "
                   f"oblivious pgd10 .1 {metrics['oblivious_pgd_acc']:.2f}% adaptive pgd10 .1 "
                   f"{metrics['adaptive_pgd_acc']:.2f}%, {metrics['epoch_seconds']:.0f}s", flush=True)
-            ckpt = {"kind": "vaegan", "model": _cpu_state(vg), "model_args": init_ckpt["model_args"],
+            ckpt = {"kind": "vaegan", "model": _cpu_tree(vg.state_dict()), "model_args": init_ckpt["model_args"],
                     "config": asdict(cfg), "init_config": init_ckpt.get("config"), "epoch": epoch + 1, "step": step,
                     "metrics": metrics, "best_metric": best, "world_size": world,
                     "optimizer": {"eg": _cpu_tree(opt_eg.state_dict()), "d": _cpu_tree(opt_d.state_dict())}}

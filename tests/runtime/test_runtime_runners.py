@@ -158,14 +158,15 @@ def test_engine_profile_bounds_are_checked_before_the_engine_runs(artifacts_dir,
     engine is stood in for by the onnxruntime runner of the same graph: the check is the purifier's, not TensorRT's."""
     from vaegan.runtime.artifacts import load_artifacts
     from vaegan.runtime.errors import RuntimeUsageError
-    from vaegan.runtime.purify import GraphPurifier, PurifyParams, ort_runner
+    from vaegan.runtime.purify import GraphPurifier, PurifyParams, engine_limits, ort_runner
 
     arts = load_artifacts(artifacts_dir)
     arts.manifest = {**arts.manifest, "engines": {"purify": {"steps_profile": {"min": 0, "opt": 3, "max": 4},
                                                              "restarts_profile": {"min": 1, "opt": 1, "max": 2}}}}
     params = PurifyParams.from_manifest(arts, steps=4, restarts=2)
     x = fmnist64[0][:3]
-    with GraphPurifier(arts, params, ort_runner(arts, "purify", ("cpu",), 1, False), "trt") as p:
+    with GraphPurifier(arts, params, ort_runner(arts, "purify", ("cpu",), 1, False), "trt",
+                       limits=engine_limits(arts)) as p:
         assert p.limits == {"steps": 4, "restarts": 2}
         out = p.purify(x)  # at the profile's maximum: runs
         assert out.purified.shape == x.shape

@@ -404,9 +404,9 @@ def test_batch_cache_resumes_an_interrupted_attack_at_its_first_unfinished_batch
         return (xb * 0.5).clamp(0, 1), {"queries": len(xb)}
 
     budget = {"square_queries": 7}
-    fresh, counted, reused = BatchCache(tmp_path / "fresh", {"seed": 0}, echo=lambda *a: None).map(
-        "square_eps0.1", budget, attack, x, y, 4)
-    assert reused == 0 and counted == [{"queries": 4}, {"queries": 4}, {"queries": 2}] and calls == [0, 4, 8]
+    first = BatchCache(tmp_path / "fresh", {"seed": 0}, echo=lambda *a: None)
+    fresh, counted = first.map("square_eps0.1", budget, attack, x, y, 4)
+    assert first.reused == 0 and counted == [{"queries": 4}, {"queries": 4}, {"queries": 2}] and calls == [0, 4, 8]
     assert starts == [0, 4, 8]  # each batch is told where it starts (TrackedPGD seeds it with seed + start)
 
     cache = BatchCache(tmp_path / "p", {"seed": 0}, echo=lambda *a: None)
@@ -415,8 +415,8 @@ def test_batch_cache_resumes_an_interrupted_attack_at_its_first_unfinished_batch
         cache.map("square_eps0.1", budget, lambda i, xb, yb: attack(i, xb, yb, fail_at=4), x, y, 4)
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["square_eps0.1_b0000.pt"]
     calls.clear()
-    out, counted, reused = cache.map("square_eps0.1", budget, attack, x, y, 4)
-    assert calls == [4, 8] and reused == 1 and cache.reused == 1  # batch 0 came from disk
+    out, counted = cache.map("square_eps0.1", budget, attack, x, y, 4)
+    assert calls == [4, 8] and cache.reused == 1  # batch 0 came from disk
     assert torch.equal(out, fresh) and counted == [{"queries": 4}, {"queries": 4}, {"queries": 2}]  # its count too
 
     # another budget, other images or a corrupt file: recomputed, never reused
