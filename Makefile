@@ -66,7 +66,8 @@ ADAPTIVE_RUNS := $(foreach e,$(EPS),reports/adaptive_full_$e reports/adaptive_ap
 	reports/adaptive_full200_0.2 reports/adaptive_full200_0.3 reports/adaptive_fullR3_0.1 \
 	reports/adaptive_apgd9_0.05 reports/adaptive_apgd9_0.1 reports/adaptive_apgd100_0.2 \
 	reports/adaptive_fab_0.1 reports/adaptive_tl \
-	$(patsubst %/adaptive.json,%,$(wildcard reports/adaptive_apgd9x100_0.1/adaptive.json reports/adaptive_square5k_0.1/adaptive.json))
+	$(patsubst %/adaptive.json,%,$(wildcard $(foreach e,$(EPS),reports/adaptive_apgd9x100_$e/adaptive.json \
+	    reports/adaptive_apgd9x200_$e/adaptive.json reports/adaptive_square5k_$e/adaptive.json)))
 
 reports/adaptive_full_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
@@ -88,6 +89,10 @@ reports/adaptive_apgd9x100_%/adaptive.json: ADV_THREADS = 2
 reports/adaptive_apgd9x100_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
 	$(ADV) --eps $* $(APGD_9T) --attack-steps 100
+# the convergence check of APGD-T's budget: 9 targets x 200 steps (eps 0.2: about 1.5 hours on one thread here)
+reports/adaptive_apgd9x200_%/adaptive.json: | $(STAMP)
+	$(OBLIVIOUS)
+	$(ADV) --eps $* $(APGD_9T) --attack-steps 200
 reports/adaptive_apgd100_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
 	$(ADV) --eps $* $(APGD_1T) --attack-steps 100

@@ -124,9 +124,11 @@ def export_all(vaegan_ckpt, classifier_ckpt, out_dir, *, opset: int = 18, max_ba
     if cfg.mode != "latent" or cfg.init != "encoder":
         raise VaeganError(f"purify.onnx implements mode=latent, init=encoder (got mode={cfg.mode}, init={cfg.init})")
     if trt:
-        from .trt import check_profile
+        from .trt import check_fp16, check_profile
 
         check_profile(max_restarts, cfg)
+        if fp16:
+            check_fp16()
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     vaegan_ckpt, classifier_ckpt = Path(vaegan_ckpt), Path(classifier_ckpt)

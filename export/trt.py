@@ -37,6 +37,29 @@ def check_profile(max_restarts: int, purify_cfg) -> None:
         raise VaeganError(f"steps {purify_cfg.steps} is above the engines' maximum of {MAX_STEPS}")
 
 
+def fp16_supported(version: str) -> str:
+    """'' when this TensorRT version builds fp16 engines the way ``engine_from_onnx`` asks (the weak-typing flag
+    ``BuilderFlag.FP16``), else why not. TensorRT 11 removed weak typing: fp16 there means a graph converted to fp16
+    types before the build, which vaegan does not do."""
+    major = int(version.split(".")[0])
+    if major >= 11:
+        return (f"--fp16 needs TensorRT 10 (found {version}: TensorRT 11 removed the FP16 builder flag); "
+                f"pip install 'tensorrt>=10.13.2,<11' or build fp32 engines")
+    return ""
+
+
+def check_fp16() -> None:
+    """``--fp16`` with an installed TensorRT that cannot honour it: a one-line VaeganError before any slow work
+    (without TensorRT installed, ``missing_requirements`` says so after the ONNX export instead)."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return
+    import tensorrt as trt
+
+    why = fp16_supported(trt.__version__)
+    if why:
+        raise VaeganError(why)
+
+
 def _cudart():
     try:
         from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
@@ -88,7 +111,7 @@ def engine_from_onnx(onnx_path: Path, spec, *, max_batch: int, max_restarts: int
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     config.clear_flag(trt.BuilderFlag.TF32)   # fp32 means fp32
     if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(trt.BuilderFlag.FP16)  # weak typing: TensorRT 10 only (fp16_supported checks it first)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
 

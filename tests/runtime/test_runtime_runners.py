@@ -194,3 +194,14 @@ def test_export_refuses_an_engine_profile_without_the_operating_point(tmp_path, 
         with pytest.raises(VaeganError, match=msg):
             export_all(tiny_vaegan_ckpt, tiny_classifier_ckpt, tmp_path / "a", trt=True, **kw)
         assert not (tmp_path / "a").exists()
+
+
+def test_fp16_engines_need_tensorrt_10():
+    """TensorRT 11 removed the weak-typing flag the fp16 build sets: the export names the version and the fix
+    instead of failing inside the build with an AttributeError."""
+    from vaegan.export.trt import fp16_supported
+
+    assert fp16_supported("10.13.2.6") == "" and fp16_supported("10.16.1.11") == ""
+    for v in ("11.0.0.114", "11.4.0.106"):
+        why = fp16_supported(v)
+        assert f"found {v}" in why and "tensorrt>=10.13.2,<11" in why
