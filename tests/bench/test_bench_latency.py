@@ -69,6 +69,22 @@ def test_disagreeing_backend_is_reported_not_timed(tmp_path, tiny_vaegan_ckpt, t
     assert "DISAGREES" in res.stdout
 
 
+def test_compile_backend_agrees_and_reports_its_compile_time_apart(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt,
+                                                                    tiny_artifacts):
+    """``--compile``: torch.compile of the reference runs, agrees with eager within the export tolerance, and its
+    compilation (first call per shape) is recorded apart from the timed runs."""
+    res, r, _ = _run(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt, tiny_artifacts, "--backends", "eager",
+                     "--compile")
+    assert list(r["backends"]) == ["eager", "compile"]
+    b = r["backends"]["compile"]
+    assert "error" not in b, b.get("traceback")
+    cells = b["cells"]
+    assert len(cells) == len(r["settings"]["batches"]) * len(r["settings"]["steps"])
+    assert all(c["status"] == "timed" and c["agreement"]["ok"] for c in cells)
+    assert b["compile_s"] > 0
+    assert f"torch.compile: {b['compile_s']:.1f} s of compilation (first call per shape, cold" in res.stdout
+
+
 def test_agreement_rule():
     from latency import agreement
 
