@@ -81,7 +81,8 @@ def test_compile_backend_agrees_and_reports_its_compile_time_apart(tmp_path, tin
     cells = b["cells"]
     assert len(cells) == len(r["settings"]["batches"]) * len(r["settings"]["steps"])
     assert all(c["status"] == "timed" and c["agreement"]["ok"] for c in cells)
-    assert b["compile_s"] > 0
+    assert b["compile_s"] > 0 and len(b["compile_s_rounds"]) == b["rounds"]
+    assert b["describe"]["trace_autograd_ops"]  # one graph per call, not three split at torch.autograd.grad
     assert f"torch.compile: {b['compile_s']:.1f} s of compilation (first call per shape, cold" in res.stdout
 
 
