@@ -97,6 +97,14 @@ def _fmt_budget(b: dict) -> str:
     return ", ".join(parts + (["CW-margin loss"] if b.get("loss") == "margin" else []))
 
 
+def _run_label(run: dict, runs: list[dict]) -> str:
+    """A merged run's budget, with its device where another run of the list has the same budget."""
+    label = _fmt_budget(run["budget"])
+    if sum(r["budget"] == run["budget"] for r in runs) > 1:
+        label += f" on {run.get('device', 'an unrecorded device')}"
+    return label
+
+
 @dataclass
 class AdaptiveConfig:
     n: int = 1000                        # the first n test images (fixed subset)
@@ -860,11 +868,11 @@ def write_adaptive(report: dict, out: Path) -> None:
                 if "curve" not in run:
                     continue
                 cur = {int(k): v for k, v in run["curve"].items()}
-                label = f"{name} ({_fmt_budget(run['budget'])})" if "runs" in per[e] else name
+                label = f"{name} ({_run_label(run, per[e]['runs'])})" if "runs" in per[e] else name
                 md.append(f"| {label} | {e} | " + " | ".join(f"{cur[t]:.2f}" if t in cur else "–"
                                                             for t in _curve_steps(report)) + " |")
     notes = []
-    repeated = [f"{name} eps {e}: " + ", ".join(f"{_fmt_budget(run['budget'])} {run['accuracy']:.2f}"
+    repeated = [f"{name} eps {e}: " + ", ".join(f"{_run_label(run, per[e]['runs'])} {run['accuracy']:.2f}"
                                                 for run in per[e]["runs"])
                 for name, per in report["attacks"].items() for e in eps if e in per and "runs" in per[e]]
     if repeated:
@@ -949,8 +957,9 @@ def merge_reports(reports: list[dict]) -> dict:
     ``"union+min"``.
 
     The same attack at the same eps may come from several runs with different budgets (e.g. 50 and 200 steps, 1
-    and 9 APGD targets): the strongest (lowest accuracy) is the one reported, and every run is listed under
-    ``runs`` with its budget, accuracy and curve. The same attack, eps and budget twice is refused."""
+    and 9 APGD targets, or the same budget on the CPU and on a GPU, whose floating-point results differ): the
+    strongest (lowest accuracy) is the one reported, and every run is listed under ``runs`` with its budget, device,
+    accuracy and curve. The same attack, eps, budget and device twice is refused."""
     if not reports:
         raise VaeganError("merge: no reports")
     first = reports[0]
@@ -973,9 +982,10 @@ def merge_reports(reports: list[dict]) -> dict:
                 if e not in dst:
                     dst[e] = {**rec, "runs": [run]}
                     continue
-                if any(old["budget"] == run["budget"] for old in dst[e]["runs"]):
+                if any(old["budget"] == run["budget"] and old.get("device") == run.get("device")
+                       for old in dst[e]["runs"]):
                     raise VaeganError(f"merge: {name} at eps {e} with the same budget ({_fmt_budget(run['budget'])}) "
-                                      f"is in more than one report")
+                                      f"on the same device is in more than one report")
                 runs = dst[e]["runs"] + [run]
                 if rec["accuracy"] < dst[e]["accuracy"]:
                     dst[e] = rec

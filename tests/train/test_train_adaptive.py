@@ -339,8 +339,23 @@ def test_merge_joins_runs_split_by_eps_and_attack(tmp_path):
         merge_reports([a, _report({}, [0.1], ck="b")])
     with pytest.raises(VaeganError, match="different purifier settings"):
         merge_reports([a, _report({}, [0.1], purify_steps=0)])
-    with pytest.raises(VaeganError, match=r"full at eps 0.1 with the same budget \(5 steps\) is in more"):
+    with pytest.raises(VaeganError, match=r"full at eps 0.1 with the same budget \(5 steps\) on the same device is in"):
         merge_reports([a, a])
+    # the same budget on another device is a second measurement (CPU and GPU arithmetic differ): both are kept
+    # and told apart by their device; the per-image worst case takes both masks
+    cpu = _report({"full": {"0.1": {"accuracy": 62.5, "device": "cpu", "curve": {"5": 62.5},
+                                    "fooled": pack_mask(torch.tensor([1, 1, 1, 0, 0, 0, 0, 0], dtype=torch.bool))}}},
+                  [0.1])
+    gpu = _report({"full": {"0.1": {"accuracy": 62.5, "device": "cuda (H200)", "curve": {"5": 62.5},
+                                    "fooled": pack_mask(torch.tensor([0, 1, 1, 1, 0, 0, 0, 0], dtype=torch.bool))}}},
+                  [0.1])
+    both = merge_reports([cpu, gpu])
+    assert [r["device"] for r in both["attacks"]["full"]["0.1"]["runs"]] == ["cpu", "cuda (H200)"]
+    assert both["any"]["0.1"] == 50.0 and both["any_kind"] == "union"
+    write_adaptive(both, tmp_path / "both")
+    md_both = (tmp_path / "both" / "adaptive.md").read_text()
+    assert "full eps 0.1: 5 steps on cpu 62.50, 5 steps on cuda (H200) 62.50" in md_both
+    assert "| full (5 steps on cuda (H200)) | 0.1 | 62.50 |" in md_both
     # the same attack with another budget: the stronger run is reported, both are listed with their budgets
     longer = _report({"full": {"0.1": {"accuracy": 52.0, "curve": {"5": 60.0, "20": 52.0},
                                        "budget": {"steps": 20, "restarts": 1}}}}, [0.1])
