@@ -89,7 +89,7 @@ reports/adaptive_apgd9x100_%/adaptive.json: ADV_THREADS = 2
 reports/adaptive_apgd9x100_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
 	$(ADV) --eps $* $(APGD_9T) --attack-steps 100
-# the convergence check of APGD-T's budget: 9 targets x 200 steps (eps 0.2: about 1.5 hours on one thread here)
+# the convergence check of APGD-T's budget: 9 targets x 200 steps (eps 0.2: about 2 hours on one thread here)
 reports/adaptive_apgd9x200_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
 	$(ADV) --eps $* $(APGD_9T) --attack-steps 200

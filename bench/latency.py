@@ -95,6 +95,13 @@ class TorchBackend(Backend):
             self.fn = torch.compile(purify, dynamic=False)
         self._seen: set = set()
 
+    def describe(self) -> dict:
+        if not self.compiled:
+            return {}
+        return {"backend": "compile", "dynamic": False,
+                "trace_autograd_ops": bool(self.torch._dynamo.config.trace_autograd_ops),
+                "inductor_cache": "fresh per process (cold compile)"}
+
     def teardown(self) -> None:
         if self._cache_dir:
             shutil.rmtree(self._cache_dir, ignore_errors=True)
@@ -232,8 +239,6 @@ def run_backend(name: str, opts: dict, cells: list[tuple[int, int]], images: np.
         b.teardown()
     if isinstance(b, TorchBackend) and b.compiled:
         res["compile_s"] = b.compile_s
-        res["describe"] = {"backend": "compile", "dynamic": False, "trace_autograd_ops": True,
-                           "inductor_cache": "fresh per process (cold compile)"}
     res["peak_rss_mb"] = _peak_rss_mb()
     return res
 

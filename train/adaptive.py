@@ -468,7 +468,7 @@ def _pgd_over(model, x, y, cfg: AdaptiveConfig, eps, eval_model=None, eot_iter=1
         adv, extras = torch.cat([a for a, _ in parts]), [e for _, e in parts]
     else:
         adv, extras = cache.map(tag, {**(budget or {}), "checkpoints": list(cfg.checkpoints)}, one, x, y,
-                                   cfg.batch_size)
+                                cfg.batch_size)
     sizes = [len(e["fooled"]) for e in extras]
     curve = {t: sum(e["curve"][t] * s for e, s in zip(extras, sizes)) / sum(sizes) for t in extras[0]["curve"]}
     return adv, torch.cat([e["fooled"] for e in extras]), curve
