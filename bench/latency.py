@@ -423,7 +423,7 @@ def _ints(s: str) -> list[int]:
 @click.option("--rounds", type=int, default=3, show_default=True,
               help="interleaved rounds over the backends (eager, fused, ..., eager, fused, ...); per cell the round "
                    "with the lowest p50 is reported, so a burst of outside load hits every backend alike")
-@click.option("--dgan-steps", type=int, default=20, show_default=True,
+@click.option("--dgan-steps", type=click.IntRange(min=1), default=20, show_default=True,
               help="Defense-GAN: steps actually timed (extrapolated linearly to 200)")
 @click.option("--shard/--no-shard", default=None,
               help="fused: batch sharding over --threads one-thread sessions (default: the runtime's, on for > 1 "
@@ -453,6 +453,9 @@ def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_co
         batches, steps_list, min_runs, max_time, warmup, dgan_steps, rounds = [1, 8], [2], 3, 0.5, 1, 2, 1
     if rounds < 1:
         raise click.UsageError(f"--rounds must be >= 1 (got {rounds})")
+    for out in (json_path, plot_path):  # before minutes of timing, not after
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
     steps_list = sorted(set(steps_list) | {cfg.steps})
     names = [b for b in backends.split(",") if b]
     if use_compile and "compile" not in names:
@@ -552,7 +555,7 @@ def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_co
             purify(vg, x1, c)
             ts.append(time.perf_counter() - t)
         times[s] = float(np.median(ts))
-    s0, s1 = sorted(times)
+    s0, s1 = min(times), max(times)  # equal when --dgan-steps 1 times a single step count
     slope = (times[s1] - times[s0]) / (s1 - s0) if s1 != s0 else 0.0
     proportional = slope <= 0  # one step count, or timing noise on a loaded machine: scale the longest run instead
     if proportional:

@@ -476,7 +476,7 @@ def _pgd_over(model, x, y, cfg: AdaptiveConfig, eps, eval_model=None, eot_iter=1
 
 class BatchCache:
     """The finished batches of the batched attacks on the deterministic defense (bpda, full, apgd, fab, square,
-    transfer), one file each under ``OUT/partial/``, so that an interrupted run resumes at its first unfinished batch
+    transfer, latent), one file each under ``OUT/partial/``, so that an interrupted run resumes at its first unfinished batch
     (an AutoAttack-budget Square run is hours on this CPU). Each batch of these attacks is a function of its images,
     labels and seed alone (torchattacks seeds every call, ``TrackedPGD`` takes the batch's seed), so a resumed run
     writes what an uninterrupted one would. The EOT attacks are not kept: their randomized purifier draws from one
@@ -630,8 +630,9 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
     echo(f"clean: classifier {res['clean']['classifier']:.2f}%, defended {res['clean']['defended']:.2f}% "
          f"(first {len(x)} test images)")
     fooled_any = {e: torch.zeros(len(x), dtype=torch.bool) for e in cfg.eps}
+    n_threads = torch.get_num_threads()
     device_name = (f"cuda ({torch.cuda.get_device_name(dev)}, torch {torch.__version__})" if dev.type == "cuda"
-                   else f"cpu ({torch.get_num_threads()} threads, torch {torch.__version__})")
+                   else f"cpu ({n_threads} thread{'s' * (n_threads != 1)}, torch {torch.__version__})")
     extras: dict = {}
     if "transfer" in cfg.attacks:
         sp = surrogate_checkpoint(cfg, echo)
@@ -716,7 +717,8 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
                 rec.update(curve=curve, surrogate_accuracy=accuracy(surrogate, xa, y),
                            undefended_accuracy=accuracy(clf, xa, y))
             else:  # latent
-                xa, fooled, curve = _latent_over(vg, defended, x, y, codes, cfg, eps)
+                xa, fooled, curve = _latent_over(vg, defended, x, y, codes, cfg, eps, cache=cache,
+                                                 tag=f"latent_eps{eps:g}", budget=attack_budget(name, asdict(cfg)))
                 with torch.no_grad():
                     pred = predict(defended, xa, cfg.batch_size)
                 rec.update(curve=curve, target_success=100.0 * (pred == tcls).float().mean().item(),
@@ -775,19 +777,29 @@ class LatentPGD(TrackedPGD):
         return -(codes_pred - codes).pow(2).sum(1)
 
 
-def _latent_over(vg, defended, x, y, codes, cfg, eps):
-    adv, fooled, curves, sizes = [], [], [], []
+def _latent_over(vg, defended, x, y, codes, cfg, eps, cache: BatchCache | None = None, tag: str = "",
+                 budget: dict | None = None):
+    """LatentPGD in batches (each seeded ``cfg.seed`` + its first image's index, toward ``codes`` of its images);
+    returns (x_adv, fooled (N,), curve {step: acc}). With ``cache``, finished batches are kept under ``tag`` (the
+    target codes are part of the key)."""
     enc = _LatentLoss(vg).eval()
-    for i in range(0, len(x), cfg.batch_size):
-        sl = slice(i, i + cfg.batch_size)
+
+    def one(i, xb, yb):
         atk = LatentPGD(enc, eps=eps, alpha=cfg.alpha_ratio * eps, steps=cfg.steps, restarts=cfg.restarts,
                         eval_model=defended, checkpoints=cfg.checkpoints, seed=cfg.seed + i)
-        adv.append(atk.run(x[sl], codes[sl], y[sl]))
-        fooled.append(atk.fooled)
-        curves.append(atk.curve)
-        sizes.append(len(x[sl]))
-    curve = {t: sum(c[t] * s for c, s in zip(curves, sizes)) / sum(sizes) for t in curves[0]}
-    return torch.cat(adv), torch.cat(fooled), curve
+        xa = atk.run(xb, codes[i:i + len(xb)], yb)
+        return xa, {"fooled": atk.fooled, "curve": atk.curve}
+
+    if cache is None:
+        parts = [one(i, x[i:i + cfg.batch_size], y[i:i + cfg.batch_size]) for i in range(0, len(x), cfg.batch_size)]
+        adv, extras = torch.cat([a for a, _ in parts]), [e for _, e in parts]
+    else:
+        codes_sha = hashlib.sha256(codes.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        adv, extras = cache.map(tag, {**(budget or {}), "codes": codes_sha, "checkpoints": list(cfg.checkpoints)},
+                                one, x, y, cfg.batch_size)
+    sizes = [len(e["fooled"]) for e in extras]
+    curve = {t: sum(e["curve"][t] * s for e, s in zip(extras, sizes)) / sum(sizes) for t in extras[0]["curve"]}
+    return adv, torch.cat([e["fooled"] for e in extras]), curve
 
 
 def _fmt_curve(curve: dict) -> str:

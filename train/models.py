@@ -11,6 +11,8 @@ Classifier (``ClassifierArgs()``): VGG16 configuration "D" (13 conv + 3 FC) with
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,7 +51,7 @@ class Decoder(nn.Module):
 
     def __init__(self, args: VAEGANArgs):
         super().__init__()
-        w = args.width
+        w = args.decoder_width or args.width
         self.width = w
         self.fc = nn.Linear(args.latent_dim, 4 * w * 7 * 7)
         self.net = nn.Sequential(
@@ -99,6 +101,44 @@ class VAEGAN(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The VAE's own reconstruction G(mu_E(x)) (purification with T = 0)."""
         return self.decoder(self.encoder(x)[0])
+
+
+def widen_decoder(vg: VAEGAN, width: int, seed: int = 0) -> VAEGAN:
+    """A copy of ``vg`` whose G has ``width`` (> its current width) and computes the same function (Net2Net-style
+    growth, Chen et al. 2016): G's existing channels keep their weights; each new channel starts with a fresh
+    layer's random weights into it and zero weights out of it into the existing channels, so the output does not
+    change until training moves those zeros. E and D are copied as they are."""
+    old = vg.decoder
+    w0 = old.width
+    if width <= w0:
+        raise ValueError(f"decoder width {width} must be larger than the current {w0}")
+    torch.manual_seed(seed)
+    new = VAEGAN(replace(vg.args, decoder_width=width))
+    new.encoder.load_state_dict(vg.encoder.state_dict())
+    new.discriminator.load_state_dict(vg.discriminator.state_dict())
+    g = new.decoder
+    with torch.no_grad():
+        # fc -> (4w, 7, 7): rows are channel-major, so the old channels are the first 4 * w0 * 49 rows
+        g.fc.weight[: 4 * w0 * 49] = old.fc.weight
+        g.fc.bias[: 4 * w0 * 49] = old.fc.bias
+        for i, (a, b) in enumerate(zip(old.net, g.net)):
+            if isinstance(a, nn.BatchNorm2d):
+                c = a.num_features
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(b, name)[:c] = getattr(a, name)
+                b.num_batches_tracked.copy_(a.num_batches_tracked)
+            elif isinstance(a, (nn.Conv2d, nn.ConvTranspose2d)):
+                # Conv2d weight: out x in x k x k; ConvTranspose2d: in x out x k x k
+                cin, cout = (0, 1) if isinstance(a, nn.ConvTranspose2d) else (1, 0)
+                n_in, n_out = a.weight.shape[cin], a.weight.shape[cout]
+                idx = [slice(None)] * 4
+                idx[cin], idx[cout] = slice(0, n_in), slice(0, n_out)
+                b.weight[tuple(idx)] = a.weight
+                idx[cin], idx[cout] = slice(n_in, None), slice(0, n_out)
+                b.weight[tuple(idx)] = 0.0  # new channels -> existing ones: zero, the function is unchanged
+                if a.bias is not None:
+                    b.bias[:n_out] = a.bias
+    return new.eval()
 
 
 VGG16_D = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from . import checkpoint as ckpt_io
 from .config import ClassifierConfig, PurifierConfig, VAEGANConfig, resolve_device
 from .data import load_split
-from .models import VAEGAN, VGG16
+from .models import VAEGAN, VGG16, widen_decoder
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -431,6 +431,8 @@ def train_purifier(cfg: PurifierConfig, resume: bool = False) -> dict:
     init = cfg.init or str(ckpt_io.default_path("vaegan"))
     clf_path = cfg.classifier or str(ckpt_io.default_path("classifier"))
     vg, init_ckpt = ckpt_io.load_model(init, "vaegan")
+    if cfg.decoder_width and cfg.decoder_width != vg.decoder.width:
+        vg = widen_decoder(vg, cfg.decoder_width, cfg.seed)
     clf, _ = ckpt_io.load_model(clf_path, "classifier")
     vg, clf = vg.to(dev), clf.to(dev)
     clf.eval().requires_grad_(False)
@@ -477,7 +479,7 @@ def train_purifier(cfg: PurifierConfig, resume: bool = False) -> dict:
                   f"clf acc rec {metrics['clf_acc_rec']:.2f}% noisy.3 {metrics['clf_acc_rec_noisy']:.2f}% "
                   f"oblivious pgd10 .1 {metrics['oblivious_pgd_acc']:.2f}% adaptive pgd10 .1 "
                   f"{metrics['adaptive_pgd_acc']:.2f}%, {metrics['epoch_seconds']:.0f}s", flush=True)
-            ckpt = {"kind": "vaegan", "model": _cpu_tree(vg.state_dict()), "model_args": init_ckpt["model_args"],
+            ckpt = {"kind": "vaegan", "model": _cpu_tree(vg.state_dict()), "model_args": asdict(vg.args),
                     "config": asdict(cfg), "init_config": init_ckpt.get("config"), "epoch": epoch + 1, "step": step,
                     "metrics": metrics, "best_metric": best, "world_size": world,
                     "optimizer": {"eg": _cpu_tree(opt_eg.state_dict()), "d": _cpu_tree(opt_d.state_dict())}}

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def _run(tmp_path, ckpt, clf, arts, *extra):
-    js, png = tmp_path / "results.json", tmp_path / "latency.png"
+    js, png = tmp_path / "results" / "results.json", tmp_path / "plots" / "latency.png"  # folders made up front
     cmd = [sys.executable, str(BENCH), "--quick", "--checkpoint", str(ckpt), "--classifier", str(clf),
            "--artifacts", str(arts), "--threads", "1", "--json", str(js), "--plot", str(png), *extra]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)

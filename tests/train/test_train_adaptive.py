@@ -485,33 +485,34 @@ def test_an_interrupted_adaptive_run_resumes_and_gives_the_uninterrupted_report(
 
 
 def test_pgd_batches_are_kept_and_resume_to_the_same_curve_and_mask(live_ckpts, tmp_path, monkeypatch):
-    """bpda / full (TrackedPGD, each batch seeded by its first index) resume like apgd: a run stopped after its
-    first batch finishes with the uninterrupted run's accuracy, fooled mask and convergence curve."""
+    """bpda / full / latent (TrackedPGD and LatentPGD, each batch seeded by its first index) resume like apgd: a run
+    stopped mid-way finishes with the uninterrupted run's accuracy, fooled mask and convergence curve."""
     from vaegan.train import adaptive
 
-    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(6))
-    y = torch.arange(8)
-    cfg = AdaptiveConfig(n=8, eps=(0.1,), attacks=("bpda", "full"), steps=2, checkpoints=(1, 2),
-                         purify=replace(CFG), batch_size=4, out=str(tmp_path / "whole"))
+    x = torch.rand(10, 1, 28, 28, generator=torch.Generator().manual_seed(6))
+    y = torch.arange(10)  # every class once: the latent attack's target pool is x itself
+    cfg = AdaptiveConfig(n=10, eps=(0.1,), attacks=("bpda", "full", "latent"), steps=2, checkpoints=(1, 2),
+                         purify=replace(CFG), batch_size=5, out=str(tmp_path / "whole"))
     whole = adaptive.evaluate_adaptive(*live_ckpts, cfg, data=(x, y), echo=lambda *a, **k: None)
 
-    real, runs = adaptive.TrackedPGD.__call__, []
+    real, runs = adaptive.TrackedPGD.run, []
 
-    def stop_on_third_batch(self, *a, **k):  # bpda's 2 batches, then full's first: killed
+    def stop_on_sixth_batch(self, *a, **k):  # bpda's 2 batches, full's 2, latent's first; killed on its second
         runs.append(1)
-        if len(runs) == 3:
+        if len(runs) == 6:
             raise KeyboardInterrupt
         return real(self, *a, **k)
 
     cfg = replace(cfg, out=str(tmp_path / "split"))
-    monkeypatch.setattr(adaptive.TrackedPGD, "__call__", stop_on_third_batch)
+    monkeypatch.setattr(adaptive.TrackedPGD, "run", stop_on_sixth_batch)  # LatentPGD inherits it
     with pytest.raises(KeyboardInterrupt):
         adaptive.evaluate_adaptive(*live_ckpts, cfg, data=(x, y), echo=lambda *a, **k: None)
-    assert len(list((tmp_path / "split" / "partial").glob("*.pt"))) == 2
-    monkeypatch.setattr(adaptive.TrackedPGD, "__call__", real)
+    assert len(list((tmp_path / "split" / "partial").glob("*.pt"))) == 5
+    monkeypatch.setattr(adaptive.TrackedPGD, "run", real)
     split = adaptive.evaluate_adaptive(*live_ckpts, cfg, data=(x, y), echo=lambda *a, **k: None)
     assert split["attacks"]["bpda"]["0.1"]["resumed_batches"] == 2
-    assert "resumed_batches" not in split["attacks"]["full"]["0.1"]
-    for name in ("bpda", "full"):
+    assert split["attacks"]["full"]["0.1"]["resumed_batches"] == 2
+    assert split["attacks"]["latent"]["0.1"]["resumed_batches"] == 1
+    for name in ("bpda", "full", "latent"):
         a, b = whole["attacks"][name]["0.1"], split["attacks"][name]["0.1"]
         assert (b["accuracy"], b["fooled"], b["curve"]) == (a["accuracy"], a["fooled"], a["curve"]), name

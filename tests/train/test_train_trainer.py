@@ -97,6 +97,13 @@ def test_purifier_finetune_trains_resumes_and_loads(tmp_path, tiny_vaegan_ckpt, 
     assert not torch.equal(start.encoder.head.weight, tuned.encoder.head.weight)
     trainer.train_purifier(PurifierConfig(epochs=2, **cfg), resume=True)
     assert checkpoint.load_raw(out / "ckpt.pt")["step"] == 8
+    # --decoder-width: G widened (function-preserving) before fine-tuning; the checkpoint rebuilds the wider G
+    cfg["out"] = str(tmp_path / "wide")
+    trainer.train_purifier(PurifierConfig(epochs=1, decoder_width=12, **cfg))
+    wide, ck = checkpoint.load_model(tmp_path / "wide" / "model.pt", "vaegan")
+    assert wide.decoder.width == 12 and ck["model_args"]["decoder_width"] == 12 and wide.encoder.net[0].out_channels == 8
+    trainer.train_purifier(PurifierConfig(epochs=2, decoder_width=12, **cfg), resume=True)
+    assert checkpoint.load_raw(tmp_path / "wide" / "ckpt.pt")["step"] == 8
 
 
 def test_purifier_inputs_are_the_four_groups_within_their_budgets(tiny_vaegan_ckpt, tiny_classifier_ckpt):
