@@ -67,7 +67,8 @@ ADAPTIVE_RUNS := $(foreach e,$(EPS),reports/adaptive_full_$e reports/adaptive_ap
 	reports/adaptive_apgd9_0.05 reports/adaptive_apgd9_0.1 reports/adaptive_apgd100_0.2 \
 	reports/adaptive_fab_0.1 reports/adaptive_tl \
 	$(patsubst %/adaptive.json,%,$(wildcard $(foreach e,$(EPS),reports/adaptive_apgd9x100_$e/adaptive.json \
-	    reports/adaptive_apgd9x200_$e/adaptive.json reports/adaptive_square5k_$e/adaptive.json)))
+	    reports/adaptive_apgd9x200_$e/adaptive.json reports/adaptive_square5k_$e/adaptive.json \
+	    reports/adaptive_fab100_$e/adaptive.json)))
 
 reports/adaptive_full_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
@@ -100,6 +101,10 @@ reports/adaptive_apgd100_%/adaptive.json: | $(STAMP)
 reports/adaptive_fab_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
 	$(ADV) --eps $* $(FAB_9T) --attack-steps 10
+# FAB-T's convergence check: 100 steps instead of AutoAttack's 10 (merged by `make adaptive` once run, not started)
+reports/adaptive_fab100_%/adaptive.json: | $(STAMP)
+	$(OBLIVIOUS)
+	$(ADV) --eps $* $(FAB_9T) --attack-steps 100
 reports/adaptive_square1k_%/adaptive.json: | artifacts/manifest.json
 	$(OBLIVIOUS)
 	$(ADV) --eps $* --attacks square --square-queries 1000 --artifacts artifacts
