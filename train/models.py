@@ -112,8 +112,9 @@ def widen_decoder(vg: VAEGAN, width: int, seed: int = 0) -> VAEGAN:
     w0 = old.width
     if width <= w0:
         raise ValueError(f"decoder width {width} must be larger than the current {w0}")
-    torch.manual_seed(seed)
-    new = VAEGAN(replace(vg.args, decoder_width=width))
+    with torch.random.fork_rng(devices=[]):  # the new channels' init is seeded; the caller's generator is left alone
+        torch.manual_seed(seed)
+        new = VAEGAN(replace(vg.args, decoder_width=width))
     new.encoder.load_state_dict(vg.encoder.state_dict())
     new.discriminator.load_state_dict(vg.discriminator.state_dict())
     g = new.decoder
@@ -121,7 +122,7 @@ def widen_decoder(vg: VAEGAN, width: int, seed: int = 0) -> VAEGAN:
         # fc -> (4w, 7, 7): rows are channel-major, so the old channels are the first 4 * w0 * 49 rows
         g.fc.weight[: 4 * w0 * 49] = old.fc.weight
         g.fc.bias[: 4 * w0 * 49] = old.fc.bias
-        for i, (a, b) in enumerate(zip(old.net, g.net)):
+        for a, b in zip(old.net, g.net):
             if isinstance(a, nn.BatchNorm2d):
                 c = a.num_features
                 for name in ("weight", "bias", "running_mean", "running_var"):

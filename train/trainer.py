@@ -34,6 +34,7 @@ from tqdm import tqdm
 from . import checkpoint as ckpt_io
 from .config import ClassifierConfig, PurifierConfig, VAEGANConfig, resolve_device
 from .data import load_split
+from .errors import VaeganError
 from .models import VAEGAN, VGG16, widen_decoder
 
 
@@ -432,6 +433,9 @@ def train_purifier(cfg: PurifierConfig, resume: bool = False) -> dict:
     clf_path = cfg.classifier or str(ckpt_io.default_path("classifier"))
     vg, init_ckpt = ckpt_io.load_model(init, "vaegan")
     if cfg.decoder_width and cfg.decoder_width != vg.decoder.width:
+        if cfg.decoder_width < vg.decoder.width:
+            raise VaeganError(f"--decoder-width {cfg.decoder_width}: {init} has a G of width {vg.decoder.width}, "
+                              "and G can only grow")
         vg = widen_decoder(vg, cfg.decoder_width, cfg.seed)
     clf, _ = ckpt_io.load_model(clf_path, "classifier")
     vg, clf = vg.to(dev), clf.to(dev)

@@ -8,6 +8,7 @@ import torch
 
 from vaegan.train import checkpoint, trainer
 from vaegan.train.config import ClassifierArgs, ClassifierConfig, PurifierConfig, VAEGANArgs, VAEGANConfig
+from vaegan.train.errors import VaeganError
 
 from ..conftest import requires_data
 
@@ -104,6 +105,8 @@ def test_purifier_finetune_trains_resumes_and_loads(tmp_path, tiny_vaegan_ckpt, 
     assert wide.decoder.width == 12 and ck["model_args"]["decoder_width"] == 12 and wide.encoder.net[0].out_channels == 8
     trainer.train_purifier(PurifierConfig(epochs=2, decoder_width=12, **cfg), resume=True)
     assert checkpoint.load_raw(tmp_path / "wide" / "ckpt.pt")["step"] == 8
+    with pytest.raises(VaeganError, match="G can only grow"):
+        trainer.train_purifier(PurifierConfig(epochs=1, decoder_width=4, **cfg))
 
 
 def test_purifier_inputs_are_the_four_groups_within_their_budgets(tiny_vaegan_ckpt, tiny_classifier_ckpt):
