@@ -462,6 +462,12 @@ def _pgd_over(model, x, y, cfg: AdaptiveConfig, eps, eval_model=None, eot_iter=1
         xa = atk(xb, yb)
         return xa, {"fooled": atk.fooled, "curve": atk.curve}
 
+    return _tracked_over(one, x, y, cfg, cache, tag, budget)
+
+
+def _tracked_over(one, x, y, cfg: AdaptiveConfig, cache: BatchCache | None, tag: str, budget: dict | None):
+    """``one(start, xb, yb) -> (x_adv_b, {"fooled", "curve"})`` over the batches, through ``cache`` when given;
+    returns (x_adv, fooled (N,), curve {step: acc} weighted by batch size)."""
     if cache is None:
         starts = range(0, len(x), cfg.batch_size)
         parts = [one(i, x[i:i + cfg.batch_size], y[i:i + cfg.batch_size]) for i in starts]
@@ -472,6 +478,13 @@ def _pgd_over(model, x, y, cfg: AdaptiveConfig, eps, eval_model=None, eot_iter=1
     sizes = [len(e["fooled"]) for e in extras]
     curve = {t: sum(e["curve"][t] * s for e, s in zip(extras, sizes)) / sum(sizes) for t in extras[0]["curve"]}
     return adv, torch.cat([e["fooled"] for e in extras]), curve
+
+
+def _sha256(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 class BatchCache:
@@ -492,9 +505,7 @@ class BatchCache:
         self.reused = 0  # batches the last ``map`` took from disk
 
     def _key(self, tag: str, budget: dict, index: int, xb: torch.Tensor, yb: torch.Tensor) -> str:
-        h = hashlib.sha256(xb.detach().cpu().contiguous().numpy().tobytes())
-        h.update(yb.detach().cpu().contiguous().numpy().tobytes())
-        return json.dumps({**self.base, "tag": tag, "budget": budget, "batch": index, "inputs": h.hexdigest()},
+        return json.dumps({**self.base, "tag": tag, "budget": budget, "batch": index, "inputs": _sha256(xb, yb)},
                           sort_keys=True, default=str)
 
     def map(self, tag: str, budget: dict, fn, x: torch.Tensor, y: torch.Tensor, batch_size: int):
@@ -790,16 +801,7 @@ def _latent_over(vg, defended, x, y, codes, cfg, eps, cache: BatchCache | None =
         xa = atk.run(xb, codes[i:i + len(xb)], yb)
         return xa, {"fooled": atk.fooled, "curve": atk.curve}
 
-    if cache is None:
-        parts = [one(i, x[i:i + cfg.batch_size], y[i:i + cfg.batch_size]) for i in range(0, len(x), cfg.batch_size)]
-        adv, extras = torch.cat([a for a, _ in parts]), [e for _, e in parts]
-    else:
-        codes_sha = hashlib.sha256(codes.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-        adv, extras = cache.map(tag, {**(budget or {}), "codes": codes_sha, "checkpoints": list(cfg.checkpoints)},
-                                one, x, y, cfg.batch_size)
-    sizes = [len(e["fooled"]) for e in extras]
-    curve = {t: sum(e["curve"][t] * s for e, s in zip(extras, sizes)) / sum(sizes) for t in extras[0]["curve"]}
-    return adv, torch.cat([e["fooled"] for e in extras]), curve
+    return _tracked_over(one, x, y, cfg, cache, tag, {**(budget or {}), "codes": _sha256(codes)})
 
 
 def _fmt_curve(curve: dict) -> str:

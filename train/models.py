@@ -111,7 +111,7 @@ def widen_decoder(vg: VAEGAN, width: int, seed: int = 0) -> VAEGAN:
     old = vg.decoder
     w0 = old.width
     if width <= w0:
-        raise ValueError(f"decoder width {width} must be larger than the current {w0}")
+        raise ValueError(f"decoder width {width} must be larger than the current {w0}: G can only grow")
     with torch.random.fork_rng(devices=[]):  # the new channels' init is seeded; the caller's generator is left alone
         torch.manual_seed(seed)
         new = VAEGAN(replace(vg.args, decoder_width=width))

@@ -433,10 +433,10 @@ def train_purifier(cfg: PurifierConfig, resume: bool = False) -> dict:
     clf_path = cfg.classifier or str(ckpt_io.default_path("classifier"))
     vg, init_ckpt = ckpt_io.load_model(init, "vaegan")
     if cfg.decoder_width and cfg.decoder_width != vg.decoder.width:
-        if cfg.decoder_width < vg.decoder.width:
-            raise VaeganError(f"--decoder-width {cfg.decoder_width}: {init} has a G of width {vg.decoder.width}, "
-                              "and G can only grow")
-        vg = widen_decoder(vg, cfg.decoder_width, cfg.seed)
+        try:
+            vg = widen_decoder(vg, cfg.decoder_width, cfg.seed)
+        except ValueError as e:  # the one check of the width lives in widen_decoder
+            raise VaeganError(f"{init}: --decoder-width: {e}") from None
     clf, _ = ckpt_io.load_model(clf_path, "classifier")
     vg, clf = vg.to(dev), clf.to(dev)
     clf.eval().requires_grad_(False)
