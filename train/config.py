@@ -37,7 +37,8 @@ class VAEGANArgs:
     latent_dim: int = 48
     width: int = 24
     negative_slope: float = 0.2
-    decoder_width: int | None = None  # G's width when it differs from E's and D's (``widen_decoder``); None: width
+    encoder_width: int | None = None  # E's width when it differs from D's (``widen``); None: width
+    decoder_width: int | None = None  # G's width when it differs from D's (``widen``); None: width
 
 
 @dataclass
@@ -118,6 +119,7 @@ class PurifierConfig:
     oblivious_eps: float = 0.35      # FGSM-RS against the classifier, eps ~ U(0, oblivious_eps)
     adaptive_eps: float = 0.15       # PGD through classifier(G(mu_E(.))), eps ~ U(0, adaptive_eps)
     adaptive_steps: int = 3
+    encoder_width: int | None = None  # widen the init's E to this width first (function-preserving); None: as is
     decoder_width: int | None = None  # widen the init's G to this width first (function-preserving); None: as is
     seed: int = 0
     train_limit: int | None = None

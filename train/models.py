@@ -32,7 +32,8 @@ class Encoder(nn.Module):
 
     def __init__(self, args: VAEGANArgs):
         super().__init__()
-        w = args.width
+        w = args.encoder_width or args.width
+        self.width = w
         self.net = nn.Sequential(
             nn.Conv2d(1, w, 4, 2, 1), _act(args),                                    # 14x14
             nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * w), _act(args),   # 7x7
@@ -103,42 +104,47 @@ class VAEGAN(nn.Module):
         return self.decoder(self.encoder(x)[0])
 
 
-def widen_decoder(vg: VAEGAN, width: int, seed: int = 0) -> VAEGAN:
-    """A copy of ``vg`` whose G has ``width`` (> its current width) and computes the same function (Net2Net-style
-    growth, Chen et al. 2016): G's existing channels keep their weights; each new channel starts with a fresh
-    layer's random weights into it and zero weights out of it into the existing channels, so the output does not
-    change until training moves those zeros. E and D are copied as they are."""
-    old = vg.decoder
-    w0 = old.width
-    if width <= w0:
-        raise ValueError(f"decoder width {width} must be larger than the current {w0}: G can only grow")
+def _grow_into(old: nn.Module, new: nn.Module) -> None:
+    """Copy ``old``'s parameters into the same-structured, wider ``new`` so that ``new`` computes ``old``'s function:
+    every weight block between old channels is copied; weights from new channels into old ones are zeroed; weights
+    into new channels keep ``new``'s fresh init. Channel-major flattening (Linear after / before a feature map) puts
+    the old channels first, so the same block rule holds for Linear layers."""
+    for a, b in zip(old.modules(), new.modules()):
+        if isinstance(a, nn.BatchNorm2d):
+            c = a.num_features
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(b, name)[:c] = getattr(a, name)
+            b.num_batches_tracked.copy_(a.num_batches_tracked)
+        elif isinstance(a, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            # Conv2d / Linear weight: out x in (x k x k); ConvTranspose2d: in x out x k x k
+            cin, cout = (0, 1) if isinstance(a, nn.ConvTranspose2d) else (1, 0)
+            n_in, n_out = a.weight.shape[cin], a.weight.shape[cout]
+            idx = [slice(None)] * a.weight.dim()
+            idx[cin], idx[cout] = slice(0, n_in), slice(0, n_out)
+            b.weight[tuple(idx)] = a.weight
+            idx[cin] = slice(n_in, None)
+            b.weight[tuple(idx)] = 0.0  # new channels -> existing ones: zero, the function is unchanged
+            if a.bias is not None:
+                b.bias[:n_out] = a.bias
+
+
+def widen(vg: VAEGAN, encoder_width: int | None = None, decoder_width: int | None = None, seed: int = 0) -> VAEGAN:
+    """A copy of ``vg`` whose E and / or G have the given (larger) widths and compute the same function (Net2Net-style
+    growth, Chen et al. 2016): existing channels keep their weights; each new channel starts with a fresh layer's
+    random weights into it and zero weights out of it into the existing channels, so the outputs do not change until
+    training moves those zeros. D, and a part whose width is None or unchanged, are copied as they are."""
+    widths = {"encoder": (encoder_width, vg.encoder.width), "decoder": (decoder_width, vg.decoder.width)}
+    for part, (w, w0) in widths.items():
+        if w is not None and w < w0:
+            raise ValueError(f"{part} width {w} is smaller than the current {w0}: a part can only grow")
+    args = replace(vg.args, encoder_width=encoder_width or vg.encoder.width,
+                   decoder_width=decoder_width or vg.decoder.width)
     with torch.random.fork_rng(devices=[]):  # the new channels' init is seeded; the caller's generator is left alone
         torch.manual_seed(seed)
-        new = VAEGAN(replace(vg.args, decoder_width=width))
-    new.encoder.load_state_dict(vg.encoder.state_dict())
-    new.discriminator.load_state_dict(vg.discriminator.state_dict())
-    g = new.decoder
+        new = VAEGAN(args)
     with torch.no_grad():
-        # fc -> (4w, 7, 7): rows are channel-major, so the old channels are the first 4 * w0 * 49 rows
-        g.fc.weight[: 4 * w0 * 49] = old.fc.weight
-        g.fc.bias[: 4 * w0 * 49] = old.fc.bias
-        for a, b in zip(old.net, g.net):
-            if isinstance(a, nn.BatchNorm2d):
-                c = a.num_features
-                for name in ("weight", "bias", "running_mean", "running_var"):
-                    getattr(b, name)[:c] = getattr(a, name)
-                b.num_batches_tracked.copy_(a.num_batches_tracked)
-            elif isinstance(a, (nn.Conv2d, nn.ConvTranspose2d)):
-                # Conv2d weight: out x in x k x k; ConvTranspose2d: in x out x k x k
-                cin, cout = (0, 1) if isinstance(a, nn.ConvTranspose2d) else (1, 0)
-                n_in, n_out = a.weight.shape[cin], a.weight.shape[cout]
-                idx = [slice(None)] * 4
-                idx[cin], idx[cout] = slice(0, n_in), slice(0, n_out)
-                b.weight[tuple(idx)] = a.weight
-                idx[cin], idx[cout] = slice(n_in, None), slice(0, n_out)
-                b.weight[tuple(idx)] = 0.0  # new channels -> existing ones: zero, the function is unchanged
-                if a.bias is not None:
-                    b.bias[:n_out] = a.bias
+        for part in ("encoder", "decoder", "discriminator"):
+            _grow_into(getattr(vg, part), getattr(new, part))
     return new.eval()
 
 

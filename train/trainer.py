@@ -35,7 +35,7 @@ from . import checkpoint as ckpt_io
 from .config import ClassifierConfig, PurifierConfig, VAEGANConfig, resolve_device
 from .data import load_split
 from .errors import VaeganError
-from .models import VAEGAN, VGG16, widen_decoder
+from .models import VAEGAN, VGG16, widen
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -432,11 +432,11 @@ def train_purifier(cfg: PurifierConfig, resume: bool = False) -> dict:
     init = cfg.init or str(ckpt_io.default_path("vaegan"))
     clf_path = cfg.classifier or str(ckpt_io.default_path("classifier"))
     vg, init_ckpt = ckpt_io.load_model(init, "vaegan")
-    if cfg.decoder_width and cfg.decoder_width != vg.decoder.width:
+    if cfg.encoder_width or cfg.decoder_width:
         try:
-            vg = widen_decoder(vg, cfg.decoder_width, cfg.seed)
-        except ValueError as e:  # the one check of the width lives in widen_decoder
-            raise VaeganError(f"{init}: --decoder-width: {e}") from None
+            vg = widen(vg, cfg.encoder_width, cfg.decoder_width, cfg.seed)
+        except ValueError as e:  # the one check of the widths lives in widen
+            raise VaeganError(f"{init}: --encoder-width / --decoder-width: {e}") from None
     clf, _ = ckpt_io.load_model(clf_path, "classifier")
     vg, clf = vg.to(dev), clf.to(dev)
     clf.eval().requires_grad_(False)

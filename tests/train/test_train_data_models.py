@@ -83,25 +83,31 @@ def test_vgg16_topology():
     assert out.shape == (2, 10)
 
 
-def test_widen_decoder_keeps_the_function_and_trains_the_new_channels(tiny_vaegan_ckpt):
-    """Net2Net growth of G: same outputs (eval-mode BatchNorm with randomised statistics), more parameters, E and D
-    untouched; the new channels reach the output once training moves their zero outgoing weights."""
+@pytest.mark.parametrize("enc_w, dec_w", [(None, 12), (12, None), (10, 12)])
+def test_widen_keeps_the_function_and_trains_the_new_channels(tiny_vaegan_ckpt, enc_w, dec_w):
+    """Net2Net growth of E and / or G: same outputs (eval-mode BatchNorm with randomised statistics), more
+    parameters in the grown part only, D untouched; the new channels reach the output once training moves their zero
+    outgoing weights."""
     from vaegan.train.checkpoint import load_model
-    from vaegan.train.models import widen_decoder
+    from vaegan.train.models import widen
 
     vg, _ = load_model(tiny_vaegan_ckpt, "vaegan")
-    wide = widen_decoder(vg, 12)
-    assert wide.decoder.width == 12 and wide.args.decoder_width == 12 and wide.args.width == vg.args.width
-    assert count_params(wide.decoder) > count_params(vg.decoder)
-    assert count_params(wide.encoder) == count_params(vg.encoder)
+    wide = widen(vg, enc_w, dec_w)
+    assert (wide.encoder.width, wide.decoder.width) == (enc_w or 8, dec_w or 8) and wide.args.width == vg.args.width
+    for part, w in (("encoder", enc_w), ("decoder", dec_w), ("discriminator", None)):
+        grew = count_params(getattr(wide, part)) > count_params(getattr(vg, part))
+        assert grew == (w is not None), part
     torch.manual_seed(1)
     z, x = torch.randn(6, vg.args.latent_dim), torch.rand(6, 1, 28, 28)
+    torch.testing.assert_close(wide.encoder(x), vg.encoder(x), atol=1e-6, rtol=0)
     torch.testing.assert_close(wide.decoder(z), vg.decoder(z), atol=1e-6, rtol=0)
     torch.testing.assert_close(wide.reconstruct(x), vg.reconstruct(x), atol=1e-6, rtol=0)
     torch.testing.assert_close(wide.discriminator(x), vg.discriminator(x), atol=0, rtol=0)
-    # one gradient step on the reconstruction error changes the output through the new channels too
-    last = wide.decoder.net[-1]
-    wide.decoder(z).sub(0.5).pow(2).sum().backward()
-    assert last.weight.grad[:, 8:].abs().sum() > 0
-    with pytest.raises(ValueError, match="must be larger"):
-        widen_decoder(vg, 8)
+    # one gradient step on the reconstruction error reaches the new channels: through G's last conv and E's head
+    wide.reconstruct(x).sub(0.5).pow(2).sum().backward()
+    if dec_w:
+        assert wide.decoder.net[-1].weight.grad[:, 8:].abs().sum() > 0
+    if enc_w:
+        assert wide.encoder.head.weight.grad[:, 4 * 8 * 16:].abs().sum() > 0
+    with pytest.raises(ValueError, match="can only grow"):
+        widen(vg, decoder_width=4)

@@ -98,14 +98,16 @@ def test_purifier_finetune_trains_resumes_and_loads(tmp_path, tiny_vaegan_ckpt, 
     assert not torch.equal(start.encoder.head.weight, tuned.encoder.head.weight)
     trainer.train_purifier(PurifierConfig(epochs=2, **cfg), resume=True)
     assert checkpoint.load_raw(out / "ckpt.pt")["step"] == 8
-    # --decoder-width: G widened (function-preserving) before fine-tuning; the checkpoint rebuilds the wider G
+    # --encoder-width / --decoder-width: E and G widened (function-preserving) before fine-tuning; the checkpoint
+    # rebuilds the wider nets, D keeps the init's width
     cfg["out"] = str(tmp_path / "wide")
-    trainer.train_purifier(PurifierConfig(epochs=1, decoder_width=12, **cfg))
+    trainer.train_purifier(PurifierConfig(epochs=1, encoder_width=10, decoder_width=12, **cfg))
     wide, ck = checkpoint.load_model(tmp_path / "wide" / "model.pt", "vaegan")
-    assert wide.decoder.width == 12 and ck["model_args"]["decoder_width"] == 12 and wide.encoder.net[0].out_channels == 8
-    trainer.train_purifier(PurifierConfig(epochs=2, decoder_width=12, **cfg), resume=True)
+    assert (wide.encoder.width, wide.decoder.width, wide.discriminator.body[0].out_channels) == (10, 12, 8)
+    assert (ck["model_args"]["encoder_width"], ck["model_args"]["decoder_width"]) == (10, 12)
+    trainer.train_purifier(PurifierConfig(epochs=2, encoder_width=10, decoder_width=12, **cfg), resume=True)
     assert checkpoint.load_raw(tmp_path / "wide" / "ckpt.pt")["step"] == 8
-    with pytest.raises(VaeganError, match="G can only grow"):
+    with pytest.raises(VaeganError, match="can only grow"):
         trainer.train_purifier(PurifierConfig(epochs=1, decoder_width=4, **cfg))
 
 
