@@ -137,8 +137,8 @@ def widen(vg: VAEGAN, encoder_width: int | None = None, decoder_width: int | Non
     for part, (w, w0) in widths.items():
         if w is not None and w < w0:
             raise ValueError(f"{part} width {w} is smaller than the current {w0}: a part can only grow")
-    args = replace(vg.args, encoder_width=encoder_width or vg.encoder.width,
-                   decoder_width=decoder_width or vg.decoder.width)
+    args = replace(vg.args, encoder_width=encoder_width or vg.args.encoder_width,
+                   decoder_width=decoder_width or vg.args.decoder_width)
     with torch.random.fork_rng(devices=[]):  # the new channels' init is seeded; the caller's generator is left alone
         torch.manual_seed(seed)
         new = VAEGAN(args)
