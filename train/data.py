@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -61,10 +62,12 @@ def _from_flat_gz(flat: Path) -> Path:
     for name in RAW_FILES:
         dst = raw / name
         if not dst.exists():
-            tmp = dst.with_suffix(".tmp")
-            with gzip.open(flat / f"{name}.gz", "rb") as src, open(tmp, "wb") as out:
+            # a temporary name of its own: processes started together (torchrun, parallel runs) each write a whole
+            # copy and the atomic rename lets the last one win, instead of renaming each other's half-written file
+            with gzip.open(flat / f"{name}.gz", "rb") as src, \
+                    tempfile.NamedTemporaryFile(dir=raw, prefix=f"{name}.", suffix=".tmp", delete=False) as out:
                 shutil.copyfileobj(src, out)
-            tmp.replace(dst)
+            Path(out.name).replace(dst)
     return root
 
 

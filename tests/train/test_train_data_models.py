@@ -55,6 +55,31 @@ def test_flat_gz_folder_like_debian(monkeypatch, tmp_path):
     assert idx.tolist() == [0, 1, 2, 3, 4]
 
 
+def test_flat_gz_decompression_survives_a_second_process_arriving_mid_copy(monkeypatch, tmp_path):
+    """Runs started together (torchrun, parallel fine-tunes) decompress the same files at once: one arriving while
+    another is half-way through a file must not rename that half-written file away from under it."""
+    flat = tmp_path / "debian"
+    flat.mkdir()
+    payload = {name: bytes(range(256)) * (i + 1) for i, name in enumerate(data.RAW_FILES)}
+    for name, blob in payload.items():
+        with gzip.open(flat / f"{name}.gz", "wb") as g:
+            g.write(blob)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    copy, arrived = shutil.copyfileobj, []
+
+    def copy_then_let_another_run_in(src, dst):
+        copy(src, dst)
+        if not arrived:  # the second run starts while the first has written its copy but not yet renamed it
+            arrived.append(True)
+            data._from_flat_gz(flat)
+
+    monkeypatch.setattr(data.shutil, "copyfileobj", copy_then_let_another_run_in)
+    root = data._from_flat_gz(flat)
+    raw = root / "FashionMNIST" / "raw"
+    assert arrived and sorted(p.name for p in raw.iterdir()) == sorted(data.RAW_FILES)  # no temporary left behind
+    assert all((raw / name).read_bytes() == blob for name, blob in payload.items())
+
+
 def test_vaegan_shapes_and_ranges():
     vg = VAEGAN(VAEGANArgs()).eval()
     x = torch.rand(3, 1, 28, 28)
