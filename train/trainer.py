@@ -48,6 +48,8 @@ def _dist_setup(device: str = "cpu") -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    elif dev.type == "cuda" and dev.index is None:  # set_device refuses a bare "cuda" (torch 2.11)
+        dev = torch.device("cuda", torch.cuda.current_device())
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():

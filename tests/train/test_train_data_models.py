@@ -32,9 +32,7 @@ def test_resolution_order_and_missing_message(monkeypatch, tmp_path):
 @requires_data
 def test_flat_gz_folder_like_debian(monkeypatch, tmp_path):
     """Debian's package ships the four .gz files flat; they are decompressed into the cache in torchvision layout."""
-    import os
-
-    src = Path(os.environ["VAEGAN_DATA"]) / "FashionMNIST" / "raw"
+    src = data.resolve_data_root(None) / "FashionMNIST" / "raw"
     flat = tmp_path / "debian"
     flat.mkdir()
     for name in data.RAW_FILES:
