@@ -66,7 +66,13 @@ def _from_flat_gz(flat: Path) -> Path:
             # copy and the atomic rename lets the last one win, instead of renaming each other's half-written file
             with gzip.open(flat / f"{name}.gz", "rb") as src, \
                     tempfile.NamedTemporaryFile(dir=raw, prefix=f"{name}.", suffix=".tmp", delete=False) as out:
-                shutil.copyfileobj(src, out)
+                try:
+                    shutil.copyfileobj(src, out)
+                except BaseException as e:  # a corrupt .gz or an interrupt leaves no temporary behind
+                    Path(out.name).unlink()
+                    if isinstance(e, (OSError, EOFError)):
+                        raise VaeganError(f"{flat / f'{name}.gz'}: cannot decompress it ({e})") from None
+                    raise
             Path(out.name).replace(dst)
     return root
 

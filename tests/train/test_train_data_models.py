@@ -78,6 +78,20 @@ def test_flat_gz_decompression_survives_a_second_process_arriving_mid_copy(monke
     assert all((raw / name).read_bytes() == blob for name, blob in payload.items())
 
 
+def test_corrupt_flat_gz_is_a_one_line_error_naming_the_file(monkeypatch, tmp_path):
+    flat = tmp_path / "debian"
+    flat.mkdir()
+    for name in data.RAW_FILES:
+        with gzip.open(flat / f"{name}.gz", "wb") as g:
+            g.write(b"ok")
+    (flat / f"{data.RAW_FILES[1]}.gz").write_bytes(gzip.compress(b"x" * 1000)[:20])  # truncated
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(VaeganError, match=rf"{data.RAW_FILES[1]}\.gz: cannot decompress it"):
+        data._from_flat_gz(flat)
+    raw = tmp_path / "cache" / "vaegan" / "data" / "FashionMNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == [data.RAW_FILES[0]]  # no temporary of the failed file left
+
+
 def test_vaegan_shapes_and_ranges():
     vg = VAEGAN(VAEGANArgs()).eval()
     x = torch.rand(3, 1, 28, 28)
