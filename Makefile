@@ -177,7 +177,7 @@ runs/gpu_%/purifier/model.pt: runs/gpu_%/vaegan/model.pt
 retrain-gpu: $(addsuffix /purifier/model.pt,$(RETRAIN_GPU_RUNS))
 .PRECIOUS: runs/gpu_%/vaegan/model.pt
 
-# Longer purifier fine-tunes of the shipped VAE-GAN on a CUDA GPU (`make -j4 finetune-gpu`, about 8 minutes on an
+# Longer purifier fine-tunes of the shipped VAE-GAN on a CUDA GPU (`make -j4 finetune-gpu`, about 10 minutes on an
 # H200 four at once): three batch mixes (60 / 50 / 40% clean, the rest sign noise, FGSM-RS and adaptive PGD-3) for 9
 # epochs (the last 3 decaying), then 7 more (all decaying); and the c60 candidate for 4 more. The model card's
 # frontier table has what they reached.
