@@ -53,15 +53,20 @@ def test_flat_gz_folder_like_debian(monkeypatch, tmp_path):
     assert idx.tolist() == [0, 1, 2, 3, 4]
 
 
-def test_flat_gz_decompression_survives_a_second_process_arriving_mid_copy(monkeypatch, tmp_path):
-    """Runs started together (torchrun, parallel fine-tunes) decompress the same files at once: one arriving while
-    another is half-way through a file must not rename that half-written file away from under it."""
-    flat = tmp_path / "debian"
+def _flat_gz_folder(flat, payload: dict) -> Path:
+    """A Debian-style flat folder: ``<name>.gz`` holding ``payload[name]`` for each raw file."""
     flat.mkdir()
-    payload = {name: bytes(range(256)) * (i + 1) for i, name in enumerate(data.RAW_FILES)}
     for name, blob in payload.items():
         with gzip.open(flat / f"{name}.gz", "wb") as g:
             g.write(blob)
+    return flat
+
+
+def test_flat_gz_decompression_survives_a_second_process_arriving_mid_copy(monkeypatch, tmp_path):
+    """Runs started together (torchrun, parallel fine-tunes) decompress the same files at once: one arriving while
+    another is half-way through a file must not rename that half-written file away from under it."""
+    payload = {name: bytes(range(256)) * (i + 1) for i, name in enumerate(data.RAW_FILES)}
+    flat = _flat_gz_folder(tmp_path / "debian", payload)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     copy, arrived = shutil.copyfileobj, []
 
@@ -79,11 +84,7 @@ def test_flat_gz_decompression_survives_a_second_process_arriving_mid_copy(monke
 
 
 def test_corrupt_flat_gz_is_a_one_line_error_naming_the_file(monkeypatch, tmp_path):
-    flat = tmp_path / "debian"
-    flat.mkdir()
-    for name in data.RAW_FILES:
-        with gzip.open(flat / f"{name}.gz", "wb") as g:
-            g.write(b"ok")
+    flat = _flat_gz_folder(tmp_path / "debian", dict.fromkeys(data.RAW_FILES, b"ok"))
     (flat / f"{data.RAW_FILES[1]}.gz").write_bytes(gzip.compress(b"x" * 1000)[:20])  # truncated
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with pytest.raises(VaeganError, match=rf"{data.RAW_FILES[1]}\.gz: cannot decompress it"):
