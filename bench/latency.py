@@ -133,7 +133,8 @@ class RuntimeBackend(Backend):
         c = self.opts["cfg"]
         self.params = PurifyParams.from_settings(dataclasses.asdict(c))
         self.pur = make_purifier(arts, self.name, self.params, threads=self.opts["threads"],
-                                 **({"shard": self.opts["shard"], "fast_path": self.opts.get("fast_path")}
+                                 **({"shard": self.opts["shard"], "fast_path": self.opts.get("fast_path"),
+                                     "fast_path_engine": self.opts.get("fast_path_engine", "auto")}
                                     if self.name == "fused" else {}))
         self.pur.activate()
 
@@ -183,6 +184,14 @@ def percentiles(ts: list[float]) -> dict:
     a = np.asarray(ts) * 1e3
     return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
             "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "runs": len(ts)}
+
+
+def _openvino_version() -> str | None:
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.get_version()
 
 
 def _peak_rss_mb() -> float:
@@ -429,15 +438,17 @@ def _ints(s: str) -> list[int]:
               help="fused: batch sharding over --threads one-thread sessions (default: the runtime's, on for > 1 "
                    "thread)")
 @click.option("--fast-path/--no-fast-path", default=None,
-              help="fused: the runtime's CPU fast path, the Loop unrolled at T under onnxruntime 'all' (default: "
-                   "the runtime's, on for the CPU)")
+              help="fused: the runtime's CPU fast path, the Loop unrolled at T (default: the runtime's, on for the "
+                   "CPU)")
+@click.option("--fast-path-engine", type=click.Choice(["auto", "onnxruntime", "openvino"]), default="auto",
+              show_default=True, help="fused: the fast path's engine (auto: openvino when installed)")
 @click.option("--quick", is_flag=True, help="smoke run: batches 1,8, T = 2 and the default, 3 runs per cell")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--perturb", type=click.Choice(BACKENDS), default=None,
               help="(testing) add 1e-2 to this backend's output, to exercise the agreement check")
 def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_compile, threads, min_runs, max_time,
-         warmup, rounds, dgan_steps, shard, fast_path, quick, json_path, plot_path, perturb):
+         warmup, rounds, dgan_steps, shard, fast_path, fast_path_engine, quick, json_path, plot_path, perturb):
     import torch  # the parent process only: references, FLOP counts, peak micro-benchmark
 
     import flops
@@ -481,12 +492,13 @@ def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_co
     cells = [(n, t) for n in batches for t in steps_list]
     opts = {"checkpoint": str(checkpoint), "artifacts": str(arts), "threads": threads, "cfg": cfg, "tol": TOL_LOOP,
             "min_runs": min_runs, "max_time": max_time, "warmup": warmup, "perturb": perturb, "shard": shard,
-            "fast_path": fast_path}
+            "fast_path": fast_path, "fast_path_engine": fast_path_engine}
 
     results: dict = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": threads,
                     "python": platform.python_version(), "torch": torch.__version__,
-                    "onnxruntime": __import__("onnxruntime").__version__, "load_avg": os.getloadavg()},
+                    "onnxruntime": __import__("onnxruntime").__version__, "openvino": _openvino_version(),
+                    "load_avg": os.getloadavg()},
         "settings": {"checkpoint": str(checkpoint), "artifacts": str(arts), "images": image_source,
                      "batches": batches, "steps": steps_list, "purify": cfg.__dict__, "tolerance": TOL_LOOP,
                      "min_runs": min_runs, "max_time_s": max_time, "warmup": warmup, "rounds": rounds,
@@ -583,9 +595,11 @@ def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_co
     shards = fused_desc.get("shards", 1)
     results["settings"]["fused_shards"] = shards
     results["settings"]["fused_fast_path"] = fused_desc.get("fast_path")
+    fast_engine = fused_desc.get("fast_path_engine")
     sharded = shards > 1
-    notes = ([f"batches of 2+ split over {shards} one-thread sessions"] if sharded else []) + \
-        (["one-restart calls on the Loop unrolled at T, onnxruntime opt all"] if fused_desc.get("fast_path") else [])
+    notes = ([f"batches of 2+ split over {shards} one-thread sessions"
+              + (" on the Loop graph" if fast_engine == "openvino" else "")] if sharded else []) + \
+        ([f"one-restart calls on the Loop unrolled at T, {fast_engine}"] if fast_engine else [])
     click.echo(f"# purification latency ({image_source}; {threads} threads for every backend"
                + (f" (fused: {'; '.join(notes)})" if notes else "")
                + f"; best of {rounds} interleaved round(s); load avg {results['machine']['load_avg'][0]:.2f})\n")

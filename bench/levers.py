@@ -8,9 +8,10 @@ alike. Every variant's output is compared with the shipped graph's (max abs diff
 above the fused loop's export tolerance, 1e-4) before it is timed.
 
 Levers, each against the shipped configuration (export: stride-1 ConvTranspose rewritten as Conv; runtime: the
-CPU fast path -- one-restart calls run the Loop unrolled at T under graph optimisation ``all`` --, thread spinning
-on, batch sharding over ``--threads`` one-thread sessions on the CPU). The fast path switched off gives the Loop
-graph at ``extended`` (what shipped before it); the other rows are levers on that Loop graph: shipped levers
+CPU fast path -- one-restart calls run the Loop unrolled at T on OpenVINO's CPU plugin when installed, else on
+onnxruntime at graph optimisation ``all`` --, thread spinning on, batch sharding over ``--threads`` one-thread
+sessions on the CPU for the Loop graph). The fast path on onnxruntime is the next row (what shipped before
+OpenVINO); switched off it gives the Loop graph at ``extended``; the other rows are levers on that Loop graph: shipped levers
 switched off (no batch sharding; the exporter's stride-1 ConvTranspose kept), and levers not shipped (graph
 optimisation ``all`` / ``basic``, spinning off, one thread, every ConvTranspose -> Conv + DepthToSpace, the
 LeakyReLU-backward chain Greater/Cast/Mul/Add/Mul -> Sign/Clip/Mul, the Loop unrolled without ``all``).
@@ -50,6 +51,7 @@ class Variant:
     threads: int | None = None        # None: --threads
     shard: bool = True                # batch sharding over `threads` one-thread sessions (batches of 2+)
     shipped: bool = False
+    engine: str = "auto"              # shipped variants: the fast path's engine (make_purifier's fast_path_engine)
 
 
 def build_purifier(v: Variant, artifacts: str, threads: int):
@@ -63,7 +65,7 @@ def build_purifier(v: Variant, artifacts: str, threads: int):
     params = PurifyParams.from_manifest(arts)
     n = v.threads or threads
     if v.shipped:
-        return make_purifier(arts, "fused", params, threads=n)
+        return make_purifier(arts, "fused", params, threads=n, fast_path_engine=v.engine)
 
     def runner(k):
         so = SessionOptionsFromConfig(k, allow_spinning=v.spin, graph_optimization=v.opt)
@@ -201,9 +203,15 @@ def make_variants(artifacts: Path, checkpoint, classifier, steps: int, tmp: Path
         um.graph.input.append(onnx.helper.make_tensor_value_info("steps", onnx.TensorProto.INT64, []))
     unrolled = save(um, "unrolled")
     b = str(base)
-    return [
-        Variant(f"shipped (runtime default: fast path = Loop unrolled at T = {steps} + opt all; spinning on, batch "
-                "sharding, stride-1 rewrite)", b, shipped=True),
+    from vaegan.runtime.purify import resolve_fast_path_engine
+
+    engine = resolve_fast_path_engine("auto")
+    rows = [Variant(f"shipped (runtime default: fast path = Loop unrolled at T = {steps} on {engine}; spinning on, "
+                    "batch sharding of the Loop graph, stride-1 rewrite)", b, shipped=True)]
+    if engine == "openvino":
+        rows.append(Variant("- OpenVINO: fast path on onnxruntime at opt all (with batch sharding)", b, shipped=True,
+                            engine="onnxruntime"))
+    return rows + [
         Variant("- fast path off (the Loop graph at opt extended; the rows below change this one)", b),
         Variant("Loop graph: - batch sharding off", b, shard=False),
         Variant("Loop graph: - stride-1 ConvTranspose -> Conv rewrite off (exporter's graph)", no_s1),

@@ -221,30 +221,38 @@ def ort_session(path: str | Path):
 
 
 def check_numerics(spec, path: Path, nets, feeds_per_batch: dict[int, dict], report: Report, echo=print,
-                   session=None, label: str = "") -> None:
-    """Run ``path`` in onnxruntime and ``spec.reference`` in torch on the same inputs, for each batch size.
-    ``session``: a loader of the session to check (default: ``ort_session(path)``, the runtime's options), fed the
-    inputs it declares; ``label``: a suffix of the output names in the report (a variant of the same graph)."""
+                   runner=None, label: str = "") -> None:
+    """Run ``path`` and ``spec.reference`` in torch on the same inputs, for each batch size. ``runner``: the
+    runtime's runner to check (not active; default: onnxruntime with the runtime's session options,
+    ``ort_session(path)``), fed the inputs it declares; ``label``: a suffix of the output names in the report (a
+    variant of the same graph)."""
     import torch
 
+    from vaegan.runtime.backend.onnxrt import OnnxrtRunner
+
+    runner = runner if runner is not None else OnnxrtRunner(lambda: ort_session(path), name="onnxruntime")
+    engine = runner.name.split(":")[0]
     try:
-        sess = session() if session is not None else ort_session(path)
-    except Exception as e:  # onnx / onnxruntime raise their own Fail / InvalidGraph types
-        report.failures.append(f"{spec.name}{label}: onnxruntime cannot load {path.name}: {str(e).splitlines()[0]}")
-        echo(f"  [x] {spec.name}{label}: onnxruntime cannot load the file")
+        runner.activate()
+    except Exception as e:  # onnx / onnxruntime / openvino raise their own error types
+        report.failures.append(f"{spec.name}{label}: {engine} cannot load {path.name}: {str(e).splitlines()[0]}")
+        echo(f"  [x] {spec.name}{label}: {engine} cannot load the file")
         return
-    takes = {i.name for i in sess.get_inputs()}
-    for batch, feed in feeds_per_batch.items():
-        with torch.no_grad():
-            ref = spec.reference(nets, *[feed[i.name] for i in spec.inputs])
-        try:
-            got = sess.run([o.name for o in spec.outputs], {k: v.numpy() for k, v in feed.items() if k in takes})
-        except Exception as e:  # onnxruntime's runtime errors (e.g. a baked-in batch size)
-            msg = str(e).splitlines()[0]
-            report.failures.append(f"{spec.name}{label} (batch {batch}): onnxruntime failed: {msg}")
-            echo(f"  [x] {spec.name}{label} (batch {batch}): onnxruntime failed: {msg}")
-            continue
-        _check_outputs(spec, nets, feed, got, ref, batch, report, echo, label)
+    try:
+        takes = {m.name for m in runner.get_input_metadata()}
+        for batch, feed in feeds_per_batch.items():
+            with torch.no_grad():
+                ref = spec.reference(nets, *[feed[i.name] for i in spec.inputs])
+            try:
+                out = runner.infer({k: v.numpy() for k, v in feed.items() if k in takes})
+            except Exception as e:  # the engine's runtime errors (e.g. a baked-in batch size)
+                msg = str(e).splitlines()[0]
+                report.failures.append(f"{spec.name}{label} (batch {batch}): {engine} failed: {msg}")
+                echo(f"  [x] {spec.name}{label} (batch {batch}): {engine} failed: {msg}")
+                continue
+            _check_outputs(spec, nets, feed, [out[o.name] for o in spec.outputs], ref, batch, report, echo, label)
+    finally:
+        runner.deactivate()
 
 
 def _check_outputs(spec, nets, feed, got, ref, batch, report: Report, echo, label: str = "") -> None:
@@ -267,14 +275,21 @@ def _check_outputs(spec, nets, feed, got, ref, batch, report: Report, echo, labe
 
 def check_fast_path(spec, path: Path, nets, feeds_per_batch: dict[int, dict], report: Report, echo=print) -> None:
     """The fused backend's CPU fast path (``vaegan.runtime.purify.UnrolledFastPath``) as the runtime builds it:
-    ``path`` unrolled at the feeds' T, onnxruntime at graph optimisation ``all``, fed one restart; against the same
-    torch reference as the Loop graph. Its checks are the ``purify`` graph's outputs with a ``[fast path ...]``
-    suffix."""
-    from vaegan.runtime.purify import fast_path_session
+    ``path`` unrolled at the feeds' T, fed one restart, on each engine present (onnxruntime at graph optimisation
+    ``all``; OpenVINO's CPU plugin when installed, else a line saying why not); against the same torch reference as
+    the Loop graph. Its checks are the ``purify`` graph's outputs with a ``[fast path ...]`` suffix."""
+    from vaegan.runtime.backend.openvino import openvino_status
+    from vaegan.runtime.purify import fast_path_label, fast_path_runner
 
     steps = {int(f["steps"]) for f in feeds_per_batch.values()}
     if len(steps) != 1 or any(f["noise"].shape[0] != 1 for f in feeds_per_batch.values()):
         raise ValueError("check_fast_path: one T and one restart for every batch")
     (t,) = steps
-    check_numerics(spec, path, nets, feeds_per_batch, report, echo, session=fast_path_session(path, t),
-                   label=f" [fast path: unrolled T={t}, opt all]")
+    ok, why = openvino_status()
+    for engine in ("onnxruntime", "openvino"):
+        label = f" [fast path: {fast_path_label(t, engine)}]"
+        if engine == "openvino" and not ok:
+            echo(f"  [-] {spec.name}{label}: not checked ({why})")
+            continue
+        check_numerics(spec, path, nets, feeds_per_batch, report, echo, runner=fast_path_runner(path, t, engine),
+                       label=label)

@@ -43,8 +43,12 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
               help="fused on the CPU: split each batch into --threads one-thread shards run at once (default: on "
                    "when --threads > 1 and --providers cpu)")
 @click.option("--fast-path/--no-fast-path", default=None,
-              help="fused on the CPU: one-restart calls run the Loop unrolled at T under onnxruntime's 'all' "
-                   "level (default: on with --providers cpu)")
+              help="fused on the CPU: one-restart calls run the Loop unrolled at T on --fast-path-engine "
+                   "(default: on with --providers cpu)")
+@click.option("--fast-path-engine", type=click.Choice(["auto", "onnxruntime", "openvino"]), default="auto",
+              show_default=True,
+              help="the fast path's engine: OpenVINO's CPU plugin or onnxruntime at graph optimisation 'all'; auto = "
+                   "openvino when installed (`pip install 'vaegan[openvino]'`), else onnxruntime")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
               help="frames per purify call; from a camera, whatever has arrived is purified without waiting")
 @click.option("--steps", type=click.IntRange(0), default=None, help="T (default: the manifest's purify_defaults)")
@@ -60,13 +64,14 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 @click.option("--prefetch", type=click.IntRange(1), default=64, show_default=True,
               help="frames decoded ahead by the reader thread (bounded queue)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def main(input_, artifacts, out, backend, providers, threads, shard, fast_path, batch_size, steps, eta, lam, momentum, restarts,
+def main(input_, artifacts, out, backend, providers, threads, shard, fast_path, fast_path_engine, batch_size, steps, eta, lam, momentum, restarts,
          classify, save_purified, resume, recursive, max_frames, prefetch, quiet):
     from .errors import VaeganRuntimeError
     from .run import RunOptions, run
 
     opts = RunOptions(input=input_, artifacts=artifacts, out=out, backend=backend, providers=providers,
-                      threads=threads, shard=shard, fast_path=fast_path, batch_size=batch_size, steps=steps, eta=eta, lam=lam, momentum=momentum,
+                      threads=threads, shard=shard, fast_path=fast_path, fast_path_engine=fast_path_engine,
+                      batch_size=batch_size, steps=steps, eta=eta, lam=lam, momentum=momentum,
                       restarts=restarts, classify=classify, save_purified=save_purified, resume=resume,
                       recursive=recursive, max_frames=max_frames, prefetch=prefetch, quiet=quiet)
     try:

@@ -14,9 +14,11 @@ Backends (exactly one definition of the algorithm each):
   sharding); a single image runs on one session with ``threads`` intra-op threads. Rows are independent, so the
   shards give the same rows as one call; onnxruntime's intra-op threading of these small convolutions scaled 1.2x
   from 1 to 2 threads at batch 64 where sharding scales 1.25x more (bench/README.md). CPU fast path: a call with
-  one restart runs ``purify.onnx`` with its Loop unrolled at that call's T (``backend/onnxrt/unroll.py``) under
-  onnxruntime's ``all`` level (NCHWc kernels), built once per T (the configured T at activation, up to
-  ``FAST_PATH_CACHE`` of them); the same function, validated by ``vaegan-export`` at the shipped T.
+  one restart runs ``purify.onnx`` with its Loop unrolled at that call's T (``backend/onnxrt/unroll.py``) on
+  OpenVINO's CPU plugin when the ``openvino`` package is installed (one compiled model per batch size, no
+  sharding), else under onnxruntime's ``all`` level (NCHWc kernels), built once per T (the configured T at
+  activation, up to ``FAST_PATH_CACHE`` of them); the same function, validated by ``vaegan-export`` at the shipped T
+  on each engine present.
 - ``modular`` -- the loop above on the host in numpy, over ``encoder``, ``decoder``, ``discriminator_grad`` and
   ``decoder_vjp``; T, eta, lam, momentum, restarts change at run time without re-export.
 - ``trt``     -- the purify TensorRT engine (``manifest["engines"]["purify"]``) through ``TrtRunner``; the same
@@ -40,6 +42,7 @@ from .backend.onnxrt.loader import SessionOptionsFromConfig, resolve_providers
 from .errors import BackendUnavailableError, RuntimeUsageError
 
 BACKENDS = ("auto", "fused", "modular", "trt")
+FAST_PATH_ENGINES = ("auto", "onnxruntime", "openvino")  # auto: openvino when installed, else onnxruntime
 
 
 @dataclass(frozen=True)
@@ -260,7 +263,7 @@ class GraphPurifier(Purifier):
         fast = self.fast_path is not None and noise.shape[0] == 1
         main, shard = self._fast_runners(params.steps) if fast else self._loop_runners()
         k = min(self.shards, x.shape[0])
-        if k < 2 or self._pool is None:
+        if k < 2 or self._pool is None or shard is None:
             return self._run(main, x, noise, params, fast)
         cuts = np.linspace(0, x.shape[0], k + 1).round().astype(int)
         futures = [self._pool.submit(self._run, shard, np.ascontiguousarray(x[a:b]),
@@ -271,7 +274,8 @@ class GraphPurifier(Purifier):
 
     def describe(self) -> dict:
         return {**super().describe(), "shards": self.shards,
-                "fast_path": None if self.fast_path is None else getattr(self.fast_path, "description", "on")}
+                "fast_path": None if self.fast_path is None else getattr(self.fast_path, "description", "on"),
+                "fast_path_engine": getattr(self.fast_path, "engine", None)}
 
 
 class ModularPurifier(Purifier):
@@ -340,9 +344,8 @@ def ort_runner(artifacts: Artifacts, graph: str, providers, threads: int | None,
 
 def fast_path_session(path, steps: int, providers=("cpu",), threads: int | None = None, allow_spinning: bool = True,
                       model=None) -> SessionFromOnnx:
-    """The session loader of the CPU fast path: ``path`` (``purify.onnx``) unrolled at ``steps``, onnxruntime graph
-    optimisation ``all``. ``model``: an ``UnrolledFromOnnx`` to share between sessions (default: a new one).
-    ``vaegan-export`` validates through this same function."""
+    """The onnxruntime session loader of the CPU fast path: ``path`` (``purify.onnx``) unrolled at ``steps``, graph
+    optimisation ``all``. ``model``: an ``UnrolledFromOnnx`` to share between sessions (default: a new one)."""
     from .backend.onnxrt.unroll import UnrolledFromOnnx
 
     so = SessionOptionsFromConfig(intra_op_threads=threads, allow_spinning=allow_spinning, graph_optimization="all")
@@ -350,29 +353,69 @@ def fast_path_session(path, steps: int, providers=("cpu",), threads: int | None 
                            model=model if model is not None else UnrolledFromOnnx(path, steps))
 
 
+def resolve_fast_path_engine(engine: str) -> str:
+    """``auto`` -> ``openvino`` when OpenVINO is usable, else ``onnxruntime``; an explicit ``openvino`` that is not
+    usable is a ``BackendUnavailableError`` with the install hint."""
+    if engine not in FAST_PATH_ENGINES:
+        raise RuntimeUsageError(f"unknown fast path engine {engine!r} (choose from {', '.join(FAST_PATH_ENGINES)})")
+    if engine == "onnxruntime":
+        return engine
+    from .backend.openvino import openvino_status
+
+    ok, why = openvino_status()
+    if engine == "openvino" and not ok:
+        raise BackendUnavailableError(f"fast path engine 'openvino' is not usable: {why}")
+    return "openvino" if ok else "onnxruntime"
+
+
+def fast_path_label(steps: int, engine: str) -> str:
+    return f"unrolled T={steps}, " + ("OpenVINO CPU" if engine == "openvino" else "opt all")
+
+
+def fast_path_runner(path, steps: int, engine: str = "onnxruntime", threads: int | None = None,
+                     allow_spinning: bool = True, model=None, providers=("cpu",)) -> BaseRunner:
+    """One runner of the CPU fast path: ``path`` (``purify.onnx``) unrolled at ``steps``, on onnxruntime at graph
+    optimisation ``all`` or on OpenVINO's CPU plugin (``engine``, resolved). ``model``: an ``UnrolledFromOnnx`` to
+    share between runners (default: a new one). ``vaegan-export`` validates through this same function."""
+    from .backend.onnxrt.unroll import UnrolledFromOnnx
+
+    model = model if model is not None else UnrolledFromOnnx(path, steps)
+    name = f"{engine}:purify[{fast_path_label(steps, engine)}]"
+    if engine == "openvino":
+        from .backend.openvino import OpenvinoRunner
+
+        return OpenvinoRunner(model, threads, name=name)
+    return OnnxrtRunner(fast_path_session(path, steps, providers, threads, allow_spinning, model), name=name)
+
+
 class UnrolledFastPath:
     """``GraphPurifier.fast_path`` of the fused backend on the CPU: ``purify.onnx`` unrolled at T
-    (``backend/onnxrt/unroll.py``) on onnxruntime sessions at graph optimisation ``all`` (``fast_path_session``).
-    For one restart only: with R > 1 the NCHWc kernels' summation order can flip a near-tie between restarts
-    (bench/README.md), so those calls run the Loop graph at ``extended``."""
+    (``backend/onnxrt/unroll.py``) on OpenVINO's CPU plugin or on onnxruntime sessions at graph optimisation ``all``
+    (``fast_path_runner``; ``engine`` resolved by ``resolve_fast_path_engine``). For one restart only: with R > 1
+    the reordered kernels' summation order can flip a near-tie between restarts (bench/README.md), so those calls
+    run the Loop graph at ``extended``. OpenVINO gets no shard runner: it runs a batch on all its threads, and
+    splitting the batch over two requests measured no faster (bench/README.md)."""
 
-    description = "purify.onnx unrolled at the call's T, onnxruntime graph optimisation 'all', one restart"
-
-    def __init__(self, artifacts: Artifacts, providers, threads: int | None, allow_spinning: bool):
+    def __init__(self, artifacts: Artifacts, providers, threads: int | None, allow_spinning: bool,
+                 engine: str = "onnxruntime"):
         self.path = artifacts.path("purify")  # sha256-checked here, like every graph
         self.providers, self.threads, self.allow_spinning = providers, threads, allow_spinning
+        self.engine = engine
+        self.description = ("purify.onnx unrolled at the call's T, "
+                            + ("OpenVINO CPU plugin" if engine == "openvino" else "onnxruntime graph optimisation 'all'")
+                            + ", one restart")
 
-    def __call__(self, steps: int, shard: bool) -> tuple[OnnxrtRunner, OnnxrtRunner | None]:
-        """(runner with ``threads`` intra-op threads, one-thread shard runner or None), unrolled once for both."""
+    def __call__(self, steps: int, shard: bool) -> tuple[BaseRunner, BaseRunner | None]:
+        """(runner with ``threads`` threads, one-thread shard runner or None), unrolled once for both."""
         from .backend.onnxrt.unroll import UnrolledFromOnnx
 
         model = UnrolledFromOnnx(self.path, steps)
 
         def runner(threads):
-            return OnnxrtRunner(fast_path_session(self.path, steps, self.providers, threads, self.allow_spinning,
-                                                  model), name=f"onnxrt:purify[unrolled T={steps}, opt all]")
+            return fast_path_runner(self.path, steps, self.engine, threads, self.allow_spinning, model,
+                                    self.providers)
 
-        return runner(self.threads), runner(1) if shard else None
+        return runner(self.threads), runner(1) if shard and self.engine == "onnxruntime" else None
 
 
 def engine_limits(artifacts: Artifacts, graph: str = "purify") -> dict[str, int]:
@@ -400,15 +443,16 @@ def resolve_backend(backend: str, artifacts: Artifacts) -> str:
 
 def make_purifier(artifacts: Artifacts, backend: str = "auto", params: PurifyParams | None = None,
                   providers=("cpu",), threads: int | None = None, allow_spinning: bool | None = None,
-                  cuda_graph: bool = True, shard: bool | None = None, fast_path: bool | None = None) -> Purifier:
+                  cuda_graph: bool = True, shard: bool | None = None, fast_path: bool | None = None,
+                  fast_path_engine: str = "auto") -> Purifier:
     """Build (not activate) the purifier ``backend``; the graphs it needs are sha256-checked here.
 
     ``allow_spinning`` defaults to off for ``modular`` (four sessions run in turn; spinning threads of the idle
     ones compete for the cores) and on for ``fused``. ``shard`` (fused only): batch sharding over ``threads``
     one-thread sessions (see ``GraphPurifier``); default on when the providers are the CPU alone and ``threads``
     (default: the CPU count) is above 1. ``fast_path`` (fused only): one-restart calls run the Loop unrolled at
-    their T under onnxruntime's ``all`` level (``UnrolledFastPath``); default on when the providers are the CPU
-    alone."""
+    their T (``UnrolledFastPath``) on ``fast_path_engine`` (``FAST_PATH_ENGINES``; ``auto``: OpenVINO when
+    installed, else onnxruntime at ``all``); default on when the providers are the CPU alone."""
     params = params or PurifyParams.from_manifest(artifacts)
     backend = resolve_backend(backend, artifacts)
     if backend == "fused":
@@ -422,8 +466,10 @@ def make_purifier(artifacts: Artifacts, backend: str = "auto", params: PurifyPar
         if fast_path is None:
             fast_path = cpu_only
         elif fast_path and not cpu_only:
-            raise RuntimeUsageError("the fast path uses onnxruntime's CPU layout kernels: use it with --providers cpu")
-        fast = UnrolledFastPath(artifacts, providers, threads, spin) if fast_path else None
+            raise RuntimeUsageError("the fast path runs on CPU kernels (OpenVINO's or onnxruntime's): use it with "
+                                    "--providers cpu")
+        fast = (UnrolledFastPath(artifacts, providers, threads, spin, resolve_fast_path_engine(fast_path_engine))
+                if fast_path else None)
         main = ort_runner(artifacts, "purify", providers, threads, spin)
         if not shard or n_threads < 2:
             return GraphPurifier(artifacts, params, main, "fused", fast_path=fast)

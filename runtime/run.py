@@ -36,7 +36,8 @@ class RunOptions:
     providers: str = "cpu"
     threads: int | None = None
     shard: bool | None = None            # fused on the CPU: batch sharding (None: on when threads > 1)
-    fast_path: bool | None = None        # fused on the CPU: the Loop unrolled at T, opt 'all' (None: on for cpu)
+    fast_path: bool | None = None        # fused on the CPU: the Loop unrolled at T (None: on for cpu)
+    fast_path_engine: str = "auto"       # its engine: openvino (when installed) or onnxruntime at opt 'all'
     batch_size: int = 16
     steps: int | None = None
     eta: float | None = None
@@ -128,7 +129,7 @@ def run(opts: RunOptions) -> dict:
                                         restarts=opts.restarts)
     backend = resolve_backend(opts.backend, arts)
     purifier = make_purifier(arts, backend, params, providers=opts.providers, threads=opts.threads, shard=opts.shard,
-                             fast_path=opts.fast_path)
+                             fast_path=opts.fast_path, fast_path_engine=opts.fast_path_engine)
     classifier = make_classifier(arts, backend, providers=opts.providers, threads=opts.threads) if opts.classify else None
 
     out = Path(opts.out)

@@ -37,9 +37,17 @@ def test_cli_exit_code_and_trt_message(tiny_export):
     else:
         assert res.exit_code == 0, res.output
     assert "[x]" not in res.output
-    # 12 outputs over the 8 graphs + purify's 3 again on the runtime's CPU fast path, at batch 1 and 64
-    assert res.output.count("[ok]") == 2 * (12 + 3)
+    # 12 outputs over the 8 graphs + purify's 3 again on each engine of the runtime's CPU fast path (onnxruntime;
+    # OpenVINO when installed, else one line saying so), at batch 1 and 64
+    from vaegan.runtime.backend.openvino import openvino_status
+
+    ov_ok, why = openvino_status()
+    assert res.output.count("[ok]") == 2 * (12 + 3 + (3 if ov_ok else 0))
     assert res.output.count("[fast path: unrolled T=3, opt all]") == 2 * 3
+    if ov_ok:
+        assert res.output.count("[fast path: unrolled T=3, OpenVINO CPU]") == 2 * 3
+    else:
+        assert f"[-] purify [fast path: unrolled T=3, OpenVINO CPU]: not checked ({why})" in res.output
 
 
 def test_files_and_manifest(tiny_export):
@@ -73,7 +81,11 @@ def test_files_and_manifest(tiny_export):
             if io["name"] not in ("steps", "eta", "lam", "momentum"):
                 assert io["shape"][0] in ("N", "R") and g["dynamic_axes"][io["name"]]["0"] == io["shape"][0]
     fast = {k for k in m["graphs"]["purify"]["validation"] if "fast path" in k}
-    assert fast == {f"{o} [fast path: unrolled T={PurifyConfig().steps}, opt all]" for o in ("purified", "loss", "z")}
+    from vaegan.runtime.backend.openvino import openvino_status
+
+    engines = ["opt all"] + (["OpenVINO CPU"] if openvino_status()[0] else [])
+    assert fast == {f"{o} [fast path: unrolled T={PurifyConfig().steps}, {e}]"
+                    for o in ("purified", "loss", "z") for e in engines}
     assert m["graphs"]["purify"]["inputs"][1] == {"name": "noise", "shape": ["R", "N", L], "dtype": "float32"}
     assert m["graphs"]["purify"]["inputs"][2] == {"name": "steps", "shape": [], "dtype": "int64"}
     assert json.loads((out / "manifest.json").read_text()) == m

@@ -270,26 +270,51 @@ def test_import_is_torch_free(artifacts_dir, frames_dir, tmp_path):
     assert json.loads((tmp_path / "fused" / "summary.json").read_text())["purify"]["fast_path"]
     p = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None\n"
                         "import vaegan.runtime, vaegan.runtime.purify, vaegan.runtime.io, vaegan.runtime.run, "
-                        "vaegan.runtime.backend.trt, vaegan.runtime.backend.onnxrt.unroll\nimport torch"], capture_output=True, text=True)
+                        "vaegan.runtime.backend.trt, vaegan.runtime.backend.openvino, vaegan.runtime.backend.onnxrt.unroll\n"
+                        "import torch"], capture_output=True, text=True)
     assert p.returncode == 1 and "import of torch halted" in p.stderr  # the trick works: torch really is blocked
     for backend in ("modular", "fused"):
         assert len(_records(tmp_path / backend)) == len(list(frames_dir.iterdir()))
 
 
+def test_fast_path_engine_without_openvino(artifacts_dir, frames_dir, tmp_path):
+    """With OpenVINO not importable: the default engine falls back to onnxruntime; an explicit
+    --fast-path-engine openvino is a one-line error with the install hint, exit code 2."""
+    codes = {}
+    for engine in ("auto", "openvino"):
+        code = ("import sys; sys.modules['openvino'] = None\n"
+                "from vaegan.runtime.cli import main\n"
+                f"main(['--input', {str(frames_dir)!r}, '--artifacts', {str(artifacts_dir)!r}, '--out', "
+                f"{str(tmp_path / engine)!r}, '--quiet', '--steps', '1', '--backend', 'fused', "
+                f"'--fast-path-engine', {engine!r}])\n")
+        codes[engine] = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert codes["auto"].returncode == 0, codes["auto"].stderr
+    assert json.loads((tmp_path / "auto" / "summary.json").read_text())["purify"]["fast_path_engine"] == "onnxruntime"
+    err = codes["openvino"].stderr
+    assert codes["openvino"].returncode == 2 and "Traceback" not in err
+    assert "fast path engine 'openvino' is not usable: OpenVINO is not installed" in err
+    assert "pip install 'vaegan[openvino]'" in err
+
+
 def test_shard_and_fast_path_flags_same_outputs(artifacts_dir, frames_dir, tmp_path):
-    """--shard (batch split over one-thread sessions) and --no-shard, --fast-path (the Loop unrolled at T, opt
-    'all', the CPU default) and --no-fast-path give the same labels and purified frames."""
+    """--shard (batch split over one-thread sessions) and --no-shard, --fast-path (the Loop unrolled at T, the CPU
+    default) on each --fast-path-engine, and --no-fast-path give the same labels and purified frames."""
+    from vaegan.runtime.purify import resolve_fast_path_engine
+
     common = ("--input", frames_dir, "--artifacts", artifacts_dir, "--quiet", "--steps", "2", "--batch-size", "5",
               "--backend", "fused", "--threads", "2")
-    runs = {"s": ("--shard",), "n": ("--no-shard",), "f": ("--no-fast-path",)}
+    runs = {"s": ("--shard",), "n": ("--no-shard",), "f": ("--no-fast-path",),
+            "o": ("--fast-path-engine", "onnxruntime")}
     for name, flags in runs.items():
         res = _run(*common, "--out", tmp_path / name, *flags)
         assert res.exit_code == 0, res.output
     summ = {k: json.loads((tmp_path / k / "summary.json").read_text())["purify"] for k in runs}
     assert summ["s"]["shards"] == 2 and summ["n"]["shards"] == 1
     assert summ["s"]["fast_path"] and summ["n"]["fast_path"] and summ["f"]["fast_path"] is None
+    assert summ["s"]["fast_path_engine"] == resolve_fast_path_engine("auto") and summ["f"]["fast_path_engine"] is None
+    assert summ["o"]["fast_path_engine"] == "onnxruntime"
     rs = _records(tmp_path / "s")
-    for k in ("n", "f"):
+    for k in ("n", "f", "o"):
         assert [r["class_id"] for r in rs] == [r["class_id"] for r in _records(tmp_path / k)]
         for p in sorted((tmp_path / k / "purified").glob("*.png")):
             a = np.asarray(Image.open(p), dtype=np.int16)

@@ -28,12 +28,21 @@ def _torch_reference(vg_ckpt, clf_ckpt, x, noise, params: PurifyParams):
     return r.x.numpy(), r.loss.numpy(), logits.argmax(1).numpy()
 
 
-BACKENDS = {"fused": ("fused", {"shard": False}), "fused-sharded": ("fused", {"threads": 3, "shard": True}),
+BACKENDS = {"fused": ("fused", {"shard": False}),  # fast path on the default engine (OpenVINO when installed)
+            "fused-ort-sharded": ("fused", {"threads": 3, "shard": True, "fast_path_engine": "onnxruntime"}),
+            "fused-openvino": ("fused", {"threads": 3, "fast_path_engine": "openvino"}),
             "fused-loop": ("fused", {"threads": 3, "shard": True, "fast_path": False}), "modular": ("modular", {})}
+OPENVINO_REASON = "OpenVINO is the optional [openvino] extra (make test installs it)"
+
+
+def _needs(variant):
+    if BACKENDS[variant][1].get("fast_path_engine") == "openvino":
+        pytest.importorskip("openvino", reason=OPENVINO_REASON)
 
 
 def _check(arts_dir, vg_ckpt, clf_ckpt, x, variant, params=None, restarts=1):
     backend, kw = BACKENDS[variant]
+    _needs(variant)
     arts = load_artifacts(arts_dir)
     params = params or PurifyParams.from_manifest(arts)
     noise = restart_noise(PurifyParams(**{**params.__dict__, "restarts": restarts, "noise": 0.5}),
@@ -44,10 +53,14 @@ def _check(arts_dir, vg_ckpt, clf_ckpt, x, variant, params=None, restarts=1):
         if backend == "fused":  # which graph ran: the unrolled fast path for one restart (CPU default), else the Loop
             fast = restarts == 1 and kw.get("fast_path", True)
             graph = f"purify_fast_T{params.steps}" if fast else "purify"
+            # OpenVINO's fast path runs a batch whole (no shard runner); the Loop graph and onnxruntime's shard
+            sharded = pur.shards > 1 and not (fast and pur.describe()["fast_path_engine"] == "openvino")
             used = {k for k, r in pur.runners.items() if r.last_inference_time() is not None}
-            assert used == ({graph + "_shard"} if kw.get("shard") else {graph}), used
+            assert used == ({graph + "_shard"} if sharded else {graph}), used
             if kw.get("shard"):  # the rows really went through the one-thread shard sessions
                 assert pur.shards == 3
+            if "fast_path_engine" in kw and kw.get("fast_path", True):
+                assert pur.describe()["fast_path_engine"] == kw["fast_path_engine"]
     clf = make_classifier(arts, backend)
     with clf.runner:
         ids, conf, _ = clf(out.purified, arts.max_batch)
@@ -105,24 +118,31 @@ def test_sharding_single_image_uses_the_threaded_session(artifacts_dir, fmnist64
         assert pur.shards == 1 and "purify_shard" not in pur.runners
 
 
-def test_fast_path_runs_one_restart_calls_at_their_T(artifacts_dir, fmnist64):
-    """The CPU fast path (the Loop unrolled at T, onnxruntime 'all'): built for the configured T at activation,
-    on first use for another T (at most FAST_PATH_CACHE kept, least recently used dropped), never for R > 1;
-    the same rows as the Loop graph."""
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_fast_path_runs_one_restart_calls_at_their_T(engine, artifacts_dir, fmnist64):
+    """The CPU fast path (the Loop unrolled at T, on OpenVINO or onnxruntime 'all'): built for the configured T at
+    activation, on first use for another T (at most FAST_PATH_CACHE kept, least recently used dropped), never for
+    R > 1; the same rows as the Loop graph. onnxruntime's has a one-thread shard runner, OpenVINO's none."""
     from dataclasses import replace
 
     from vaegan.runtime.purify import FAST_PATH_CACHE
 
+    if engine == "openvino":
+        pytest.importorskip("openvino", reason=OPENVINO_REASON)
     x, _ = fmnist64
     arts = load_artifacts(artifacts_dir)
     params = PurifyParams.from_manifest(arts)
     with make_purifier(arts, "fused", params, threads=2, fast_path=False) as loop, \
-            make_purifier(arts, "fused", params, threads=2) as pur:
+            make_purifier(arts, "fused", params, threads=2, fast_path_engine=engine) as pur:
         assert pur.describe()["fast_path"] and loop.describe()["fast_path"] is None
+        assert pur.describe()["fast_path_engine"] == engine
         t0 = params.steps
-        assert f"purify_fast_T{t0}" in pur.runners and f"purify_fast_T{t0}_shard" in pur.runners  # at activation
+        assert f"purify_fast_T{t0}" in pur.runners  # at activation
+        assert (f"purify_fast_T{t0}_shard" in pur.runners) == (engine == "onnxruntime")
         assert not pur.runners["purify"].is_active  # the Loop graph's sessions: built on first use only
         np.testing.assert_allclose(pur.purify(x[:5]).purified, loop.purify(x[:5]).purified, atol=PIXEL_ATOL)
+        ran = f"purify_fast_T{t0}" + ("_shard" if engine == "onnxruntime" else "")  # 5 rows: sharded on onnxruntime
+        assert pur.runners[ran].last_inference_time() is not None
         assert pur.runners["purify_shard"].last_inference_time() is None  # the Loop graph did not run
         two = replace(params, restarts=2)
         np.testing.assert_allclose(pur.purify(x[:1], params=two).purified, loop.purify(x[:1], params=two).purified,
