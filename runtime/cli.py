@@ -48,7 +48,7 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 @click.option("--fast-path-engine", type=click.Choice(["auto", "onnxruntime", "openvino"]), default="auto",
               show_default=True,
               help="the fast path's engine: OpenVINO's CPU plugin or onnxruntime at graph optimisation 'all'; auto = "
-                   "openvino when installed (`pip install 'vaegan[openvino]'`), else onnxruntime")
+                   "openvino when installed (`pip install 'vaegan[openvino]'`) and T <= 10, else onnxruntime")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
               help="frames per purify call; from a camera, whatever has arrived is purified without waiting")
 @click.option("--steps", type=click.IntRange(0), default=None, help="T (default: the manifest's purify_defaults)")

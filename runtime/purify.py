@@ -43,6 +43,9 @@ from .errors import BackendUnavailableError, RuntimeUsageError
 
 BACKENDS = ("auto", "fused", "modular", "trt")
 FAST_PATH_ENGINES = ("auto", "onnxruntime", "openvino")  # auto: openvino when installed, else onnxruntime
+# auto's OpenVINO fast path up to this T: compiling the unrolled graph grows with T (T = 50: ~14 s and ~420 MB
+# resident, against 0.2 s / 120 MB on onnxruntime; bench/README.md), so longer loops take onnxruntime's
+AUTO_OPENVINO_MAX_STEPS = 10
 
 
 @dataclass(frozen=True)
@@ -355,7 +358,8 @@ def fast_path_session(path, steps: int, providers=("cpu",), threads: int | None 
 
 def resolve_fast_path_engine(engine: str) -> str:
     """``auto`` -> ``openvino`` when OpenVINO is usable, else ``onnxruntime``; an explicit ``openvino`` that is not
-    usable is a ``BackendUnavailableError`` with the install hint."""
+    usable is a ``BackendUnavailableError`` with the install hint. (``make_purifier``'s ``auto`` also caps
+    OpenVINO's T at ``AUTO_OPENVINO_MAX_STEPS``.)"""
     if engine not in FAST_PATH_ENGINES:
         raise RuntimeUsageError(f"unknown fast path engine {engine!r} (choose from {', '.join(FAST_PATH_ENGINES)})")
     if engine == "onnxruntime":
@@ -394,28 +398,35 @@ class UnrolledFastPath:
     (``fast_path_runner``; ``engine`` resolved by ``resolve_fast_path_engine``). For one restart only: with R > 1
     the reordered kernels' summation order can flip a near-tie between restarts (bench/README.md), so those calls
     run the Loop graph at ``extended``. OpenVINO gets no shard runner: it runs a batch on all its threads, and
-    splitting the batch over two requests measured no faster (bench/README.md)."""
+    splitting the batch over two requests measured no faster (bench/README.md). ``openvino_max_steps``: calls with
+    a larger T run on onnxruntime instead (None: no limit)."""
 
     def __init__(self, artifacts: Artifacts, providers, threads: int | None, allow_spinning: bool,
-                 engine: str = "onnxruntime"):
+                 engine: str = "onnxruntime", openvino_max_steps: int | None = None):
         self.path = artifacts.path("purify")  # sha256-checked here, like every graph
         self.providers, self.threads, self.allow_spinning = providers, threads, allow_spinning
         self.engine = engine
-        self.description = ("purify.onnx unrolled at the call's T, "
-                            + ("OpenVINO CPU plugin" if engine == "openvino" else "onnxruntime graph optimisation 'all'")
-                            + ", one restart")
+        self.openvino_max_steps = openvino_max_steps if engine == "openvino" else None
+        where = "OpenVINO CPU plugin" if engine == "openvino" else "onnxruntime graph optimisation 'all'"
+        if self.openvino_max_steps is not None:
+            where += f" (T <= {self.openvino_max_steps}; onnxruntime graph optimisation 'all' above)"
+        self.description = f"purify.onnx unrolled at the call's T, {where}, one restart"
+
+    def engine_for(self, steps: int) -> str:
+        cap = self.openvino_max_steps
+        return "onnxruntime" if cap is not None and steps > cap else self.engine
 
     def __call__(self, steps: int, shard: bool) -> tuple[BaseRunner, BaseRunner | None]:
         """(runner with ``threads`` threads, one-thread shard runner or None), unrolled once for both."""
         from .backend.onnxrt.unroll import UnrolledFromOnnx
 
         model = UnrolledFromOnnx(self.path, steps)
+        engine = self.engine_for(steps)
 
         def runner(threads):
-            return fast_path_runner(self.path, steps, self.engine, threads, self.allow_spinning, model,
-                                    self.providers)
+            return fast_path_runner(self.path, steps, engine, threads, self.allow_spinning, model, self.providers)
 
-        return runner(self.threads), runner(1) if shard and self.engine == "onnxruntime" else None
+        return runner(self.threads), runner(1) if shard and engine == "onnxruntime" else None
 
 
 def engine_limits(artifacts: Artifacts, graph: str = "purify") -> dict[str, int]:
@@ -452,7 +463,8 @@ def make_purifier(artifacts: Artifacts, backend: str = "auto", params: PurifyPar
     one-thread sessions (see ``GraphPurifier``); default on when the providers are the CPU alone and ``threads``
     (default: the CPU count) is above 1. ``fast_path`` (fused only): one-restart calls run the Loop unrolled at
     their T (``UnrolledFastPath``) on ``fast_path_engine`` (``FAST_PATH_ENGINES``; ``auto``: OpenVINO when
-    installed, else onnxruntime at ``all``); default on when the providers are the CPU alone."""
+    installed for T <= ``AUTO_OPENVINO_MAX_STEPS``, else onnxruntime at ``all``); default on when the providers are
+    the CPU alone."""
     params = params or PurifyParams.from_manifest(artifacts)
     backend = resolve_backend(backend, artifacts)
     if backend == "fused":
@@ -468,8 +480,10 @@ def make_purifier(artifacts: Artifacts, backend: str = "auto", params: PurifyPar
         elif fast_path and not cpu_only:
             raise RuntimeUsageError("the fast path runs on CPU kernels (OpenVINO's or onnxruntime's): use it with "
                                     "--providers cpu")
-        fast = (UnrolledFastPath(artifacts, providers, threads, spin, resolve_fast_path_engine(fast_path_engine))
-                if fast_path else None)
+        fast = None
+        if fast_path:
+            cap = AUTO_OPENVINO_MAX_STEPS if fast_path_engine == "auto" else None
+            fast = UnrolledFastPath(artifacts, providers, threads, spin, resolve_fast_path_engine(fast_path_engine), cap)
         main = ort_runner(artifacts, "purify", providers, threads, spin)
         if not shard or n_threads < 2:
             return GraphPurifier(artifacts, params, main, "fused", fast_path=fast)

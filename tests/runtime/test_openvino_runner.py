@@ -71,3 +71,25 @@ def test_bad_model_is_a_clear_error(tmp_path):
     with pytest.raises(ArtifactError, match="broken.onnx: OpenVINO cannot read the model: Unable to read the model"):
         r.activate()
     assert not r.is_active
+
+
+def test_unused_graph_inputs_are_kept(artifacts_dir, fmnist64):
+    """The purifier unrolled at T = 0 never reads eta or momentum: OpenVINO drops such inputs, the runner keeps the
+    ONNX graph's declared inputs (as onnxruntime does) and gives the fast path's T = 0 output."""
+    from vaegan.runtime.purify import fast_path_runner
+
+    from vaegan.runtime.artifacts import load_artifacts
+
+    x, _ = fmnist64
+    latent = load_artifacts(artifacts_dir).latent_dim
+    feed = {"x": x[:4], "noise": np.zeros((1, 4, latent), np.float32), "eta": np.array(0.1, np.float32),
+            "lam": np.array(1.0, np.float32), "momentum": np.array(0.0, np.float32)}
+    path = artifacts_dir / "purify.onnx"
+    with fast_path_runner(path, 0, "openvino") as ov, fast_path_runner(path, 0, "onnxruntime") as ort:
+        assert [m.name for m in ov.get_input_metadata()] == [m.name for m in ort.get_input_metadata()]
+        assert {"eta", "momentum"} <= {m.name for m in ov.get_input_metadata()}
+        got, ref = ov.infer(feed), ort.infer(feed)
+        with pytest.raises(FeedError, match="input 'eta' has dtype float64"):
+            ov.infer({**feed, "eta": np.array(0.1)})  # checked although unused
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], atol=1e-4)

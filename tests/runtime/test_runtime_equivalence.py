@@ -54,7 +54,7 @@ def _check(arts_dir, vg_ckpt, clf_ckpt, x, variant, params=None, restarts=1):
             fast = restarts == 1 and kw.get("fast_path", True)
             graph = f"purify_fast_T{params.steps}" if fast else "purify"
             # OpenVINO's fast path runs a batch whole (no shard runner); the Loop graph and onnxruntime's shard
-            sharded = pur.shards > 1 and not (fast and pur.describe()["fast_path_engine"] == "openvino")
+            sharded = pur.shards > 1 and not (fast and pur.fast_path.engine_for(params.steps) == "openvino")
             used = {k for k, r in pur.runners.items() if r.last_inference_time() is not None}
             assert used == ({graph + "_shard"} if sharded else {graph}), used
             if kw.get("shard"):  # the rows really went through the one-thread shard sessions
@@ -160,6 +160,31 @@ def test_fast_path_runs_one_restart_calls_at_their_T(engine, artifacts_dir, fmni
     assert not pur.runners["purify"].is_active
     with pytest.raises(RuntimeError, match="not active"):
         pur.purify(x[:1])
+
+
+def test_auto_engine_caps_openvino_at_max_steps(artifacts_dir, fmnist64):
+    """``auto``: OpenVINO's fast path up to AUTO_OPENVINO_MAX_STEPS (its compile grows with T), onnxruntime's
+    above it (with its shard runner); an explicit engine has no cap."""
+    from dataclasses import replace
+
+    from vaegan.runtime.purify import AUTO_OPENVINO_MAX_STEPS
+
+    pytest.importorskip("openvino", reason=OPENVINO_REASON)
+    x, _ = fmnist64
+    arts = load_artifacts(artifacts_dir)
+    params = PurifyParams.from_manifest(arts)
+    hi = AUTO_OPENVINO_MAX_STEPS + 1
+    with make_purifier(arts, "fused", params, threads=2) as pur:
+        assert pur.describe()["fast_path_engine"] == "openvino"
+        assert f"T <= {AUTO_OPENVINO_MAX_STEPS}" in pur.describe()["fast_path"]
+        pur.purify(x[:2], params=replace(params, steps=AUTO_OPENVINO_MAX_STEPS))
+        pur.purify(x[:2], params=replace(params, steps=hi))
+        assert pur.runners[f"purify_fast_T{AUTO_OPENVINO_MAX_STEPS}"].name.startswith("openvino:")
+        assert f"purify_fast_T{AUTO_OPENVINO_MAX_STEPS}_shard" not in pur.runners
+        assert pur.runners[f"purify_fast_T{hi}"].name.startswith("onnxruntime:")
+        assert pur.runners[f"purify_fast_T{hi}_shard"].last_inference_time() is not None
+    with make_purifier(arts, "fused", params, threads=2, fast_path_engine="openvino") as pur:
+        assert pur.fast_path.engine_for(hi) == "openvino"
 
 
 def test_restart_noise_layout():

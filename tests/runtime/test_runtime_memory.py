@@ -1,9 +1,9 @@
 """Streaming keeps memory flat: peak RSS of a 2,000-frame run (the sample frames repeated) measured in a child
 process, against a 200-frame run of the same frames.
 
-Bounds (stated with headroom; measured on this 2-core CPU box: ~140 MB peak for 10,000 frames at T=0 and ~177 MB
-at T=10, fused backend with its CPU fast path): the 2,000-frame peak stays below 400 MB, and at most 25 MB above the
-200-frame peak
+Bounds (stated with headroom; this test runs the modular backend at T=0; the README's 10,000-frame peaks for the
+fused backend on its OpenVINO fast path are 232 MB at T=0 and 341 MB at T=10): the 2,000-frame peak stays below
+400 MB, and at most 25 MB above the 200-frame peak
 (one batch plus a 64-frame prefetch queue of 28x28 float32 frames is ~0.2 MB; what grows with the frame count
 is the list of input paths and the latency arrays, ~0.3 kB/frame)."""
 

@@ -4,6 +4,10 @@ OpenVINO compiles a model fastest for static shapes (the purifier's unrolled gra
 ~2.7 ms with a dynamic batch dimension, bench/README.md), so the runner reads the ONNX model once at activation and
 compiles it for each new input-shape signature on first use (~0.4 s), keeping the ``cache`` most recently used.
 ``infer`` is thread-safe: concurrent calls take separate infer requests of the same compiled model.
+
+OpenVINO drops graph inputs that no node uses (the purifier unrolled at T = 0 never reads eta or momentum), where
+onnxruntime keeps them; the runner's inputs are the ONNX graph's declared ones, like ``OnnxrtRunner``'s, and a fed
+input the compiled model lacks is checked like any other, then left out.
 """
 
 from __future__ import annotations
@@ -45,6 +49,23 @@ def _message(e: Exception) -> str:
     return lines[0] if lines else str(e).strip()
 
 
+def _declared_inputs(data: bytes) -> list[TensorMeta]:
+    """The ONNX graph's inputs (initializers excluded) as ``TensorMeta``, in declaration order."""
+    import onnx
+    from onnx import helper
+
+    g = onnx.load_model_from_string(data).graph
+    inits = {t.name for t in g.initializer}
+    metas = []
+    for i in g.input:
+        if i.name in inits:
+            continue
+        t = i.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+        metas.append(TensorMeta(i.name, np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)), shape))
+    return metas
+
+
 class OpenvinoRunner(BaseRunner):
     """Runs ``model`` (a path to an ONNX file, or a loader returning its serialized bytes, e.g. ``UnrolledFromOnnx``)
     on OpenVINO's CPU plugin with ``threads`` inference threads (None: OpenVINO's default), fp32 throughout
@@ -70,13 +91,11 @@ class OpenvinoRunner(BaseRunner):
         except RuntimeError as e:  # OpenVINO's frontends raise RuntimeError subclasses with a multi-line message
             raise ArtifactError(f"{self.name}: OpenVINO cannot read the model: {_message(e)}") from None
         self.output_names = [o.get_any_name() for o in self.model.outputs]
+        self._used = {i.get_any_name() for i in self.model.inputs}
+        self._declared = _declared_inputs(data)
 
     def get_input_metadata_impl(self) -> list[TensorMeta]:
-        metas = []
-        for i in self.model.inputs:
-            shape = tuple(d.get_length() if d.is_static else None for d in i.get_partial_shape())
-            metas.append(TensorMeta(i.get_any_name(), np.dtype(i.get_element_type().to_dtype()), shape))
-        return metas
+        return list(self._declared)
 
     def compiled_shapes(self) -> list[tuple]:
         """The input-shape signatures compiled so far (least recently used first)."""
@@ -99,6 +118,7 @@ class OpenvinoRunner(BaseRunner):
             return compiled, compiled.create_infer_request()
 
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {name: a for name, a in feed.items() if name in self._used}
         key = tuple(sorted((name, a.shape) for name, a in feed.items()))
         compiled, req = self._request(key)
         try:
@@ -114,3 +134,4 @@ class OpenvinoRunner(BaseRunner):
             self._compiled.clear()
         self.model = None
         self._core = None
+        self._declared = []
