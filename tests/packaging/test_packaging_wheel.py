@@ -20,6 +20,10 @@ def test_wheel_layout_and_imports(tmp_path):
     for must in ("vaegan/__init__.py", "vaegan/train/purifier.py", "vaegan/export/__init__.py",
                  "vaegan/runtime/__init__.py", "vaegan/models/__init__.py"):
         assert must in names
+    # every package folder of the source tree (e.g. a new runtime backend) is in the wheel, not only the top ones
+    for top in ("train", "export", "runtime", "models"):
+        for init in (ROOT / top).rglob("__init__.py"):
+            assert f"vaegan/{init.relative_to(ROOT).as_posix()}" in names, f"{init.relative_to(ROOT)} missing from the wheel"
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     for cli in ("vaegan-train", "vaegan-attack", "vaegan-eval", "vaegan-export", "vaegan-run"):
         assert cli in entry
