@@ -103,24 +103,25 @@ class OpenvinoRunner(BaseRunner):
             return list(self._compiled)
 
     def _request(self, key: tuple):
+        """An idle infer request of the model compiled for ``key`` (compiled now on first use)."""
         with self._lock:
             if key in self._compiled:
                 self._compiled.move_to_end(key)
                 compiled, idle = self._compiled[key]
-                return compiled, (idle.pop() if idle else compiled.create_infer_request())
+                return idle.pop() if idle else compiled.create_infer_request()
         model = self.model.clone()
         model.reshape({name: list(shape) for name, shape in key})
         compiled = self._core.compile_model(model, "CPU", self.config)
         with self._lock:
-            compiled, idle = self._compiled.setdefault(key, (compiled, []))
+            compiled, _ = self._compiled.setdefault(key, (compiled, []))  # another thread may have compiled it too
             while len(self._compiled) > self.cache:
                 self._compiled.popitem(last=False)
-            return compiled, compiled.create_infer_request()
+            return compiled.create_infer_request()
 
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {name: a for name, a in feed.items() if name in self._used}
         key = tuple(sorted((name, a.shape) for name, a in feed.items()))
-        compiled, req = self._request(key)
+        req = self._request(key)
         try:
             req.infer(feed)
             return {name: req.get_tensor(name).data.copy() for name in self.output_names}
