@@ -441,7 +441,7 @@ def _ints(s: str) -> list[int]:
               help="fused: the runtime's CPU fast path, the Loop unrolled at T (default: the runtime's, on for the "
                    "CPU)")
 @click.option("--fast-path-engine", type=click.Choice(["auto", "onnxruntime", "openvino"]), default="auto",
-              show_default=True, help="fused: the fast path's engine (auto: openvino when installed)")
+              show_default=True, help="fused: the fast path's engine (auto: openvino when installed and T <= 10)")
 @click.option("--quick", is_flag=True, help="smoke run: batches 1,8, T = 2 and the default, 3 runs per cell")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None)
