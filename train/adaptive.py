@@ -853,6 +853,11 @@ def write_adaptive(report: dict, out: Path) -> None:
              if "defended_randomized" in c else "") + ".", "",
           "Accuracy (%) of the defended model on each attack's output:", "",
           "| attack | " + " | ".join(f"eps {e}" for e in eps) + " |", "|---" * (len(eps) + 1) + "|"]
+    cut = [f"{name} eps {e} ({run['cut_from']} images)" for name, per in report["attacks"].items()
+           for e in eps if e in per for run in per[e].get("runs", [per[e]]) if "cut_from" in run]
+    if cut:
+        md[4:4] = [f"Cut to these {report['n']} images from runs over more, by their per-image outcomes (their "
+                   f"convergence curves are not shown): {', '.join(cut)}.", ""]
     for name, per in report["attacks"].items():
         md.append(f"| {LABELS[name]} | " + " | ".join(f"{per[e]['accuracy']:.2f}" if e in per else "–" for e in eps)
                   + " |")
@@ -901,18 +906,20 @@ def write_adaptive(report: dict, out: Path) -> None:
             notes.append(f"- {name} gradient per eps: " + ", ".join(f"{e}: {v['gradient']}"
                                                                   for e, v in report["attacks"][name].items()))
     if "square" in report["attacks"]:
-        sq = report["attacks"]["square"]
-        notes.append(f"- square queried the runtime ({report['runtime']['backend']} backend, clean accuracy "
-                     f"{report['runtime']['clean_accuracy']:.2f}%); torch reference accuracy on its outputs: "
-                     + ", ".join(f"{e}: {v['torch_reference_accuracy']:.2f}" for e, v in sq.items()))
+        rt = report.get("runtime", {})
+        notes.append(f"- square queried the runtime ({rt.get('backend', 'fused')} backend"
+                     + (f", clean accuracy {rt['clean_accuracy']:.2f}%" if "clean_accuracy" in rt else "")
+                     + "); torch reference accuracy on its outputs: "
+                     + _per_eps(report["attacks"]["square"], "torch_reference_accuracy", "{:.2f}"))
     if "transfer" in report["attacks"]:
         s = report["surrogate"]
-        notes.append(f"- transfer surrogate `{s['path']}` (clean {s['clean_accuracy']:.2f}%); undefended classifier "
-                     f"on the transfer examples: " + ", ".join(f"{e}: {v['undefended_accuracy']:.2f}"
-                                                              for e, v in report["attacks"]["transfer"].items()))
+        notes.append(f"- transfer surrogate `{s['path']}`"
+                     + (f" (clean {s['clean_accuracy']:.2f}%)" if "clean_accuracy" in s else "")
+                     + "; undefended classifier on the transfer examples: "
+                     + _per_eps(report["attacks"]["transfer"], "undefended_accuracy", "{:.2f}"))
     if "latent" in report["attacks"]:
-        notes.append("- latent: defended prediction = target class: " + ", ".join(
-            f"{e}: {v['target_success']:.2f}%" for e, v in report["attacks"]["latent"].items()))
+        notes.append("- latent: defended prediction = target class: "
+                     + _per_eps(report["attacks"]["latent"], "target_success", "{:.2f}%"))
     cfgd = report["config"]
     budgets = []
     for name, per in report["attacks"].items():
@@ -973,14 +980,19 @@ def merge_reports(reports: list[dict]) -> dict:
     The same attack at the same eps may come from several runs with different budgets (e.g. 50 and 200 steps, 1
     and 9 APGD targets, or the same budget on the CPU and on a GPU, whose floating-point results differ): the
     strongest (lowest accuracy) is the one reported, and every run is listed under ``runs`` with its budget, device,
-    accuracy and curve. The same attack, eps, budget and device twice is refused."""
+    accuracy and curve. The same attack, eps, budget and device twice is refused.
+
+    Reports over different image counts (each run attacks the first n test images) are merged over the first
+    min(n): a larger run's results are cut to those images by their per-image masks (``_cut_report``), and one
+    without a mask is refused."""
     if not reports:
         raise VaeganError("merge: no reports")
+    n = min(r["n"] for r in reports)
+    reports = [_cut_report(r, n) for r in reports]
     first = reports[0]
     for r in reports[1:]:
-        for key, what in (("n", "image count"), ("checkpoints", "checkpoints")):
-            if r[key] != first[key]:
-                raise VaeganError(f"merge: the reports differ in {what} ({first[key]} vs {r[key]})")
+        if r["checkpoints"] != first["checkpoints"]:
+            raise VaeganError(f"merge: the reports differ in checkpoints ({first['checkpoints']} vs {r['checkpoints']})")
         if r["config"]["purify"] != first["config"]["purify"]:
             raise VaeganError("merge: the reports were measured with different purifier settings")
     merged = {k: v for k, v in first.items() if k not in ("attacks", "any", "eps", "clean")}
@@ -992,7 +1004,8 @@ def merge_reports(reports: list[dict]) -> dict:
             dst = merged["attacks"].setdefault(name, {})
             for e, rec in per.items():
                 rec = {**rec, "budget": rec.get("budget") or attack_budget(name, r["config"])}
-                run = {k: rec[k] for k in ("budget", "accuracy", "curve", "device", "seconds", "fooled") if k in rec}
+                run = {k: rec[k] for k in ("budget", "accuracy", "curve", "device", "seconds", "fooled", "cut_from")
+                       if k in rec}
                 if e not in dst:
                     dst[e] = {**rec, "runs": [run]}
                     continue
@@ -1018,7 +1031,7 @@ def merge_reports(reports: list[dict]) -> dict:
                          for a in ATTACKS if a in merged["attacks"]}
     scored = WHITE_OR_BLACK_BOX + ("transfer",)
     merged["any"], kinds = {}, set()
-    n = first["n"]
+    merged["n"] = n
     for e in (str(x) for x in merged["eps"]):
         results = [run for a, per in merged["attacks"].items() if a in scored and e in per
                    for run in per[e].get("runs", [per[e]])]
@@ -1035,6 +1048,41 @@ def merge_reports(reports: list[dict]) -> dict:
     merged["any_kind"] = ("union" if kinds == {"union"} else "min" if kinds == {"min"} else "union+min")
     merged["merged_from"] = len(reports)
     return merged
+
+
+def _cut_report(report: dict, n: int) -> dict:
+    """``report`` restricted to its first ``n`` images (itself when it has n): each result's accuracy recomputed
+    from its per-image mask cut to n, and marked ``cut_from`` (the run's own image count). What holds for the run's
+    whole image set only is dropped (``_CUT_KEEPS`` lists what stays): convergence curves, the other per-result
+    numbers (e.g. Square's torch reference accuracy), clean accuracies and the run's own worst-case row (the merge
+    recomputes that from the masks). A result without a mask cannot be cut: a ``VaeganError``."""
+    if report["n"] == n:
+        return report
+    attacks: dict = {}
+    for name, per in report["attacks"].items():
+        attacks[name] = {}
+        for e, rec in per.items():
+            if "fooled" not in rec:
+                raise VaeganError(f"merge: {name} at eps {e} over {report['n']} images recorded no per-image "
+                                  f"outcomes, so it cannot be cut to the first {n} images of the other reports")
+            fooled = unpack_mask(rec["fooled"], report["n"])[:n]
+            attacks[name][e] = {**{k: v for k, v in rec.items() if k in _CUT_KEEPS},
+                                "accuracy": 100.0 * (1 - fooled.mean()), "fooled": pack_mask(torch.from_numpy(fooled)),
+                                "cut_from": report["n"]}
+    whole_set = ("clean_accuracy",)  # the surrogate's and the runtime's, over the run's images
+    return {**report, "n": n, "attacks": attacks, "clean": {}, "any": {},
+            **{k: {a: b for a, b in report[k].items() if a not in whole_set}
+               for k in ("surrogate", "runtime") if report.get(k)}}
+
+
+# what a result cut to fewer images keeps: its settings; numbers over the run's whole image set are dropped
+_CUT_KEEPS = ("budget", "device", "seconds", "gradient", "defense", "eot_samples", "linf", "resumed_batches")
+
+
+def _per_eps(per: dict, key: str, fmt: str) -> str:
+    """'eps: value, ...' of ``key`` over the eps whose result has it (a result cut from a larger run has none)."""
+    vals = [f"{e}: {fmt.format(v[key])}" for e, v in per.items() if key in v]
+    return ", ".join(vals) if vals else "not kept (results cut from runs over more images)"
 
 
 def _curve_steps(report) -> list[int]:

@@ -295,8 +295,9 @@ def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, de
               help="torch device of the attacks: cpu, cuda, cuda:N (square always queries the CPU runtime)")
 @dataclass_options(__import__("vaegan.train.config", fromlist=["PurifyConfig"]).PurifyConfig)
 @click.option("--merge", "merge_dirs", multiple=True, type=click.Path(file_okay=False),
-              help="instead of attacking: merge the adaptive.json of these earlier runs (same images, checkpoints and "
-                   "purifier; e.g. one run per eps, in parallel) into OUT")
+              help="instead of attacking: merge the adaptive.json of these earlier runs (same checkpoints and purifier; "
+                   "e.g. one run per eps, in parallel) into OUT; runs over more images than the smallest are cut to "
+                   "its first images by their per-image outcomes")
 @click.option("--out", default="reports", show_default=True)
 @click.option("--data-root", default=None)
 @_friendly
@@ -322,8 +323,12 @@ def adaptive_cli(checkpoint, classifier, n, eps_list, attack_list, attack_steps,
                        if not isinstance(reports[-1], dict) or k not in reports[-1]]
             if missing:
                 raise VaeganError(f"{path}: not an adaptive report (no {', '.join(missing)})")
-        write_adaptive(merge_reports(reports), Path(out))
-        click.echo(f"merged {len(reports)} reports; wrote {out}/adaptive.md, adaptive.json, adaptive.png")
+        merged = merge_reports(reports)
+        write_adaptive(merged, Path(out))
+        cut = sorted({r["n"] for r in reports} - {merged["n"]})
+        click.echo(f"merged {len(reports)} reports" + (f" over the first {merged['n']} images (runs over "
+                                                       f"{', '.join(map(str, cut))} cut to them)" if cut else "")
+                   + f"; wrote {out}/adaptive.md, adaptive.json, adaptive.png")
         return
 
     eps = parse_eps(eps_list)

@@ -404,6 +404,45 @@ def test_merge_joins_runs_split_by_eps_and_attack(tmp_path):
     assert r3.exit_code == 1 and "other/adaptive.json: not an adaptive report (no eps, clean, attacks" in r3.output
 
 
+def test_merge_cuts_runs_over_more_images_to_the_common_first_images(tmp_path):
+    # a 4-image run and an 8-image run over the first test images: merged over the first 4, the larger run's
+    # results recomputed from their per-image masks
+    small = _report({"apgd": {"0.1": {"accuracy": 75.0, "gradient": "full", "budget": {"steps": 7},
+                                      "fooled": pack_mask(torch.tensor([0, 0, 1, 0], dtype=torch.bool))}}},
+                    [0.1], {"0.1": 75.0}, n=4)
+    small["clean"] = {"classifier": 100.0, "defended": 75.0}
+    big = _report({"square": {"0.1": {"accuracy": 62.5, "budget": {"queries": 3}, "curve": {"3": 62.5},
+                                      "fooled": pack_mask(torch.tensor([1, 0, 0, 0, 1, 1, 0, 0], dtype=torch.bool))}}},
+                  [0.1], {"0.1": 62.5}, n=8)
+    big["attacks"]["square"]["0.1"]["torch_reference_accuracy"] = 62.5  # over its 8 images: not kept
+    big["runtime"] = {"backend": "fused", "clean_accuracy": 87.5}
+    for order in ([small, big], [big, small]):
+        m = merge_reports(order)
+        assert m["n"] == 4 and m["clean"] == {"classifier": 100.0, "defended": 75.0}
+        sq = m["attacks"]["square"]["0.1"]
+        assert sq["accuracy"] == 75.0 and sq["cut_from"] == 8 and "curve" not in sq
+        assert (unpack_mask(sq["fooled"], 4) == [True, False, False, False]).all()
+        assert m["attacks"]["apgd"]["0.1"]["accuracy"] == 75.0 and "cut_from" not in m["attacks"]["apgd"]["0.1"]
+        assert m["any"] == {"0.1": 50.0} and m["any_kind"] == "union"  # images 0 and 2; big's own 62.5 is not used
+    write_adaptive(m, tmp_path / "m")
+    md = (tmp_path / "m" / "adaptive.md").read_text()
+    assert "first 4 test images" in md and "Cut to these 4 images from runs over more" in md
+    assert "square eps 0.1 (8 images)" in md
+    assert ("square queried the runtime (fused backend); torch reference accuracy on its outputs: not kept "
+            "(results cut from runs over more images)") in md
+    for name, rep in (("small", small), ("big", big)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adaptive.json").write_text(json.dumps(rep))
+    r = CliRunner().invoke(adaptive_cli, ["--merge", str(tmp_path / "big"), "--merge", str(tmp_path / "small"),
+                                          "--out", str(tmp_path / "cli")])
+    assert r.exit_code == 0 and "merged 2 reports over the first 4 images (runs over 8 cut to them)" in r.output
+    # a larger run without per-image outcomes cannot be cut: refused, naming the result
+    old = _report({"full": {"0.1": {"accuracy": 60.0}}}, [0.1], n=8)
+    with pytest.raises(VaeganError, match=r"full at eps 0.1 over 8 images recorded no per-image outcomes"):
+        merge_reports([small, old])
+    assert merge_reports([old, old | {"attacks": {}}])["n"] == 8  # same n: nothing is cut, masks not needed
+
+
 def test_batch_cache_resumes_an_interrupted_attack_at_its_first_unfinished_batch(tmp_path):
     from vaegan.train.adaptive import BatchCache
 
