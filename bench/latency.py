@@ -38,6 +38,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from vaegan.runtime.names import FAST_PATH_ENGINES
+
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
@@ -440,7 +442,7 @@ def _ints(s: str) -> list[int]:
 @click.option("--fast-path/--no-fast-path", default=None,
               help="fused: the runtime's CPU fast path, the Loop unrolled at T (default: the runtime's, on for the "
                    "CPU)")
-@click.option("--fast-path-engine", type=click.Choice(["auto", "onnxruntime", "openvino"]), default="auto",
+@click.option("--fast-path-engine", type=click.Choice(FAST_PATH_ENGINES), default="auto",
               show_default=True, help="fused: the fast path's engine (auto: openvino when installed and T <= 10)")
 @click.option("--quick", is_flag=True, help="smoke run: batches 1,8, T = 2 and the default, 3 runs per cell")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)

@@ -11,6 +11,7 @@ Layout (Polygraphy style):
 - ``backend/trt/``             -- ``EngineFromPath`` (lazy loader) and ``TrtRunner`` (device buffers, CUDA graphs)
 - ``artifacts.py``             -- manifest loading, format version and sha256 checks
 - ``purify.py``                -- purifier backends ``fused`` / ``modular`` / ``trt`` and the classifier
+- ``names.py``                 -- the backend and fast-path engine names (imports nothing; the CLIs' choices)
 - ``io.py``                    -- frame sources, the prefetch queue and THE preprocessing function
 - ``cli.py``                   -- ``vaegan-run``
 """

@@ -22,6 +22,7 @@ import sys
 import click
 
 from vaegan import __version__
+from vaegan.runtime.names import BACKENDS, FAST_PATH_ENGINES
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -34,7 +35,7 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 @click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(file_okay=False),
               help="directory written by `vaegan-export --out DIR`")
 @click.option("--out", default="out", show_default=True, type=click.Path(file_okay=False))
-@click.option("--backend", type=click.Choice(["auto", "fused", "modular", "trt"]), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="auto = trt when TensorRT, a GPU and engines are present, else fused")
 @click.option("--providers", default="cpu", show_default=True,
               help="onnxruntime execution providers, comma-separated: cpu, cuda, tensorrt (no fallback)")
@@ -45,7 +46,7 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 @click.option("--fast-path/--no-fast-path", default=None,
               help="fused on the CPU: one-restart calls run the Loop unrolled at T on --fast-path-engine "
                    "(default: on with --providers cpu)")
-@click.option("--fast-path-engine", type=click.Choice(["auto", "onnxruntime", "openvino"]), default="auto",
+@click.option("--fast-path-engine", type=click.Choice(FAST_PATH_ENGINES), default="auto",
               show_default=True,
               help="the fast path's engine: OpenVINO's CPU plugin or onnxruntime at graph optimisation 'all'; auto = "
                    "openvino when installed (`pip install 'vaegan[openvino]'`) and T <= 10, else onnxruntime")

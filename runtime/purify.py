@@ -40,9 +40,8 @@ from .backend.base import Activatable, BaseRunner
 from .backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 from .backend.onnxrt.loader import SessionOptionsFromConfig, resolve_providers
 from .errors import BackendUnavailableError, RuntimeUsageError
+from .names import BACKENDS, FAST_PATH_ENGINE_LABELS, FAST_PATH_ENGINES
 
-BACKENDS = ("auto", "fused", "modular", "trt")
-FAST_PATH_ENGINES = ("auto", "onnxruntime", "openvino")  # auto: openvino when installed, else onnxruntime
 # auto's OpenVINO fast path up to this T: compiling the unrolled graph grows with T (T = 50: ~14 s and ~420 MB
 # resident, against 0.2 s / 120 MB on onnxruntime; bench/README.md), so longer loops take onnxruntime's
 AUTO_OPENVINO_MAX_STEPS = 10
@@ -373,7 +372,7 @@ def resolve_fast_path_engine(engine: str) -> str:
 
 
 def fast_path_label(steps: int, engine: str) -> str:
-    return f"unrolled T={steps}, " + ("OpenVINO CPU" if engine == "openvino" else "opt all")
+    return f"unrolled T={steps}, {FAST_PATH_ENGINE_LABELS[engine]}"
 
 
 def fast_path_runner(path, steps: int, engine: str = "onnxruntime", threads: int | None = None,
@@ -407,10 +406,10 @@ class UnrolledFastPath:
         self.providers, self.threads, self.allow_spinning = providers, threads, allow_spinning
         self.engine = engine
         self.openvino_max_steps = openvino_max_steps if engine == "openvino" else None
-        where = "OpenVINO CPU plugin" if engine == "openvino" else "onnxruntime graph optimisation 'all'"
+        where = FAST_PATH_ENGINE_LABELS[engine]
         if self.openvino_max_steps is not None:
-            where += f" (T <= {self.openvino_max_steps}; onnxruntime graph optimisation 'all' above)"
-        self.description = f"purify.onnx unrolled at the call's T, {where}, one restart"
+            where += f" (T <= {self.openvino_max_steps}; {FAST_PATH_ENGINE_LABELS['onnxruntime']} above)"
+        self.description = f"purify.onnx unrolled at the call's T on {where}, one restart"
 
     def engine_for(self, steps: int) -> str:
         cap = self.openvino_max_steps

@@ -43,7 +43,7 @@ def test_cli_exit_code_and_trt_message(tiny_export):
 
     ov_ok, why = openvino_status()
     assert res.output.count("[ok]") == 2 * (12 + 3 + (3 if ov_ok else 0))
-    assert res.output.count("[fast path: unrolled T=3, opt all]") == 2 * 3
+    assert res.output.count("[fast path: unrolled T=3, onnxruntime opt all]") == 2 * 3
     if ov_ok:
         assert res.output.count("[fast path: unrolled T=3, OpenVINO CPU]") == 2 * 3
     else:
@@ -83,7 +83,9 @@ def test_files_and_manifest(tiny_export):
     fast = {k for k in m["graphs"]["purify"]["validation"] if "fast path" in k}
     from vaegan.runtime.backend.openvino import openvino_status
 
-    engines = ["opt all"] + (["OpenVINO CPU"] if openvino_status()[0] else [])
+    from vaegan.runtime.names import FAST_PATH_ENGINE_LABELS as labels
+
+    engines = [labels["onnxruntime"]] + ([labels["openvino"]] if openvino_status()[0] else [])
     assert fast == {f"{o} [fast path: unrolled T={PurifyConfig().steps}, {e}]"
                     for o in ("purified", "loss", "z") for e in engines}
     assert m["graphs"]["purify"]["inputs"][1] == {"name": "noise", "shape": ["R", "N", L], "dtype": "float32"}

@@ -1,0 +1,8 @@
+"""The names the runtime's choices go by, in a module that imports nothing: the CLIs (``vaegan-run``,
+``bench/latency.py``) list them at ``--help`` without importing onnxruntime, and ``runtime.purify`` checks against
+the same tuples."""
+
+BACKENDS = ("auto", "fused", "modular", "trt")
+FAST_PATH_ENGINES = ("auto", "onnxruntime", "openvino")  # auto: openvino when installed, else onnxruntime
+# how runner names, descriptions and the export's validation report name each engine of the CPU fast path
+FAST_PATH_ENGINE_LABELS = {"onnxruntime": "onnxruntime opt all", "openvino": "OpenVINO CPU"}
