@@ -450,9 +450,10 @@ def accuracy(model, x, y, bs=250) -> float:
 
 
 def _pgd_over(model, x, y, cfg: AdaptiveConfig, eps, eval_model=None, eot_iter=1, worst_case=True, restarts=None,
-              cache: BatchCache | None = None, tag: str = "", budget: dict | None = None):
+              cache: BatchCache | None = None, tag: str = "", budget: dict | None = None, generators=()):
     """TrackedPGD in batches (each seeded ``cfg.seed`` + its first image's index); returns (x_adv, fooled (N,),
-    curve {step: acc}). With ``cache`` (deterministic attacks only), finished batches are kept under ``tag``."""
+    curve {step: acc}). With ``cache``, finished batches are kept under ``tag`` (``generators``: those of the
+    randomized purifiers the attack draws from, see ``BatchCache``)."""
 
     def one(i, xb, yb):
         atk = TrackedPGD(model, eps=eps, alpha=cfg.alpha_ratio * eps, steps=cfg.steps,
@@ -462,10 +463,11 @@ def _pgd_over(model, x, y, cfg: AdaptiveConfig, eps, eval_model=None, eot_iter=1
         xa = atk(xb, yb)
         return xa, {"fooled": atk.fooled, "curve": atk.curve}
 
-    return _tracked_over(one, x, y, cfg, cache, tag, budget)
+    return _tracked_over(one, x, y, cfg, cache, tag, budget, generators)
 
 
-def _tracked_over(one, x, y, cfg: AdaptiveConfig, cache: BatchCache | None, tag: str, budget: dict | None):
+def _tracked_over(one, x, y, cfg: AdaptiveConfig, cache: BatchCache | None, tag: str, budget: dict | None,
+                  generators=()):
     """``one(start, xb, yb) -> (x_adv_b, {"fooled", "curve"})`` over the batches, through ``cache`` when given;
     returns (x_adv, fooled (N,), curve {step: acc} weighted by batch size)."""
     if cache is None:
@@ -474,7 +476,7 @@ def _tracked_over(one, x, y, cfg: AdaptiveConfig, cache: BatchCache | None, tag:
         adv, extras = torch.cat([a for a, _ in parts]), [e for _, e in parts]
     else:
         adv, extras = cache.map(tag, {**(budget or {}), "checkpoints": list(cfg.checkpoints)}, one, x, y,
-                                cfg.batch_size)
+                                cfg.batch_size, generators)
     sizes = [len(e["fooled"]) for e in extras]
     curve = {t: sum(e["curve"][t] * s for e, s in zip(extras, sizes)) / sum(sizes) for t in extras[0]["curve"]}
     return adv, torch.cat([e["fooled"] for e in extras]), curve
@@ -492,11 +494,13 @@ class BatchCache:
     transfer, latent), one file each under ``OUT/partial/``, so that an interrupted run resumes at its first unfinished batch
     (an AutoAttack-budget Square run is hours on this CPU). Each batch of these attacks is a function of its images,
     labels and seed alone (torchattacks seeds every call, ``TrackedPGD`` takes the batch's seed), so a resumed run
-    writes what an uninterrupted one would. The EOT attacks are not kept: their randomized purifier draws from one
-    generator across batches, so a batch's result depends on the batches before it. A file is reused only when its key
-    matches: attack, eps, budget, seed, device, checkpoints, purifier settings and the sha256 of the batch's images
-    and labels; anything else (another budget, corrupt file) is recomputed and overwritten. ``_evaluate_adaptive``
-    removes the folder once the report is written."""
+    writes what an uninterrupted one would. The EOT attacks (bpda_eot, full_eot) also depend on the randomized
+    purifiers' generators, which draw across batches: ``map(..., generators=...)`` keys each batch on the generators'
+    states at its start and keeps their states at its end, restored when the batch is reused, so a resumed EOT run
+    continues the same random streams. A file is reused only when its key matches: attack, eps, budget, seed, device,
+    checkpoints, purifier settings, the sha256 of the batch's images and labels (and of the generator states); anything
+    else (another budget, corrupt file) is recomputed and overwritten. ``_evaluate_adaptive`` removes the folder once
+    the report is written."""
 
     def __init__(self, root: Path, base: dict, echo=print):
         self.root = Path(root)
@@ -504,32 +508,35 @@ class BatchCache:
         self.echo = echo
         self.reused = 0  # batches the last ``map`` took from disk
 
-    def _key(self, tag: str, budget: dict, index: int, xb: torch.Tensor, yb: torch.Tensor) -> str:
-        return json.dumps({**self.base, "tag": tag, "budget": budget, "batch": index, "inputs": _sha256(xb, yb)},
-                          sort_keys=True, default=str)
+    def _key(self, tag: str, budget: dict, index: int, xb: torch.Tensor, yb: torch.Tensor, generators=()) -> str:
+        rng = {"rng": _sha256(*(g.get_state() for g in generators))} if generators else {}
+        return json.dumps({**self.base, "tag": tag, "budget": budget, "batch": index, "inputs": _sha256(xb, yb),
+                           **rng}, sort_keys=True, default=str)
 
-    def map(self, tag: str, budget: dict, fn, x: torch.Tensor, y: torch.Tensor, batch_size: int):
+    def map(self, tag: str, budget: dict, fn, x: torch.Tensor, y: torch.Tensor, batch_size: int, generators=()):
         """``fn(start, xb, yb) -> (x_adv_b, extras)`` over the batches (``start``: the batch's first image; extras: a
         dict of numbers, CPU tensors and dicts of numbers); returns (x_adv, the batches' extras in order) and sets
         ``reused`` to the number of batches taken from an earlier run. ``budget``: what else sets the result (part
-        of the key)."""
+        of the key). ``generators``: the ``torch.Generator`` s that ``fn`` draws from (their states enter the key,
+        and a reused batch leaves them where the batch that wrote it did)."""
         advs, extras, reused = [], [], 0
         batches = list(zip(x.split(batch_size), y.split(batch_size)))
         for i, (xb, yb) in enumerate(batches):
             path = self.root / f"{tag}_b{i:04d}.pt"
-            key = self._key(tag, budget, i, xb, yb)
+            key = self._key(tag, budget, i, xb, yb, generators)
             hit = None
             if path.is_file():
                 try:
                     saved = torch.load(path, map_location="cpu", weights_only=True)
-                    if saved.get("key") == key and saved["x_adv"].shape == xb.shape:
+                    if (saved.get("key") == key and saved["x_adv"].shape == xb.shape
+                            and len(saved.get("rng_after", [])) == len(generators)):
                         hit = saved
                 except Exception as e:  # a truncated file from a killed run: recompute it
                     self.echo(f"{path}: unreadable ({type(e).__name__}: {e}); recomputing that batch")
             if hit is None:
                 t0 = time.perf_counter()
                 xa, ex = fn(i * batch_size, xb, yb)
-                hit = {"key": key, "x_adv": xa.detach().cpu(),
+                hit = {"key": key, "x_adv": xa.detach().cpu(), "rng_after": [g.get_state() for g in generators],
                        "extras": {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in ex.items()}}
                 self.root.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
@@ -539,6 +546,8 @@ class BatchCache:
                           f"kept in {path}")
             else:
                 reused += 1
+                for g, state in zip(generators, hit["rng_after"]):
+                    g.set_state(state)
             advs.append(hit["x_adv"].to(x.device))
             extras.append(hit["extras"])
         if reused:
@@ -683,7 +692,9 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
                 rand = RandomizedPurifier(vg, rcfg, seed=cfg.seed + int(eps * 1e4), differentiable=exact)
                 rand_grad = Defended(rand if exact else StraightThrough(rand), clf).eval()
                 xa, fooled, curve = _pgd_over(rand_grad, x, y, cfg, eps, eval_model=rand_eval,
-                                              eot_iter=cfg.eot_samples, worst_case=False, restarts=1)
+                                              eot_iter=cfg.eot_samples, worst_case=False, restarts=1, cache=cache,
+                                              tag=f"{name}_eps{eps:g}", budget=attack_budget(name, asdict(cfg)),
+                                              generators=(rand.gen, rand_eval.purifier.gen))
                 seed_at = "mu_E(x) + " if rcfg.init == "encoder" else ""
                 rec.update(curve=curve, defense=f"R={rcfg.restarts} restarts, all seeded at {seed_at}"
                                                 f"{rcfg.noise:g} N(0, I), fresh noise per call",

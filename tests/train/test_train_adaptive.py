@@ -523,6 +523,54 @@ def test_an_interrupted_adaptive_run_resumes_and_gives_the_uninterrupted_report(
     assert not (tmp_path / "split" / "partial").exists()
 
 
+def test_eot_batches_resume_with_the_randomized_purifiers_random_streams(live_ckpts, tmp_path, monkeypatch):
+    """bpda_eot / full_eot draw fresh purifier noise across batches and eps; their batches keep the generators'
+    states, so a run stopped mid-way finishes with the uninterrupted run's accuracy, fooled mask and curve."""
+    from vaegan.train import adaptive
+
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(7))
+    y = torch.arange(6)
+    cfg = AdaptiveConfig(n=6, eps=(0.1, 0.3), attacks=("bpda_eot", "full_eot"), steps=2, checkpoints=(1, 2),
+                         eot_samples=2, eot_restarts=2, purify=replace(CFG), batch_size=3, out=str(tmp_path / "whole"))
+    whole = adaptive.evaluate_adaptive(*live_ckpts, cfg, data=(x, y), echo=lambda *a, **k: None)
+
+    real, runs = adaptive.TrackedPGD.run, []
+
+    def stop_on_sixth_batch(self, *a, **k):  # bpda_eot's 2 x 2 batches, full_eot's first; killed on its second
+        runs.append(1)
+        if len(runs) == 6:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    cfg = replace(cfg, out=str(tmp_path / "split"))
+    monkeypatch.setattr(adaptive.TrackedPGD, "run", stop_on_sixth_batch)
+    with pytest.raises(KeyboardInterrupt):
+        adaptive.evaluate_adaptive(*live_ckpts, cfg, data=(x, y), echo=lambda *a, **k: None)
+    assert len(list((tmp_path / "split" / "partial").glob("*.pt"))) == 5
+    monkeypatch.setattr(adaptive.TrackedPGD, "run", real)
+    split = adaptive.evaluate_adaptive(*live_ckpts, cfg, data=(x, y), echo=lambda *a, **k: None)
+    assert [split["attacks"][a][e].get("resumed_batches") for a in ("bpda_eot", "full_eot") for e in ("0.1", "0.3")] \
+        == [2, 2, 1, None]
+    for name in ("bpda_eot", "full_eot"):
+        for e in ("0.1", "0.3"):
+            a, b = whole["attacks"][name][e], split["attacks"][name][e]
+            assert (b["accuracy"], b["fooled"], b["curve"]) == (a["accuracy"], a["fooled"], a["curve"]), (name, e)
+    # a batch written from other generator states is not reused: the noise it saw is not the noise due now
+    from vaegan.train.adaptive import BatchCache
+
+    cache = BatchCache(tmp_path / "g", {"seed": 0}, echo=lambda *a: None)
+    g = torch.Generator().manual_seed(1)
+    draw = lambda i, xb, yb: (xb + 0 * torch.rand(1, generator=g), {"u": torch.rand(1, generator=g)})  # noqa: E731
+    _, first = cache.map("t", {}, draw, x, y, 3, generators=(g,))
+    after = g.get_state()
+    g.manual_seed(1)
+    _, again = cache.map("t", {}, draw, x, y, 3, generators=(g,))
+    assert cache.reused == 2 and torch.equal(g.get_state(), after) and again == first
+    g.manual_seed(2)
+    cache.map("t", {}, draw, x, y, 3, generators=(g,))
+    assert cache.reused == 0
+
+
 def test_pgd_batches_are_kept_and_resume_to_the_same_curve_and_mask(live_ckpts, tmp_path, monkeypatch):
     """bpda / full / latent (TrackedPGD and LatentPGD, each batch seeded by its first index) resume like apgd: a run
     stopped mid-way finishes with the uninterrupted run's accuracy, fooled mask and convergence curve."""
