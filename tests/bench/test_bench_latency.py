@@ -130,3 +130,29 @@ def test_best_of_rounds_picks_each_cells_fastest_round():
     assert best["peak_rss_mb"] == 120.0 and best["rounds"] == 2
     err = {"backend": "fused", "error": "boom", "cells": []}
     assert best_of_rounds([r1, err]) is err
+
+
+def test_speed_against_eager_pairs_each_round_with_the_eager_round_beside_it():
+    """The best rounds of two backends may come from different minutes; the per-round ratios pair p50s measured
+    back to back. Here the best-of-rounds ratio (5x) pairs eager's second round with fused's third, while the
+    rounds themselves give 4x, 4x and 7.5x."""
+    import latency
+
+    def cell(p50s, **kw):
+        return {"batch": 1, "steps": 3, "status": "timed", "p50_ms": min(p50s), "p50_rounds_ms": p50s, "p90_ms": 1.0,
+                "p99_ms": 1.0, "per_frame_ms": 1.0, "frames_per_s": 1.0, "gflops": 1.0, "pct_peak": 1.0, **kw}
+
+    results = {"backends": {"eager": {"peak_rss_mb": 1.0, "cells": [cell([12.0, 10.0, 15.0])]},
+                            "fused": {"peak_rss_mb": 1.0, "cells": [cell([3.0, 2.5, 2.0])]},
+                            "modular": {"peak_rss_mb": 1.0, "cells": [cell([5.0, 6.0])]},  # a round not timed
+                            "trt": {"skipped": "no GPU"}}}
+    latency.speedups(results)
+    fused, = results["backends"]["fused"]["cells"]
+    assert fused["vs_eager"] == 5.0 and fused["vs_eager_rounds"] == [4.0, 4.0, 7.5]
+    modular, = results["backends"]["modular"]["cells"]
+    assert modular["vs_eager"] == 2.0 and "vs_eager_rounds" not in modular
+    assert results["backends"]["eager"]["cells"][0]["vs_eager_rounds"] == [1.0, 1.0, 1.0]
+    table = latency.markdown(results)
+    assert "| fused | 1 | 3 | 2.00 |" in table and "| 5.00x | 4.00x (4.00-7.50) | 1 |" in table
+    assert "| 2.00x | - | 1 |" in table and "| trt | - | - | skipped: no GPU |" in table
+    assert all(row.count("|") == table.splitlines()[0].count("|") for row in table.splitlines())
