@@ -490,8 +490,8 @@ def _sha256(*tensors: torch.Tensor) -> str:
 
 
 class BatchCache:
-    """The finished batches of the batched attacks on the deterministic defense (bpda, full, apgd, fab, square,
-    transfer, latent), one file each under ``OUT/partial/``, so that an interrupted run resumes at its first unfinished batch
+    """The finished batches of every attack (bpda, full, apgd, fab, square, transfer, latent on the deterministic
+    defense; bpda_eot, full_eot on the randomized one), one file each under ``OUT/partial/``, so that an interrupted run resumes at its first unfinished batch
     (an AutoAttack-budget Square run is hours on this CPU). Each batch of these attacks is a function of its images,
     labels and seed alone (torchattacks seeds every call, ``TrackedPGD`` takes the batch's seed), so a resumed run
     writes what an uninterrupted one would. The EOT attacks (bpda_eot, full_eot) also depend on the randomized
@@ -918,9 +918,10 @@ def write_adaptive(report: dict, out: Path) -> None:
                                                                   for e, v in report["attacks"][name].items()))
     if "square" in report["attacks"]:
         rt = report.get("runtime", {})
-        notes.append(f"- square queried the runtime ({rt.get('backend', 'fused')} backend"
-                     + (f", clean accuracy {rt['clean_accuracy']:.2f}%" if "clean_accuracy" in rt else "")
-                     + "); torch reference accuracy on its outputs: "
+        about = [f"{rt['backend']} backend"] if "backend" in rt else []
+        about += [f"clean accuracy {rt['clean_accuracy']:.2f}%"] if "clean_accuracy" in rt else []
+        notes.append("- square queried the runtime" + (f" ({', '.join(about)})" if about else "")
+                     + "; torch reference accuracy on its outputs: "
                      + _per_eps(report["attacks"]["square"], "torch_reference_accuracy", "{:.2f}"))
     if "transfer" in report["attacks"]:
         s = report["surrogate"]
