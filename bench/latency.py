@@ -10,9 +10,9 @@ tolerance of the fused loop (``vaegan.export.specs.TOL_LOOP``); a backend that d
 warm-up, then timed runs until 20 runs or 5 s (whichever first; at least 3). The backends take turns for
 ``--rounds`` rounds (default 3) and each cell reports its best round (lowest p50): on a shared VM the speed of the
 same process drifts by up to ~1.6x over minutes, and interleaving makes that drift hit every backend alike. The
-speed against eager is reported both ways: best round over best round, and per round (``speedups``). Each backend runs in its own process
-(spawned), so peak RSS is the backend's own and no idle thread pool of another backend competes for the cores; the
-torch-free runtime backends do not import torch there.
+speed against eager is reported both ways: best round over best round, and per round (``speedups``). Each backend
+runs in its own process (spawned), so peak RSS is the backend's own and no idle thread pool of another backend
+competes for the cores; the torch-free runtime backends do not import torch there.
 
 Cost model: FLOPs per purification counted from the ONNX graphs (``bench/flops.py``), achieved GFLOP/s, peak GFLOP/s
 of this machine from a GEMM / conv micro-benchmark in the same run, and the Defense-GAN operating point (L = 200
