@@ -12,7 +12,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import FeedError
+from ..errors import BackendUnavailableError, FeedError
+
+
+def import_optional(module: str, what: str, hint: str):
+    """``module`` imported, or a ``BackendUnavailableError`` "<what> is not installed (<why>); <hint>" (an optional
+    engine's package: OpenVINO, TensorRT)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise BackendUnavailableError(f"{what} is not installed ({e}); {hint}") from None
 
 
 @dataclass(frozen=True)

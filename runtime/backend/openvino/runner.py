@@ -19,17 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ArtifactError, BackendUnavailableError
-from ..base import BaseRunner, TensorMeta
+from ..base import BaseRunner, TensorMeta, import_optional
 
 INSTALL_HINT = "install it with `pip install 'vaegan[openvino]'` (make venv does)"
 
 
 def import_openvino():
-    try:
-        import openvino
-    except ImportError as e:
-        raise BackendUnavailableError(f"OpenVINO is not installed ({e}); {INSTALL_HINT}") from None
-    return openvino
+    return import_optional("openvino", "OpenVINO", INSTALL_HINT)
 
 
 def openvino_status() -> tuple[bool, str]:

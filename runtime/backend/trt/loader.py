@@ -5,15 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import BackendUnavailableError
+from ..base import import_optional
 from .cuda import INSTALL_HINT, device_count
 
 
 def import_tensorrt():
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise BackendUnavailableError(f"TensorRT is not installed ({e}); {INSTALL_HINT}") from None
-    return trt
+    return import_optional("tensorrt", "TensorRT", INSTALL_HINT)
 
 
 def trt_status() -> tuple[bool, str]:
