@@ -980,7 +980,7 @@ def write_adaptive(report: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def merge_reports(reports: list[dict]) -> dict:
+def merge_reports(reports: list[dict], names: list[str] | None = None) -> dict:
     """One report from several ``evaluate_adaptive`` runs over the same images, checkpoints and purifier, split by
     eps or by attack so that they can run in parallel. A run keeps no per-image outcomes, so across runs the
     worst-case row is the per-image union over every result that recorded its per-image outcome (``fooled``, a
@@ -996,11 +996,12 @@ def merge_reports(reports: list[dict]) -> dict:
 
     Reports over different image counts (each run attacks the first n test images) are merged over the first
     min(n): a larger run's results are cut to those images by their per-image masks (``_cut_report``), and one
-    without a mask is refused."""
+    without a mask is refused. ``names``: what to call each report in an error (e.g. its file; default: its place)."""
     if not reports:
         raise VaeganError("merge: no reports")
     n = min(r["n"] for r in reports)
-    reports = [_cut_report(r, n) for r in reports]
+    names = names or [f"report {i + 1}" for i in range(len(reports))]
+    reports = [_cut_report(r, n, name) for r, name in zip(reports, names)]
     first = reports[0]
     for r in reports[1:]:
         if r["checkpoints"] != first["checkpoints"]:
@@ -1062,7 +1063,7 @@ def merge_reports(reports: list[dict]) -> dict:
     return merged
 
 
-def _cut_report(report: dict, n: int) -> dict:
+def _cut_report(report: dict, n: int, name: str = "a report") -> dict:
     """``report`` restricted to its first ``n`` images (itself when it has n): each result's accuracy recomputed
     from its per-image mask cut to n, and marked ``cut_from`` (the run's own image count). What holds for the run's
     whole image set only is dropped (``_CUT_KEEPS`` lists what stays): convergence curves, the other per-result
@@ -1071,16 +1072,17 @@ def _cut_report(report: dict, n: int) -> dict:
     if report["n"] == n:
         return report
     attacks: dict = {}
-    for name, per in report["attacks"].items():
-        attacks[name] = {}
+    for attack, per in report["attacks"].items():
+        attacks[attack] = {}
         for e, rec in per.items():
             if "fooled" not in rec:
-                raise VaeganError(f"merge: {name} at eps {e} over {report['n']} images recorded no per-image "
-                                  f"outcomes, so it cannot be cut to the first {n} images of the other reports")
+                raise VaeganError(f"merge: {name}: {attack} at eps {e} over {report['n']} images recorded no "
+                                  f"per-image outcomes, so it cannot be cut to the first {n} images of the other "
+                                  f"reports")
             fooled = unpack_mask(rec["fooled"], report["n"])[:n]
-            attacks[name][e] = {**{k: v for k, v in rec.items() if k in _CUT_KEEPS},
-                                "accuracy": 100.0 * (1 - fooled.mean()), "fooled": pack_mask(torch.from_numpy(fooled)),
-                                "cut_from": report["n"]}
+            attacks[attack][e] = {**{k: v for k, v in rec.items() if k in _CUT_KEEPS},
+                                  "accuracy": 100.0 * (1 - fooled.mean()),
+                                  "fooled": pack_mask(torch.from_numpy(fooled)), "cut_from": report["n"]}
     whole_set = ("clean_accuracy",)  # the surrogate's and the runtime's, over the run's images
     return {**report, "n": n, "attacks": attacks, "clean": {}, "any": {},
             **{k: {a: b for a, b in report[k].items() if a not in whole_set}

@@ -323,7 +323,7 @@ def adaptive_cli(checkpoint, classifier, n, eps_list, attack_list, attack_steps,
                        if not isinstance(reports[-1], dict) or k not in reports[-1]]
             if missing:
                 raise VaeganError(f"{path}: not an adaptive report (no {', '.join(missing)})")
-        merged = merge_reports(reports)
+        merged = merge_reports(reports, [str(Path(d) / "adaptive.json") for d in merge_dirs])
         write_adaptive(merged, Path(out))
         cut = sorted({r["n"] for r in reports} - {merged["n"]})
         click.echo(f"merged {len(reports)} reports" + (f" over the first {merged['n']} images (runs over "

@@ -440,6 +440,12 @@ def test_merge_cuts_runs_over_more_images_to_the_common_first_images(tmp_path):
     old = _report({"full": {"0.1": {"accuracy": 60.0}}}, [0.1], n=8)
     with pytest.raises(VaeganError, match=r"full at eps 0.1 over 8 images recorded no per-image outcomes"):
         merge_reports([small, old])
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "adaptive.json").write_text(json.dumps(old))
+    r = CliRunner().invoke(adaptive_cli, ["--merge", str(tmp_path / "small"), "--merge", str(tmp_path / "old"),
+                                          "--out", str(tmp_path / "refused")])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert f"merge: {tmp_path / 'old' / 'adaptive.json'}: full at eps 0.1 over 8 images recorded no per-image" in r.output
     assert merge_reports([old, old | {"attacks": {}}])["n"] == 8  # same n: nothing is cut, masks not needed
 
 
