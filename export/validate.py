@@ -221,17 +221,16 @@ def ort_session(path: str | Path):
 
 
 def check_numerics(spec, path: Path, nets, feeds_per_batch: dict[int, dict], report: Report, echo=print,
-                   runner=None, label: str = "") -> None:
+                   runner=None, label: str = "", engine: str = "onnxruntime") -> None:
     """Run ``path`` and ``spec.reference`` in torch on the same inputs, for each batch size. ``runner``: the
     runtime's runner to check (not active; default: onnxruntime with the runtime's session options,
-    ``ort_session(path)``), fed the inputs it declares; ``label``: a suffix of the output names in the report (a
-    variant of the same graph)."""
+    ``ort_session(path)``), fed the inputs it declares; ``engine``: the runner's engine, as failures name it;
+    ``label``: a suffix of the output names in the report (a variant of the same graph)."""
     import torch
 
     from vaegan.runtime.backend.onnxrt import OnnxrtRunner
 
     runner = runner if runner is not None else OnnxrtRunner(lambda: ort_session(path), name="onnxruntime")
-    engine = runner.name.split(":")[0]
     try:
         runner.activate()
     except Exception as e:  # onnx / onnxruntime / openvino raise their own error types
@@ -292,4 +291,4 @@ def check_fast_path(spec, path: Path, nets, feeds_per_batch: dict[int, dict], re
             echo(f"  [-] {spec.name}{label}: not checked ({why})")
             continue
         check_numerics(spec, path, nets, feeds_per_batch, report, echo, runner=fast_path_runner(path, t, engine),
-                       label=label)
+                       label=label, engine=engine)

@@ -93,3 +93,27 @@ def test_iterative_bound_uses_torch_fp32_error_against_fp64():
     off = (ref64 + 5e-4 * (np.arange(50) == 3)).astype(np.float32)
     assert not compare_iterative("purify", "purified", off, ref64.astype(np.float32), ref64, TOL_LOOP, 64).ok
     assert compare_iterative("purify", "purified", ref32, ref32, ref64, TOL_LOOP, 64).fp32_error is None
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_check_numerics_names_the_engine_it_was_told(tmp_path, engine):
+    """A graph the engine cannot read is one failure that names the engine (as the caller states it, not parsed
+    from the runner's name) and the file; the other checks go on."""
+    from vaegan.export.validate import check_numerics
+    from vaegan.runtime.backend.onnxrt import OnnxrtRunner
+    from vaegan.runtime.backend.onnxrt.loader import SessionFromOnnx
+
+    if engine == "openvino":
+        from vaegan.runtime.backend.openvino import OpenvinoRunner, openvino_status
+
+        ok, why = openvino_status()
+        if not ok:
+            pytest.skip(why)
+    path = tmp_path / "toy.onnx"
+    path.write_bytes(b"not an onnx model")
+    runner = (OpenvinoRunner(path, name="purify[variant]") if engine == "openvino"
+              else OnnxrtRunner(SessionFromOnnx(path), name="purify[variant]"))
+    report, lines = Report(), []
+    check_numerics(_spec(), path, None, {1: {}}, report, lines.append, runner=runner, label=" [v]", engine=engine)
+    assert len(report.failures) == 1 and report.failures[0].startswith(f"toy [v]: {engine} cannot load toy.onnx: ")
+    assert lines == [f"  [x] toy [v]: {engine} cannot load the file"]
