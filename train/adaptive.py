@@ -1003,15 +1003,18 @@ def merge_reports(reports: list[dict], names: list[str] | None = None) -> dict:
     names = names or [f"report {i + 1}" for i in range(len(reports))]
     reports = [_cut_report(r, n, name) for r, name in zip(reports, names)]
     first = reports[0]
-    for r in reports[1:]:
+    for r, rname in zip(reports[1:], names[1:]):
         if r["checkpoints"] != first["checkpoints"]:
-            raise VaeganError(f"merge: the reports differ in checkpoints ({first['checkpoints']} vs {r['checkpoints']})")
+            raise VaeganError(f"merge: {names[0]} and {rname} differ in checkpoints ({first['checkpoints']} vs "
+                              f"{r['checkpoints']})")
         if r["config"]["purify"] != first["config"]["purify"]:
-            raise VaeganError("merge: the reports were measured with different purifier settings")
+            raise VaeganError(f"merge: {names[0]} and {rname} were measured with different purifier settings "
+                              f"({first['config']['purify']} vs {r['config']['purify']})")
     merged = {k: v for k, v in first.items() if k not in ("attacks", "any", "eps", "clean")}
     merged["clean"] = dict(first["clean"])
     merged["attacks"], eps = {}, set()
-    for r in reports:
+    origin: dict[tuple, str] = {}  # (attack, eps, budget, device) -> the report it came from, for the refusal
+    for r, rname in zip(reports, names):
         eps |= {float(e) for e in r["eps"]}
         for name, per in r["attacks"].items():
             dst = merged["attacks"].setdefault(name, {})
@@ -1019,13 +1022,14 @@ def merge_reports(reports: list[dict], names: list[str] | None = None) -> dict:
                 rec = {**rec, "budget": rec.get("budget") or attack_budget(name, r["config"])}
                 run = {k: rec[k] for k in ("budget", "accuracy", "curve", "device", "seconds", "fooled", "cut_from")
                        if k in rec}
+                key = (name, e, json.dumps(run["budget"], sort_keys=True), run.get("device"))
+                if key in origin:
+                    raise VaeganError(f"merge: {name} at eps {e} with the same budget ({_fmt_budget(run['budget'])}) "
+                                      f"on the same device is in more than one report ({origin[key]} and {rname})")
+                origin[key] = rname
                 if e not in dst:
                     dst[e] = {**rec, "runs": [run]}
                     continue
-                if any(old["budget"] == run["budget"] and old.get("device") == run.get("device")
-                       for old in dst[e]["runs"]):
-                    raise VaeganError(f"merge: {name} at eps {e} with the same budget ({_fmt_budget(run['budget'])}) "
-                                      f"on the same device is in more than one report")
                 runs = dst[e]["runs"] + [run]
                 if rec["accuracy"] < dst[e]["accuracy"]:
                     dst[e] = rec

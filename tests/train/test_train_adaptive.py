@@ -334,13 +334,14 @@ def test_merge_joins_runs_split_by_eps_and_attack(tmp_path):
     assert m["any"] == {"0.1": 55.0, "0.3": 5.0} and m["any_kind"] == "min" and m["merged_from"] == 3
     md = (out / "adaptive.md").read_text()
     assert "lowest over the attacks above (merged runs" in md and "| full-gradient PGD (unrolled T steps) | 60.00 | – |" in md
-    # runs that do not describe the same experiment are refused, naming the difference
-    with pytest.raises(VaeganError, match="differ in checkpoints"):
+    # runs that do not describe the same experiment are refused, naming the difference and the reports
+    with pytest.raises(VaeganError, match="report 1 and report 2 differ in checkpoints"):
         merge_reports([a, _report({}, [0.1], ck="b")])
-    with pytest.raises(VaeganError, match="different purifier settings"):
-        merge_reports([a, _report({}, [0.1], purify_steps=0)])
-    with pytest.raises(VaeganError, match=r"full at eps 0.1 with the same budget \(5 steps\) on the same device is in"):
-        merge_reports([a, a])
+    with pytest.raises(VaeganError, match="merge: x.json and y.json were measured with different purifier settings"):
+        merge_reports([a, _report({}, [0.1], purify_steps=0)], names=["x.json", "y.json"])
+    with pytest.raises(VaeganError, match=r"full at eps 0.1 with the same budget \(5 steps\) on the same device is in "
+                                          r"more than one report \(report 1 and report 3\)"):
+        merge_reports([a, _report({}, [0.3]), a])
     # the same budget on another device is a second measurement (CPU and GPU arithmetic differ): both are kept
     # and told apart by their device; the per-image worst case takes both masks
     cpu = _report({"full": {"0.1": {"accuracy": 62.5, "device": "cpu", "curve": {"5": 62.5},
