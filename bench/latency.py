@@ -189,14 +189,6 @@ def percentiles(ts: list[float]) -> dict:
             "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "runs": len(ts)}
 
 
-def _openvino_version() -> str | None:
-    try:
-        import openvino
-    except ImportError:
-        return None
-    return openvino.get_version()
-
-
 def _peak_rss_mb() -> float:
     """This process's peak resident set (VmHWM: per address space, reset by exec -- unlike ru_maxrss, which a
     spawned child inherits from its parent on Linux)."""
@@ -380,9 +372,23 @@ def speedups(results: dict) -> None:
             if c.get("status") != "timed" or e is None:
                 continue
             c["vs_eager"] = e["p50_ms"] / c["p50_ms"]
-            a, b = e.get("p50_rounds_ms", [e["p50_ms"]]), c.get("p50_rounds_ms", [c["p50_ms"]])
-            if len(a) == len(b):  # a round that did not time this cell would break the pairing
-                c["vs_eager_rounds"] = [x / y for x, y in zip(a, b)]
+            per = round_ratios(e, c)
+            if per is not None:
+                c["vs_eager_rounds"] = per
+
+
+def round_ratios(ref: dict, cell: dict) -> list[float] | None:
+    """``ref``'s p50 over ``cell``'s, round r over round r (``p50_rounds_ms``; a cell without it counts as one
+    round); None when their round counts differ: a round that did not time one of them would break the pairing."""
+    a, b = ref.get("p50_rounds_ms", [ref["p50_ms"]]), cell.get("p50_rounds_ms", [cell["p50_ms"]])
+    return [x / y for x, y in zip(a, b)] if len(a) == len(b) else None
+
+
+def format_rounds(per: list[float] | None) -> str:
+    """Per-round speed ratios as ``median (min-max)``, one round as itself, none as ``-``."""
+    if not per:
+        return "-"
+    return f"{np.median(per):.2f}x ({min(per):.2f}-{max(per):.2f})" if len(per) > 1 else f"{per[0]:.2f}x"
 
 
 def markdown(results: dict) -> str:
@@ -400,9 +406,7 @@ def markdown(results: dict) -> str:
                             f"{c['agreement']['max_abs']:.2e}): not timed | | | | | | | | | |")
                 continue
             speed = f"{c['vs_eager']:.2f}x" if "vs_eager" in c else "-"
-            per = c.get("vs_eager_rounds")
-            rounds = (f"{np.median(per):.2f}x ({min(per):.2f}-{max(per):.2f})" if per and len(per) > 1
-                      else f"{per[0]:.2f}x" if per else "-")
+            rounds = format_rounds(c.get("vs_eager_rounds"))
             rows.append(f"| {name} | {c['batch']} | {c['steps']} | {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | "
                         f"{c['p99_ms']:.2f} | {c['per_frame_ms']:.3f} | {c['frames_per_s']:.0f} | "
                         f"{c['gflops']:.2f} | {c['pct_peak']:.1f} | {speed} | {rounds} | {r['peak_rss_mb']:.0f} |")
@@ -503,6 +507,7 @@ def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_co
 
     arts = export_if_needed(checkpoint, classifier, artifacts, echo)
     from vaegan.runtime.artifacts import load_artifacts
+    from vaegan.runtime.backend.openvino import openvino_version
 
     man = load_artifacts(arts)
     L = man.latent_dim
@@ -519,7 +524,7 @@ def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_co
     results: dict = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": threads,
                     "python": platform.python_version(), "torch": torch.__version__,
-                    "onnxruntime": __import__("onnxruntime").__version__, "openvino": _openvino_version(),
+                    "onnxruntime": __import__("onnxruntime").__version__, "openvino": openvino_version(),
                     "load_avg": os.getloadavg()},
         "settings": {"checkpoint": str(checkpoint), "artifacts": str(arts), "images": image_source,
                      "batches": batches, "steps": steps_list, "purify": cfg.__dict__, "tolerance": TOL_LOOP,

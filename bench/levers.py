@@ -3,8 +3,9 @@ through the runtime's ``GraphPurifier``), A/B against what ``vaegan-run`` ships.
 
 Each variant runs in **its own spawned process** (its own onnxruntime thread pools: no idle spinning pool of another
 variant steals the cores), the variants take turns for ``--rounds`` rounds, and each cell reports its best round's
-p50: on a shared VM the speed drifts by up to ~1.6x over minutes, and interleaving makes the drift hit every variant
-alike. Every variant's output is compared with the shipped graph's (max abs diff in the table, marked DISAGREES
+p50 and, beside the ratio of best rounds, the shipped variant's p50 over the variant's round by round ("per round":
+median and range): on a shared VM the speed drifts by up to ~1.6x over minutes, and interleaving makes the drift hit
+every variant alike. Every variant's output is compared with the shipped graph's (max abs diff in the table, marked DISAGREES
 above the fused loop's export tolerance, 1e-4) before it is timed.
 
 Levers, each against the shipped configuration (export: stride-1 ConvTranspose rewritten as Conv; runtime: the
@@ -225,21 +226,42 @@ def make_variants(artifacts: Path, checkpoint, classifier, steps: int, tmp: Path
     ]
 
 
+def paired_with_shipped(variants: list[dict], batches: list[int]) -> None:
+    """Each variant's cells get ``vs_shipped_rounds``: the shipped variant's p50 over the variant's, round r over
+    round r (``latency.round_ratios``). The variants take turns within a round, so a drift of the machine's speed
+    between rounds hits both sides of one ratio, where the best rounds ("vs shipped") may come from different
+    minutes; within a round the variants still run minutes apart, so the pairing narrows the spread, not removes it."""
+    from latency import round_ratios
+
+    base = variants[0]
+    if "error" in base:
+        return
+    for v in variants:
+        if "error" in v:
+            continue
+        for n in batches:
+            per = round_ratios(base["cells"][n], v["cells"][n])
+            if per is not None:
+                v["cells"][n]["vs_shipped_rounds"] = per
+
+
 def markdown(results: dict) -> str:
+    from latency import format_rounds
     from vaegan.export.specs import TOL_LOOP
 
     batches = results["settings"]["batches"]
-    rows = ["| variant | " + " | ".join(f"batch {n} ms | vs shipped" for n in batches) + " | max abs diff |",
-            "|---|" + "---:|---:|" * len(batches) + "---:|"]
+    rows = ["| variant | " + " | ".join(f"batch {n} ms | vs shipped | per round" for n in batches) + " | max abs diff |",
+            "|---|" + "---:|---:|---:|" * len(batches) + "---:|"]
     base = results["variants"][0]["cells"]
     for r in results["variants"]:
         if "error" in r:
-            rows.append(f"| {r['variant']} | error: {r['error']} |" + " |" * (2 * len(batches)))
+            rows.append(f"| {r['variant']} | error: {r['error']} |" + " |" * (3 * len(batches)))
             continue
         cells = []
         for n in batches:
             c = r["cells"][n]
-            cells.append(f"{c['p50_ms']:.2f} | {base[n]['p50_ms'] / c['p50_ms']:.2f}x")
+            cells.append(f"{c['p50_ms']:.2f} | {base[n]['p50_ms'] / c['p50_ms']:.2f}x | "
+                         f"{format_rounds(c.get('vs_shipped_rounds'))}")
         diff = max((c.get("max_abs_diff", 0.0) for c in r["cells"].values()), default=0.0)
         flag = " DISAGREES" if diff > TOL_LOOP["atol"] else ""  # timed anyway: the number says how far it is
         rows.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {diff:.1e}{flag} |")
@@ -309,6 +331,7 @@ def main(artifacts, checkpoint, classifier, steps, batches, threads, rounds, min
             pick = min((r["cells"][n] for r in runs), key=lambda c: c["p50_ms"])
             best["cells"][n] = {**pick, "p50_rounds_ms": [r["cells"][n]["p50_ms"] for r in runs]}
         out.append(best)
+    paired_with_shipped(out, batch_list)
     results = {"settings": {"artifacts": str(arts), "images": source, "steps": steps, "batches": batch_list,
                             "threads": threads, "rounds": rounds, "min_runs": min_runs, "max_time_s": max_time,
                             "load_avg": os.getloadavg()},

@@ -22,7 +22,7 @@ import sys
 import click
 
 from vaegan import __version__
-from vaegan.runtime.names import BACKENDS, FAST_PATH_ENGINES
+from vaegan.runtime.names import BACKENDS, FAST_PATH_ENGINES, PRECISIONS
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -50,6 +50,10 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
               show_default=True,
               help="the fast path's engine: OpenVINO's CPU plugin or onnxruntime at graph optimisation 'all'; auto = "
                    "openvino when installed (`pip install 'vaegan[openvino]'`) and T <= 10, else onnxruntime")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="the fast path's arithmetic: bf16 runs it on OpenVINO in bf16 (CPUs with AVX512-BF16 or AMX, "
+                   "one restart; ~2x frames/s at batch 64, labels as fp32's within 0.1 points on Table 1's sets: "
+                   "bench/precision.py)")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
               help="frames per purify call; from a camera, whatever has arrived is purified without waiting")
 @click.option("--steps", type=click.IntRange(0), default=None, help="T (default: the manifest's purify_defaults)")
@@ -65,13 +69,15 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 @click.option("--prefetch", type=click.IntRange(1), default=64, show_default=True,
               help="frames decoded ahead by the reader thread (bounded queue)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def main(input_, artifacts, out, backend, providers, threads, shard, fast_path, fast_path_engine, batch_size, steps, eta, lam, momentum, restarts,
+def main(input_, artifacts, out, backend, providers, threads, shard, fast_path, fast_path_engine, precision, batch_size,
+         steps, eta, lam, momentum, restarts,
          classify, save_purified, resume, recursive, max_frames, prefetch, quiet):
     from .errors import VaeganRuntimeError
     from .run import RunOptions, run
 
     opts = RunOptions(input=input_, artifacts=artifacts, out=out, backend=backend, providers=providers,
                       threads=threads, shard=shard, fast_path=fast_path, fast_path_engine=fast_path_engine,
+                      precision=precision,
                       batch_size=batch_size, steps=steps, eta=eta, lam=lam, momentum=momentum,
                       restarts=restarts, classify=classify, save_purified=save_purified, resume=resume,
                       recursive=recursive, max_frames=max_frames, prefetch=prefetch, quiet=quiet)

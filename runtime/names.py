@@ -6,3 +6,6 @@ BACKENDS = ("auto", "fused", "modular", "trt")
 FAST_PATH_ENGINES = ("auto", "onnxruntime", "openvino")  # auto: openvino when installed, else onnxruntime
 # how runner names, descriptions and the export's validation report name each engine of the CPU fast path
 FAST_PATH_ENGINE_LABELS = {"onnxruntime": "onnxruntime opt all", "openvino": "OpenVINO CPU"}
+# arithmetic of the CPU fast path: bf16 runs on OpenVINO only, on CPUs with AVX512-BF16 / AMX (opt-in: it does
+# not meet the export's fp32 tolerances; its accuracy is measured by bench/precision.py)
+PRECISIONS = ("fp32", "bf16")

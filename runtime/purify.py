@@ -40,7 +40,7 @@ from .backend.base import Activatable, BaseRunner
 from .backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 from .backend.onnxrt.loader import SessionOptionsFromConfig, resolve_providers
 from .errors import BackendUnavailableError, RuntimeUsageError
-from .names import BACKENDS, FAST_PATH_ENGINE_LABELS, FAST_PATH_ENGINES
+from .names import BACKENDS, FAST_PATH_ENGINE_LABELS, FAST_PATH_ENGINES, PRECISIONS
 
 # auto's OpenVINO fast path up to this T: compiling the unrolled graph grows with T (T = 50: ~14 s and ~420 MB
 # resident, against 0.2 s / 120 MB on onnxruntime; bench/README.md), so longer loops take onnxruntime's
@@ -263,6 +263,10 @@ class GraphPurifier(Purifier):
                 raise RuntimeUsageError(f"{self.name}: {what} {value} is above the engine's profile maximum "
                                         f"({self.limits[what]}); export the engines again with a larger one")
         fast = self.fast_path is not None and noise.shape[0] == 1
+        precision = getattr(self.fast_path, "precision", "fp32")
+        if precision != "fp32" and not fast:
+            raise RuntimeUsageError(f"{self.name}: precision {precision} runs on the fast path, which takes one "
+                                    f"restart (this call: {noise.shape[0]})")
         main, shard = self._fast_runners(params.steps) if fast else self._loop_runners()
         k = min(self.shards, x.shape[0])
         if k < 2 or self._pool is None or shard is None:
@@ -277,7 +281,8 @@ class GraphPurifier(Purifier):
     def describe(self) -> dict:
         return {**super().describe(), "shards": self.shards,
                 "fast_path": None if self.fast_path is None else getattr(self.fast_path, "description", "on"),
-                "fast_path_engine": getattr(self.fast_path, "engine", None)}
+                "fast_path_engine": getattr(self.fast_path, "engine", None),
+                "precision": getattr(self.fast_path, "precision", "fp32")}
 
 
 class ModularPurifier(Purifier):
@@ -371,23 +376,35 @@ def resolve_fast_path_engine(engine: str) -> str:
     return "openvino" if ok else "onnxruntime"
 
 
-def fast_path_label(steps: int, engine: str) -> str:
-    return f"unrolled T={steps}, {FAST_PATH_ENGINE_LABELS[engine]}"
+def fast_path_label(steps: int, engine: str, precision: str = "fp32") -> str:
+    return f"unrolled T={steps}, {FAST_PATH_ENGINE_LABELS[engine]}" + ("" if precision == "fp32" else f" {precision}")
+
+
+def check_precision(precision: str, engine: str | None = None) -> None:
+    """``precision`` is one of ``PRECISIONS`` and ``engine`` (resolved; None: not checked) computes in it: bf16 on
+    OpenVINO only."""
+    if precision not in PRECISIONS:
+        raise RuntimeUsageError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    if precision != "fp32" and engine is not None and engine != "openvino":
+        raise RuntimeUsageError(f"precision {precision} runs on OpenVINO's fast path only, not on {engine} "
+                                "(--fast-path-engine openvino; `pip install 'vaegan[openvino]'`)")
 
 
 def fast_path_runner(path, steps: int, engine: str = "onnxruntime", threads: int | None = None,
-                     allow_spinning: bool = True, model=None, providers=("cpu",)) -> BaseRunner:
+                     allow_spinning: bool = True, model=None, providers=("cpu",), precision: str = "fp32") -> BaseRunner:
     """One runner of the CPU fast path: ``path`` (``purify.onnx``) unrolled at ``steps``, on onnxruntime at graph
-    optimisation ``all`` or on OpenVINO's CPU plugin (``engine``, resolved). ``model``: an ``UnrolledFromOnnx`` to
-    share between runners (default: a new one). ``vaegan-export`` validates through this same function."""
+    optimisation ``all`` or on OpenVINO's CPU plugin (``engine``, resolved), in ``precision`` (``bf16``: OpenVINO
+    only). ``model``: an ``UnrolledFromOnnx`` to share between runners (default: a new one). ``vaegan-export``
+    validates through this same function."""
     from .backend.onnxrt.unroll import UnrolledFromOnnx
 
+    check_precision(precision, engine)
     model = model if model is not None else UnrolledFromOnnx(path, steps)
-    name = f"{engine}:purify[{fast_path_label(steps, engine)}]"
+    name = f"{engine}:purify[{fast_path_label(steps, engine, precision)}]"
     if engine == "openvino":
         from .backend.openvino import OpenvinoRunner
 
-        return OpenvinoRunner(model, threads, name=name)
+        return OpenvinoRunner(model, threads, name=name, precision=precision)
     return OnnxrtRunner(fast_path_session(path, steps, providers, threads, allow_spinning, model), name=name)
 
 
@@ -398,15 +415,17 @@ class UnrolledFastPath:
     the reordered kernels' summation order can flip a near-tie between restarts (bench/README.md), so those calls
     run the Loop graph at ``extended``. OpenVINO gets no shard runner: it runs a batch on all its threads, and
     splitting the batch over two requests measured no faster (bench/README.md). ``openvino_max_steps``: calls with
-    a larger T run on onnxruntime instead (None: no limit)."""
+    a larger T run on onnxruntime instead (None: no limit). ``precision``: ``bf16`` runs every T on OpenVINO in
+    bf16 (``openvino_max_steps`` ignored: the onnxruntime kernels have no bf16)."""
 
     def __init__(self, artifacts: Artifacts, providers, threads: int | None, allow_spinning: bool,
-                 engine: str = "onnxruntime", openvino_max_steps: int | None = None):
+                 engine: str = "onnxruntime", openvino_max_steps: int | None = None, precision: str = "fp32"):
+        check_precision(precision, engine)
         self.path = artifacts.path("purify")  # sha256-checked here, like every graph
         self.providers, self.threads, self.allow_spinning = providers, threads, allow_spinning
-        self.engine = engine
-        self.openvino_max_steps = openvino_max_steps if engine == "openvino" else None
-        where = FAST_PATH_ENGINE_LABELS[engine]
+        self.engine, self.precision = engine, precision
+        self.openvino_max_steps = openvino_max_steps if engine == "openvino" and precision == "fp32" else None
+        where = FAST_PATH_ENGINE_LABELS[engine] + ("" if precision == "fp32" else f" in {precision}")
         if self.openvino_max_steps is not None:
             where += f" (T <= {self.openvino_max_steps}; {FAST_PATH_ENGINE_LABELS['onnxruntime']} above)"
         self.description = f"purify.onnx unrolled at the call's T on {where}, one restart"
@@ -423,7 +442,8 @@ class UnrolledFastPath:
         engine = self.engine_for(steps)
 
         def runner(threads):
-            return fast_path_runner(self.path, steps, engine, threads, self.allow_spinning, model, self.providers)
+            return fast_path_runner(self.path, steps, engine, threads, self.allow_spinning, model, self.providers,
+                                    self.precision)
 
         return runner(self.threads), runner(1) if shard and engine == "onnxruntime" else None
 
@@ -454,7 +474,7 @@ def resolve_backend(backend: str, artifacts: Artifacts) -> str:
 def make_purifier(artifacts: Artifacts, backend: str = "auto", params: PurifyParams | None = None,
                   providers=("cpu",), threads: int | None = None, allow_spinning: bool | None = None,
                   cuda_graph: bool = True, shard: bool | None = None, fast_path: bool | None = None,
-                  fast_path_engine: str = "auto") -> Purifier:
+                  fast_path_engine: str = "auto", precision: str = "fp32") -> Purifier:
     """Build (not activate) the purifier ``backend``; the graphs it needs are sha256-checked here.
 
     ``allow_spinning`` defaults to off for ``modular`` (four sessions run in turn; spinning threads of the idle
@@ -463,9 +483,21 @@ def make_purifier(artifacts: Artifacts, backend: str = "auto", params: PurifyPar
     (default: the CPU count) is above 1. ``fast_path`` (fused only): one-restart calls run the Loop unrolled at
     their T (``UnrolledFastPath``) on ``fast_path_engine`` (``FAST_PATH_ENGINES``; ``auto``: OpenVINO when
     installed for T <= ``AUTO_OPENVINO_MAX_STEPS``, else onnxruntime at ``all``); default on when the providers are
-    the CPU alone."""
+    the CPU alone. ``precision`` (``PRECISIONS``): ``bf16`` runs the fast path on OpenVINO in bf16 (fused on the CPU,
+    one restart, OpenVINO installed, a CPU with bf16 arithmetic; opt-in: it does not meet the export's fp32
+    tolerances, bench/precision.py measures its accuracy); anything else is refused here, not silently run in fp32."""
     params = params or PurifyParams.from_manifest(artifacts)
+    check_precision(precision)
     backend = resolve_backend(backend, artifacts)
+    if precision != "fp32":
+        if backend != "fused" or fast_path is False:
+            raise RuntimeUsageError(f"precision {precision} runs on the fused backend's CPU fast path only "
+                                    f"(here: backend {backend}{', fast path off' if fast_path is False else ''})")
+        if params.restarts > 1:
+            raise RuntimeUsageError(f"precision {precision} runs on the fast path, which takes one restart "
+                                    f"(restarts {params.restarts})")
+        if fast_path_engine == "auto":
+            fast_path_engine = "openvino"  # bf16 needs it: resolving it refuses with the install hint if missing
     if backend == "fused":
         spin = True if allow_spinning is None else allow_spinning
         n_threads = int(threads or os.cpu_count() or 1)
@@ -482,7 +514,10 @@ def make_purifier(artifacts: Artifacts, backend: str = "auto", params: PurifyPar
         fast = None
         if fast_path:
             cap = AUTO_OPENVINO_MAX_STEPS if fast_path_engine == "auto" else None
-            fast = UnrolledFastPath(artifacts, providers, threads, spin, resolve_fast_path_engine(fast_path_engine), cap)
+            fast = UnrolledFastPath(artifacts, providers, threads, spin, resolve_fast_path_engine(fast_path_engine), cap,
+                                    precision)
+        elif precision != "fp32":
+            raise RuntimeUsageError(f"precision {precision} runs on the CPU fast path: use it with --providers cpu")
         main = ort_runner(artifacts, "purify", providers, threads, spin)
         if not shard or n_threads < 2:
             return GraphPurifier(artifacts, params, main, "fused", fast_path=fast)

@@ -38,6 +38,7 @@ class RunOptions:
     shard: bool | None = None            # fused on the CPU: batch sharding (None: on when threads > 1)
     fast_path: bool | None = None        # fused on the CPU: the Loop unrolled at T (None: on for cpu)
     fast_path_engine: str = "auto"       # its engine: openvino (when installed) or onnxruntime at opt 'all'
+    precision: str = "fp32"              # the fast path's arithmetic: fp32, or bf16 (OpenVINO on a bf16 CPU)
     batch_size: int = 16
     steps: int | None = None
     eta: float | None = None
@@ -129,7 +130,7 @@ def run(opts: RunOptions) -> dict:
                                         restarts=opts.restarts)
     backend = resolve_backend(opts.backend, arts)
     purifier = make_purifier(arts, backend, params, providers=opts.providers, threads=opts.threads, shard=opts.shard,
-                             fast_path=opts.fast_path, fast_path_engine=opts.fast_path_engine)
+                             fast_path=opts.fast_path, fast_path_engine=opts.fast_path_engine, precision=opts.precision)
     classifier = make_classifier(arts, backend, providers=opts.providers, threads=opts.threads) if opts.classify else None
 
     out = Path(opts.out)

@@ -34,6 +34,10 @@ def test_quick_json_structure(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt, 
     assert "| backend | batch | T |" in res.stdout
     assert png.stat().st_size > 1000
     assert r["machine"]["threads"] == 1
+    from vaegan.runtime.backend.openvino import openvino_status
+
+    ov_ok, ov_why = openvino_status()  # the engine's version is recorded where it is installed, None where not
+    assert (r["machine"]["openvino"] is not None) == ov_ok and (not ov_ok or ov_why.endswith(r["machine"]["openvino"]))
     assert PurifyConfig().steps in r["settings"]["steps"]
     assert set(r["backends"]) == {"eager", "modular", "fused", "trt"}
     for name in ("eager", "modular", "fused"):

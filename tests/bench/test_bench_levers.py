@@ -22,7 +22,7 @@ def test_levers_quick(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt, tiny_art
            "--json", str(js)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "| variant | batch 1 ms | vs shipped | batch 2 ms |" in res.stdout
+    assert "| variant | batch 1 ms | vs shipped | per round | batch 2 ms |" in res.stdout
     r = json.loads(js.read_text())
     v = {x["variant"].split(" (")[0]: x for x in r["variants"]}
     from vaegan.runtime.purify import resolve_fast_path_engine
@@ -47,3 +47,24 @@ def test_levers_quick(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt, tiny_art
             assert c["p50_ms"] > 0 and c["runs"] >= 3
             # every variant computes the same purification (the export's loop tolerance)
             assert x is shipped or c["max_abs_diff"] < 1e-4, (x["variant"], c)
+            assert c["vs_shipped_rounds"] == [shipped["cells"][n]["p50_ms"] / c["p50_ms"]]  # one round (--quick)
+
+
+def test_levers_pair_each_round_with_the_shipped_round():
+    """The per-round column pairs round r of a variant with round r of the shipped configuration; a variant that
+    failed, or a cell with a different number of rounds, gets none; the table keeps its column count."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import levers
+
+    def variant(name, p50s):
+        return {"variant": name, "cells": {1: {"p50_ms": min(p50s), "p50_rounds_ms": p50s, "max_abs_diff": 0.0}}}
+
+    shipped, faster, short = variant("shipped", [4.0, 6.0, 5.0]), variant("a", [2.0, 2.0, 4.0]), variant("b", [3.0])
+    out = [shipped, faster, short, {"variant": "c", "error": "boom"}]
+    levers.paired_with_shipped(out, [1])
+    assert faster["cells"][1]["vs_shipped_rounds"] == [2.0, 3.0, 1.25]
+    assert shipped["cells"][1]["vs_shipped_rounds"] == [1.0, 1.0, 1.0]
+    assert "vs_shipped_rounds" not in short["cells"][1]
+    table = levers.markdown({"settings": {"batches": [1]}, "variants": out})
+    assert "| a | 2.00 | 2.00x | 2.00x (1.25-3.00) | 0.0e+00 |" in table and "| b | 3.00 | 1.33x | - |" in table
+    assert all(row.count("|") == table.splitlines()[0].count("|") for row in table.splitlines())

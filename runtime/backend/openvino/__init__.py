@@ -4,6 +4,6 @@ Needs the ``openvino`` package (``pip install 'vaegan[openvino]'``; ``make venv`
 never fails; activating a runner without the package raises ``BackendUnavailableError`` with the install hint.
 """
 
-from .runner import OpenvinoRunner, openvino_status
+from .runner import OpenvinoRunner, bf16_status, openvino_status, openvino_version
 
-__all__ = ["OpenvinoRunner", "openvino_status"]
+__all__ = ["OpenvinoRunner", "bf16_status", "openvino_status", "openvino_version"]

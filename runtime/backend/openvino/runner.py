@@ -28,6 +28,14 @@ def import_openvino():
     return import_optional("openvino", "OpenVINO", INSTALL_HINT)
 
 
+def openvino_version() -> str | None:
+    """The installed OpenVINO's version, None when the package is missing (a report's metadata)."""
+    try:
+        return import_openvino().get_version()
+    except BackendUnavailableError:
+        return None
+
+
 def openvino_status() -> tuple[bool, str]:
     """(usable, reason): the ``openvino`` package importable and its CPU plugin listed."""
     try:
@@ -37,6 +45,19 @@ def openvino_status() -> tuple[bool, str]:
     if "CPU" not in ov.Core().available_devices:
         return False, "OpenVINO has no CPU device on this machine"
     return True, f"OpenVINO {ov.get_version()}"
+
+
+def bf16_status(core=None) -> tuple[bool, str]:
+    """(usable, reason): OpenVINO installed and its CPU plugin computing in bf16 on this CPU (``BF16`` among its
+    optimization capabilities: AVX512-BF16 or AMX)."""
+    ok, why = openvino_status()
+    if not ok:
+        return False, why
+    core = core or import_openvino().Core()
+    caps = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    if "BF16" not in caps:
+        return False, f"this CPU has no bf16 arithmetic (OpenVINO's CPU capabilities: {', '.join(caps)}); use fp32"
+    return True, "OpenVINO CPU bf16"
 
 
 def _message(e: Exception) -> str:
@@ -62,16 +83,26 @@ def _declared_inputs(data: bytes) -> list[TensorMeta]:
     return metas
 
 
+# the runtime's precision names -> OpenVINO's INFERENCE_PRECISION_HINT
+_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
 class OpenvinoRunner(BaseRunner):
     """Runs ``model`` (a path to an ONNX file, or a loader returning its serialized bytes, e.g. ``UnrolledFromOnnx``)
-    on OpenVINO's CPU plugin with ``threads`` inference threads (None: OpenVINO's default), fp32 throughout
-    (``INFERENCE_PRECISION_HINT f32``: on CPUs with AMX or AVX512-BF16 OpenVINO would otherwise compute in bf16)."""
+    on OpenVINO's CPU plugin with ``threads`` inference threads (None: OpenVINO's default), in ``precision``:
+    ``fp32`` throughout by default (``INFERENCE_PRECISION_HINT f32``: on CPUs with AMX or AVX512-BF16 OpenVINO
+    would otherwise compute in bf16), or ``bf16`` where the CPU has it (refused at activation where it does not:
+    OpenVINO would silently run fp32)."""
 
-    def __init__(self, model, threads: int | None = None, name: str | None = None, cache: int = 4):
+    def __init__(self, model, threads: int | None = None, name: str | None = None, cache: int = 4,
+                 precision: str = "fp32"):
         path = Path(model) if isinstance(model, (str, Path)) else getattr(model, "path", None)
         super().__init__(name or f"openvino:{path.name if path is not None else 'model'}")
+        if precision not in _HINTS:
+            raise ValueError(f"precision {precision!r}: choose from {', '.join(_HINTS)}")
         self._model_src = model
-        self.config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1,
+        self.precision = precision
+        self.config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": _HINTS[precision], "NUM_STREAMS": 1,
                        **({"INFERENCE_NUM_THREADS": int(threads)} if threads else {})}
         self.cache = int(cache)
         self._lock = threading.Lock()
@@ -80,8 +111,13 @@ class OpenvinoRunner(BaseRunner):
     def activate_impl(self) -> None:
         ov = import_openvino()
         src = self._model_src
+        core = ov.Core()
+        if self.precision == "bf16":
+            ok, why = bf16_status(core)
+            if not ok:
+                raise BackendUnavailableError(f"{self.name}: {why}")
         data = Path(src).read_bytes() if isinstance(src, (str, Path)) else src()
-        self._core = ov.Core()
+        self._core = core
         try:
             self.model = self._core.read_model(data, b"")
         except RuntimeError as e:  # OpenVINO's frontends raise RuntimeError subclasses with a multi-line message
@@ -97,6 +133,13 @@ class OpenvinoRunner(BaseRunner):
         """The input-shape signatures compiled so far (least recently used first)."""
         with self._lock:
             return list(self._compiled)
+
+    def inference_precisions(self) -> list[str]:
+        """The arithmetic each compiled model runs in, as OpenVINO reports it (``f32``, ``bf16``), least recently
+        used first: what the plugin chose, not what was asked."""
+        with self._lock:
+            return [compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+                    for compiled, _ in self._compiled.values()]
 
     def _request(self, key: tuple):
         """An idle infer request of the model compiled for ``key`` (compiled now on first use)."""
