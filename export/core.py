@@ -186,8 +186,7 @@ def export_all(vaegan_ckpt, classifier_ckpt, out_dir, *, opset: int = 18, max_ba
         if missing:
             raise TensorRTUnavailable(
                 f"TensorRT engines not built: {missing}. The ONNX files and manifest.json in {out_dir} are written "
-                "and validated; on a machine with an NVIDIA GPU run `pip install 'vaegan[gpu]'` and export with "
-                "--trt again.")
+                "and validated; export with --trt again where TensorRT runs.")
         engines = trt_mod.build_engines(out_dir, gspecs, max_batch=max_batch, max_restarts=max_restarts,
                                         fp16=fp16, images=images, purify_cfg=cfg, echo=echo)
         man = _make_manifest(engines)

@@ -3,7 +3,8 @@ no torch): one engine per graph, fp32 (TF32 off) or fp16, one optimisation profi
 restarts 1..max-restarts for purify), a shared timing cache (``trt.timing_cache``), and each engine checked
 against onnxruntime on real images at batch 1 and max-batch.
 
-Polygraphy-style pieces: ``engine_from_onnx`` (loader) and ``TrtRunner`` (activate / infer / deactivate).
+Polygraphy-style: ``engine_from_onnx`` builds; each engine is then checked through the runtime's own ``TrtRunner``
+(``vaegan.runtime.backend.trt``), the code that runs it in ``vaegan-run``.
 Install on a machine with an NVIDIA GPU: ``pip install 'vaegan[gpu]'`` (tensorrt, cuda-python, onnxruntime-gpu).
 """
 
@@ -12,8 +13,6 @@ from __future__ import annotations
 import importlib.util
 import time
 from pathlib import Path
-
-import numpy as np
 
 from vaegan.train.errors import VaeganError
 
@@ -60,34 +59,13 @@ def check_fp16() -> None:
         raise VaeganError(why)
 
 
-def _cudart():
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        from cuda import cudart  # older cuda-python
-    return cudart
-
-
 def missing_requirements() -> str:
-    """'' when engines can be built here, else what is missing (one phrase)."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return "the Python package 'tensorrt' is not installed"
-    try:
-        cudart = _cudart()
-    except ImportError:
-        return "the Python package 'cuda-python' is not installed"
-    err, count = cudart.cudaGetDeviceCount()
-    if int(err) != 0 or count < 1:
-        return f"no NVIDIA GPU is visible (cudaGetDeviceCount: {err.name if hasattr(err, 'name') else err})"
-    return ""
+    """'' when engines can be built here, else what is missing (one phrase): the runtime's own check (TensorRT and
+    cuda-python importable, a CUDA device visible)."""
+    from vaegan.runtime.backend.trt import trt_status
 
-
-def _check(result):
-    """cuda-python returns (err, *values); raise on error, return the value(s)."""
-    err, *rest = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise RuntimeError(f"CUDA error {getattr(err, 'name', err)}")
-    return rest[0] if len(rest) == 1 else (tuple(rest) if rest else None)
+    ok, why = trt_status()
+    return "" if ok else why
 
 
 # -------------------------------------------------------------------------------------------------------- loader
@@ -134,90 +112,6 @@ def engine_from_onnx(onnx_path: Path, spec, *, max_batch: int, max_restarts: int
     return bytes(memoryview(serialized))
 
 
-# -------------------------------------------------------------------------------------------------------- runner
-
-class TrtRunner:
-    """One engine: ``activate()``, ``infer(feed) -> dict``, ``deactivate()``; a context manager.
-    Records ``last_inference_time`` (seconds, host to host)."""
-
-    def __init__(self, engine_bytes: bytes, logger):
-        self._bytes = engine_bytes
-        self._logger = logger
-        self.last_inference_time: float | None = None
-
-    def activate(self):
-        import tensorrt as trt
-
-        self._cudart = _cudart()
-        self._runtime = trt.Runtime(self._logger)
-        self.engine = self._runtime.deserialize_cuda_engine(self._bytes)
-        if self.engine is None:
-            raise VaeganError("TensorRT could not deserialize the engine")
-        self.context = self.engine.create_execution_context()
-        self.stream = _check(self._cudart.cudaStreamCreate())
-        self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in self.names if n not in self.inputs]
-        return self
-
-    def deactivate(self):
-        _check(self._cudart.cudaStreamDestroy(self.stream))
-        del self.context, self.engine, self._runtime
-
-    def __enter__(self):
-        return self.activate()
-
-    def __exit__(self, *exc):
-        self.deactivate()
-
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import tensorrt as trt
-
-        if set(feed) != set(self.inputs):
-            raise VaeganError(f"engine inputs are {self.inputs}, got {sorted(feed)}")
-        cudart = self._cudart
-        allocs, host_keep = [], []
-        t0 = time.perf_counter()
-        try:
-            for name in self.inputs:
-                want = trt.nptype(self.engine.get_tensor_dtype(name))
-                arr = np.asarray(feed[name], dtype=want, order="C")  # keeps 0-d scalars 0-d
-                if self.engine.is_shape_inference_io(name):  # shape tensors live in host memory
-                    host_keep.append(arr)
-                    self.context.set_tensor_address(name, arr.ctypes.data)
-                else:
-                    if not self.context.set_input_shape(name, arr.shape):
-                        raise VaeganError(f"input '{name}' shape {list(arr.shape)} is outside the engine's "
-                                          f"optimization profile")
-                    ptr = _check(cudart.cudaMalloc(max(arr.nbytes, 1)))
-                    allocs.append(ptr)
-                    _check(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes,
-                                                  cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
-                    self.context.set_tensor_address(name, ptr)
-            missing = self.context.infer_shapes()
-            if missing:
-                raise VaeganError(f"TensorRT cannot infer output shapes; inputs not set: {missing}")
-            outs = {}
-            for name in self.outputs:
-                shape = tuple(self.context.get_tensor_shape(name))
-                host = np.empty(shape, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
-                ptr = _check(cudart.cudaMalloc(max(host.nbytes, 1)))
-                allocs.append(ptr)
-                self.context.set_tensor_address(name, ptr)
-                outs[name] = (host, ptr)
-            if not self.context.execute_async_v3(self.stream):
-                raise VaeganError("TensorRT execution failed")
-            for name, (host, ptr) in outs.items():
-                _check(cudart.cudaMemcpyAsync(host.ctypes.data, ptr, host.nbytes,
-                                              cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
-            _check(cudart.cudaStreamSynchronize(self.stream))
-        finally:
-            for p in allocs:
-                cudart.cudaFree(p)
-        self.last_inference_time = time.perf_counter() - t0
-        return {n: h for n, (h, _) in outs.items()}
-
-
 # -------------------------------------------------------------------------------------------------------- driver
 
 def build_engines(out_dir: Path, gspecs: dict, *, max_batch: int, max_restarts: int, fp16: bool, images,
@@ -227,6 +121,7 @@ def build_engines(out_dir: Path, gspecs: dict, *, max_batch: int, max_restarts: 
     import tensorrt as trt
     import torch
 
+    from vaegan.runtime.backend.trt import EngineFromBytes, TrtRunner
     from vaegan.train.checkpoint import file_sha256
 
     from .specs import dummy_inputs
@@ -251,7 +146,9 @@ def build_engines(out_dir: Path, gspecs: dict, *, max_batch: int, max_restarts: 
         eng_path.write_bytes(blob)
         build_s = time.perf_counter() - t0
         sess = ort_session(onnx_path)
-        with TrtRunner(blob, logger) as runner:
+        # the runtime's runner, so the engine is checked the way vaegan-run will run it (without CUDA graphs: one
+        # call per batch size here)
+        with TrtRunner(EngineFromBytes(blob), name=f"trt:{name}", cuda_graph=False) as runner:
             for b in sorted({1, max_batch}):
                 feed = {k: v.numpy() for k, v in dummy_inputs(spec, b, latent, images, gen, purify_cfg).items()}
                 want = dict(zip([o.name for o in spec.outputs], sess.run(None, feed)))
