@@ -441,11 +441,22 @@ def _ints(s: str) -> list[int]:
     return [int(v) for v in s.split(",") if v.strip()]
 
 
+def model_options(f):
+    """``--checkpoint``, ``--classifier`` and ``--artifacts``: the weights a bench script runs, the same three options
+    in every script (``latency``, ``levers``, ``precision``)."""
+    for opt in reversed([
+        click.option("--checkpoint", type=click.Path(dir_okay=False), default="models/vaegan.pt", show_default=True),
+        click.option("--classifier", type=click.Path(dir_okay=False), default="models/classifier.pt",
+                     show_default=True),
+        click.option("--artifacts", type=click.Path(file_okay=False), default="artifacts", show_default=True,
+                     help="exported artifacts (exported from --checkpoint/--classifier if the folder has no manifest)"),
+    ]):
+        f = opt(f)
+    return f
+
+
 @click.command(help=__doc__.split("\n\n")[0])
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default="models/vaegan.pt", show_default=True)
-@click.option("--classifier", type=click.Path(dir_okay=False), default="models/classifier.pt", show_default=True)
-@click.option("--artifacts", type=click.Path(file_okay=False), default="artifacts", show_default=True,
-              help="exported artifacts (exported from --checkpoint/--classifier if the folder has no manifest)")
+@model_options
 @click.option("--batches", default="1,8,64", show_default=True)
 @click.option("--steps", "steps_opt", default="5,10,50", show_default=True,
               help="T values; the shipped default PurifyConfig().steps is always added")

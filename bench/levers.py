@@ -37,7 +37,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
-ROOT = HERE.parent
+
+from latency import model_options  # noqa: E402 - a sibling script, importable once HERE is on the path
 
 
 @dataclass(frozen=True)
@@ -269,12 +270,7 @@ def markdown(results: dict) -> str:
 
 
 @click.command()
-@click.option("--artifacts", type=click.Path(file_okay=False), default="artifacts", show_default=True,
-              help="exported artifacts (exported from --checkpoint/--classifier when missing)")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=str(ROOT / "models" / "vaegan.pt"),
-              show_default=True)
-@click.option("--classifier", type=click.Path(dir_okay=False), default=str(ROOT / "models" / "classifier.pt"),
-              show_default=True)
+@model_options
 @click.option("--steps", type=int, default=None, help="T (default: the manifest's shipped default)")
 @click.option("--batches", default="1,8,64", show_default=True)
 @click.option("--threads", type=int, default=None, help="default: the CPU count")

@@ -30,8 +30,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
-ROOT = HERE.parent
-PRECISIONS = ("fp32", "bf16")
+
+from latency import model_options  # noqa: E402 - a sibling script, importable once HERE is on the path
+
+from vaegan.runtime.names import PRECISIONS  # noqa: E402 - fp32, bf16
 
 
 def labelled_sets(n: int, adv: list[str], classifier_sha: str, echo) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -123,12 +125,7 @@ def markdown(results: dict) -> str:
 
 
 @click.command()
-@click.option("--artifacts", type=click.Path(file_okay=False), default="artifacts", show_default=True,
-              help="exported artifacts (exported from --checkpoint/--classifier when missing)")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=str(ROOT / "models" / "vaegan.pt"),
-              show_default=True)
-@click.option("--classifier", type=click.Path(dir_okay=False), default=str(ROOT / "models" / "classifier.pt"),
-              show_default=True)
+@model_options
 @click.option("--adv", "adv", multiple=True, type=click.Path(dir_okay=False),
               help="adversarial test set (.npz of vaegan-attack; repeatable; default: adv/test_*.npz)")
 @click.option("--n", type=click.IntRange(1), default=2000, show_default=True, help="images per set")
@@ -162,7 +159,7 @@ def main(artifacts, checkpoint, classifier, adv, n, batches, threads, rounds, mi
         return
     arts = export_if_needed(checkpoint, classifier, artifacts, echo)
     man = load_artifacts(arts)
-    adv = list(adv) or sorted(str(p) for p in (ROOT / "adv").glob("test_*.npz"))
+    adv = list(adv) or sorted(str(p) for p in Path("adv").glob("test_*.npz"))
     sets = labelled_sets(n, adv, man.manifest["classifier_checkpoint"]["sha256"], echo)
     purifiers = {p: make_purifier(man, "fused", threads=threads, fast_path_engine="openvino", precision=p)
                  for p in PRECISIONS}
