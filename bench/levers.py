@@ -38,7 +38,9 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from latency import model_options  # noqa: E402 - a sibling script, importable once HERE is on the path
+# a sibling script, importable once HERE is on the path
+from latency import (call_isolated, export_if_needed, format_rounds, load_images, model_options,  # noqa: E402
+                     round_ratios)
 
 
 @dataclass(frozen=True)
@@ -173,8 +175,6 @@ def time_variant(v: Variant, opts: dict, x: np.ndarray, ref: dict | None) -> dic
 
 
 def run_isolated(v: Variant, opts: dict, x: np.ndarray, ref: dict | None) -> dict:
-    from latency import call_isolated
-
     msg = call_isolated(time_variant, v, opts, x, ref)
     if msg[0] == "ok":
         return msg[1]
@@ -232,8 +232,6 @@ def paired_with_shipped(variants: list[dict], batches: list[int]) -> None:
     round r (``latency.round_ratios``). The variants take turns within a round, so a drift of the machine's speed
     between rounds hits both sides of one ratio, where the best rounds ("vs shipped") may come from different
     minutes; within a round the variants still run minutes apart, so the pairing narrows the spread, not removes it."""
-    from latency import round_ratios
-
     base = variants[0]
     if "error" in base:
         return
@@ -247,7 +245,6 @@ def paired_with_shipped(variants: list[dict], batches: list[int]) -> None:
 
 
 def markdown(results: dict) -> str:
-    from latency import format_rounds
     from vaegan.export.specs import TOL_LOOP
 
     batches = results["settings"]["batches"]
@@ -280,8 +277,6 @@ def markdown(results: dict) -> str:
 @click.option("--quick", is_flag=True, help="smoke run: batches 1,2, one round, few runs")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 def main(artifacts, checkpoint, classifier, steps, batches, threads, rounds, min_runs, max_time, quick, json_path):
-    from latency import export_if_needed, load_images
-
     echo = lambda s: click.echo(s, err=True)  # noqa: E731 - progress on stderr, the table on stdout
     threads = threads or os.cpu_count() or 1
     batch_list = [int(b) for b in batches.split(",") if b]

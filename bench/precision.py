@@ -31,7 +31,8 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from latency import model_options  # noqa: E402 - a sibling script, importable once HERE is on the path
+# a sibling script, importable once HERE is on the path
+from latency import export_if_needed, format_rounds, model_options, percentiles, round_ratios  # noqa: E402
 
 from vaegan.runtime.names import PRECISIONS  # noqa: E402 - fp32, bf16
 
@@ -79,8 +80,6 @@ def accuracy_table(purifiers: dict, classifier, sets: dict, batch: int) -> list[
 
 def latency_table(purifiers: dict, images: np.ndarray, batches: list[int], rounds: int, min_runs: int,
                   max_time: float, warmup: int, echo) -> list[dict]:
-    from latency import percentiles, round_ratios
-
     cells = {(p, b): [] for p in purifiers for b in batches}
     for k in range(rounds):
         for b in batches:
@@ -107,8 +106,6 @@ def latency_table(purifiers: dict, images: np.ndarray, batches: list[int], round
 
 
 def markdown(results: dict) -> str:
-    from latency import format_rounds
-
     out = ["| set | images | fp32 accuracy % | bf16 accuracy % | labels that differ | max abs per image: median / p99 / max |",
            "|---|---:|---:|---:|---:|---|"]
     for r in results["accuracy"]:
@@ -137,8 +134,6 @@ def markdown(results: dict) -> str:
 @click.option("--quick", is_flag=True, help="smoke run: 64 images, batches 1,2, one round, few runs")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 def main(artifacts, checkpoint, classifier, adv, n, batches, threads, rounds, min_runs, max_time, quick, json_path):
-    from latency import export_if_needed
-
     from vaegan.runtime.artifacts import load_artifacts
     from vaegan.runtime.backend.openvino import bf16_status, openvino_version
     from vaegan.runtime.purify import make_classifier, make_purifier
