@@ -109,6 +109,8 @@ class PurifierConfig:
     lr_d: float = 1e-4
     lr_decay_epochs: int = 1
     guide_weight: float = 50.0       # classifier cross-entropy on G(mu_E(x~)), per image (pixel BCE is a sum)
+    guide_loss: str = "ce"           # the guide term: "ce" (true labels), "logits" (HGD's logit-guided L1 to
+                                     # classifier(x), Liao et al. 2018), "ce+logits" (their sum); trainer.GUIDE_LOSSES
     kl_weight: float = 0.5
     fm_weight: float = 1.0
     adv_weight: float = 1.0

@@ -85,13 +85,14 @@ def test_purifier_finetune_trains_resumes_and_loads(tmp_path, tiny_vaegan_ckpt, 
     out = tmp_path / "p"
     cfg = dict(out=str(out), init=str(tiny_vaegan_ckpt), classifier=str(tiny_classifier_ckpt), train_limit=128,
                eval_limit=32, batch_size=32, adaptive_steps=2)
-    m = trainer.train_purifier(PurifierConfig(epochs=1, **cfg))
+    m = trainer.train_purifier(PurifierConfig(epochs=1, guide_loss="ce+logits", **cfg))
     assert all(torch.isfinite(torch.tensor(float(v))) for v in m.values())
     for key in ("guide", "clf_acc_rec", "oblivious_pgd_acc", "adaptive_pgd_acc"):
         assert key in m
     ck = checkpoint.load_raw(out / "ckpt.pt")
     assert ck["kind"] == "vaegan" and ck["epoch"] == 1 and ck["step"] == 4
     assert ck["config"]["guide_weight"] == PurifierConfig().guide_weight and ck["init_config"] == {}
+    assert ck["config"]["guide_loss"] == "ce+logits"
     start, _ = checkpoint.load_model(tiny_vaegan_ckpt, "vaegan")
     tuned, _ = checkpoint.load_model(out / "model.pt", "vaegan")
     assert tuned.args.latent_dim == 8
@@ -128,6 +129,25 @@ def test_purifier_inputs_are_the_four_groups_within_their_budgets(tiny_vaegan_ck
     with pytest.raises(ValueError, match="must be <= 1"):
         trainer._purifier_inputs(vg, clf, x, y, PurifierConfig(noise_frac=0.5, oblivious_frac=0.5, adaptive_frac=0.5),
                                  torch.Generator())
+
+
+def test_guide_losses(tiny_classifier_ckpt, tmp_path):
+    """``ce``: cross-entropy with the labels; ``logits``: zero when the purified image is the clean one (the
+    classifier sees the same thing), positive otherwise, and blind to the labels; ``ce+logits``: their sum; another
+    name is a one-line error before any work."""
+    torch.manual_seed(0)
+    clf, _ = checkpoint.load_model(tiny_classifier_ckpt, "classifier")
+    clf.eval()
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    xm = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
+    ce = torch.nn.functional.cross_entropy(clf(xm), y)
+    assert torch.allclose(trainer._guide(clf, xm, x, y, "ce"), ce)
+    assert trainer._guide(clf, x, x, y, "logits") == 0
+    lg = trainer._guide(clf, xm, x, y, "logits")
+    assert lg > 0 and torch.equal(lg, trainer._guide(clf, xm, x, (y + 1) % 10, "logits"))
+    assert torch.allclose(trainer._guide(clf, xm, x, y, "ce+logits"), ce + lg)
+    with pytest.raises(VaeganError, match=r"--guide-loss 'kl': choose from ce, logits, ce\+logits"):
+        trainer.train_purifier(PurifierConfig(out=str(tmp_path / "p"), guide_loss="kl"))
 
 
 def test_training_pgd_raises_the_loss_it_attacks():
