@@ -183,6 +183,18 @@ def agreement(got: np.ndarray, ref: np.ndarray, tol: dict) -> dict:
     return {"ok": ok, "max_abs": float(diff.max())}
 
 
+def time_runs(fn, min_runs: int, max_time: float) -> list[float]:
+    """Seconds per call of ``fn()``: at least 3 calls, then until ``min_runs`` calls or ``max_time`` seconds,
+    whichever comes first (the timing rule of every bench script)."""
+    ts: list[float] = []
+    start = time.perf_counter()
+    while len(ts) < 3 or (len(ts) < min_runs and time.perf_counter() - start < max_time):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return ts
+
+
 def percentiles(ts: list[float]) -> dict:
     a = np.asarray(ts) * 1e3
     return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
@@ -229,12 +241,7 @@ def run_backend(name: str, opts: dict, cells: list[tuple[int, int]], images: np.
                 res["outputs"][f"{n}x{steps}"] = out
             for _ in range(opts["warmup"]):
                 b.run(x, noise, steps)
-            ts: list[float] = []
-            start = time.perf_counter()
-            while len(ts) < 3 or (len(ts) < opts["min_runs"] and time.perf_counter() - start < opts["max_time"]):
-                t = time.perf_counter()
-                b.run(x, noise, steps)
-                ts.append(time.perf_counter() - t)
+            ts = time_runs(lambda: b.run(x, noise, steps), opts["min_runs"], opts["max_time"])
             cell.update(status="timed", **percentiles(ts))
             cell["per_frame_ms"] = cell["p50_ms"] / n
             cell["frames_per_s"] = 1e3 * n / cell["p50_ms"]

@@ -27,7 +27,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,7 +39,7 @@ if str(HERE) not in sys.path:
 
 # a sibling script, importable once HERE is on the path
 from latency import (call_isolated, export_if_needed, format_rounds, load_images, model_options,  # noqa: E402
-                     round_ratios)
+                     round_ratios, time_runs)
 
 
 @dataclass(frozen=True)
@@ -160,12 +159,7 @@ def time_variant(v: Variant, opts: dict, x: np.ndarray, ref: dict | None) -> dic
                 cell["max_abs_diff"] = float(np.abs(out.astype(np.float64) - ref[n]).max())
             for _ in range(opts["warmup"]):
                 pur.purify(xb, params=p)
-            ts: list[float] = []
-            start = time.perf_counter()
-            while len(ts) < 3 or (len(ts) < opts["min_runs"] and time.perf_counter() - start < opts["max_time"]):
-                t0 = time.perf_counter()
-                pur.purify(xb, params=p)
-                ts.append(time.perf_counter() - t0)
+            ts = time_runs(lambda: pur.purify(xb, params=p), opts["min_runs"], opts["max_time"])
             cell["p50_ms"] = float(np.percentile(ts, 50) * 1e3)
             cell["runs"] = len(ts)
             res["cells"][n] = cell

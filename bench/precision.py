@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -32,7 +31,8 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 # a sibling script, importable once HERE is on the path
-from latency import export_if_needed, format_rounds, model_options, percentiles, round_ratios  # noqa: E402
+from latency import (export_if_needed, format_rounds, model_options, percentiles, round_ratios,  # noqa: E402
+                     time_runs)
 
 from vaegan.runtime.names import PRECISIONS  # noqa: E402 - fp32, bf16
 
@@ -88,12 +88,7 @@ def latency_table(purifiers: dict, images: np.ndarray, batches: list[int], round
                 echo(f"round {k + 1}/{rounds}: batch {b}, {p}")
                 for _ in range(warmup):
                     purifier.purify(x)
-                ts, t_end = [], time.perf_counter() + max_time
-                while len(ts) < min_runs or time.perf_counter() < t_end:
-                    t0 = time.perf_counter()
-                    purifier.purify(x)
-                    ts.append(time.perf_counter() - t0)
-                cells[(p, b)].append(percentiles(ts))
+                cells[(p, b)].append(percentiles(time_runs(lambda: purifier.purify(x), min_runs, max_time)))
     rows = []
     for b in batches:
         row = {"batch": b}
@@ -146,6 +141,9 @@ def main(artifacts, checkpoint, classifier, adv, n, batches, threads, rounds, mi
         n, batch_list, rounds, min_runs, max_time, warmup = min(n, 64), [1, 2], 1, 3, 0.2, 1
     if not batch_list or min(batch_list) < 1:
         raise click.UsageError("--batches: every batch must be >= 1")
+    if max(batch_list) > n:
+        raise click.UsageError(f"--batches: the largest batch ({max(batch_list)}) is timed on the first --n images: "
+                               f"use --n >= {max(batch_list)}")
     ok, why = bf16_status()
     if not ok:
         click.echo(f"# bf16 fast path: skipped ({why})")
