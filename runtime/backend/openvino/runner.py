@@ -36,24 +36,28 @@ def openvino_version() -> str | None:
         return None
 
 
-def openvino_status() -> tuple[bool, str]:
-    """(usable, reason): the ``openvino`` package importable and its CPU plugin listed."""
+def openvino_status(core=None) -> tuple[bool, str]:
+    """(usable, reason): the ``openvino`` package importable and its CPU plugin listed (asked of ``core``, an
+    ``ov.Core``, when given: one is not free to make)."""
     try:
         ov = import_openvino()
     except BackendUnavailableError as e:
         return False, str(e)
-    if "CPU" not in ov.Core().available_devices:
+    if "CPU" not in (core or ov.Core()).available_devices:
         return False, "OpenVINO has no CPU device on this machine"
     return True, f"OpenVINO {ov.get_version()}"
 
 
 def bf16_status(core=None) -> tuple[bool, str]:
     """(usable, reason): OpenVINO installed and its CPU plugin computing in bf16 on this CPU (``BF16`` among its
-    optimization capabilities: AVX512-BF16 or AMX)."""
-    ok, why = openvino_status()
+    optimization capabilities: AVX512-BF16 or AMX). ``core``: an ``ov.Core`` to ask (default: a new one)."""
+    try:
+        core = core or import_openvino().Core()
+    except BackendUnavailableError as e:
+        return False, str(e)
+    ok, why = openvino_status(core)
     if not ok:
         return False, why
-    core = core or import_openvino().Core()
     caps = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     if "BF16" not in caps:
         return False, f"this CPU has no bf16 arithmetic (OpenVINO's CPU capabilities: {', '.join(caps)}); use fp32"
