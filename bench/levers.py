@@ -39,7 +39,7 @@ if str(HERE) not in sys.path:
 
 # a sibling script, importable once HERE is on the path
 from latency import (call_isolated, export_if_needed, format_rounds, load_images, model_options,  # noqa: E402
-                     round_ratios, time_runs)
+                     percentiles, round_ratios, time_runs)
 
 
 @dataclass(frozen=True)
@@ -160,8 +160,7 @@ def time_variant(v: Variant, opts: dict, x: np.ndarray, ref: dict | None) -> dic
             for _ in range(opts["warmup"]):
                 pur.purify(xb, params=p)
             ts = time_runs(lambda: pur.purify(xb, params=p), opts["min_runs"], opts["max_time"])
-            cell["p50_ms"] = float(np.percentile(ts, 50) * 1e3)
-            cell["runs"] = len(ts)
+            cell.update(percentiles(ts))
             res["cells"][n] = cell
     finally:
         pur.deactivate()
