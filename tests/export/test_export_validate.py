@@ -122,6 +122,11 @@ def test_gradient_check_leaves_out_only_samples_at_a_leakyrelu_kink(tiny_vaegan_
         assert c.ok is passes, (bad_row, c.line())
         if passes:
             assert c.kink_rows == (0,) and "[0] at a LeakyReLU kink left out" in c.line() and c.kink_max_abs > 0
+            assert Report(checks=[c]).summary()["discriminator_grad"]["grad_x"]["kink_samples_left_out"] == 1
+    g1 = ref[:1].copy()
+    g1[0] += 0.5 * np.abs(ref).max()
+    c1 = compare("discriminator_grad", "grad_x", g1, ref[:1], spec.tolerance, 1)
+    assert not c1.ok and not _compare_off_kinks(c1, spec, nets, {"x": x[:1]}, g1, ref[:1]).ok  # never every sample
     x[1:4] = 0.0                                                  # four samples at the kink: more than 1 in 20 of 8
     got = ref.copy()
     got[0] += 0.5 * np.abs(ref).max()
