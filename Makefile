@@ -133,27 +133,33 @@ ADAPTIVE_GPU_RUNS := reports/adaptive_gpu_eot_0.1 reports/adaptive_gpu_apgd9x100
 GPU_RUNS_DONE = $(patsubst %/adaptive.json,%,$(wildcard $(addsuffix /adaptive.json,$(ADAPTIVE_GPU_RUNS))))
 
 # BPDA + EOT against the randomized purifier (R = 2 noisy restarts), 20 draws per gradient, on all 1,000 images
+# each GPU run's attack and budget, named once (the shipped weights' runs here, the candidate's below)
+GPU_ATTACK_eot = --attacks bpda_eot $(EOT_R2) --attack-steps 50 --curve 10,20,50
+GPU_ATTACK_apgd9x100 = $(APGD_9T) --attack-steps 100
+GPU_ATTACK_fab = $(FAB_9T) --attack-steps 10
+GPU_ATTACK_fullR5 = --attacks full --attack-steps 100 --attack-restarts 5 --curve 10,20,50,100
+GPU_ATTACK_fullcw = --attacks full --attack-steps 100 --loss margin --curve 10,20,50,100
 reports/adaptive_gpu_eot_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
-	$(GPU_ADV) --eps $* --attacks bpda_eot $(EOT_R2) --attack-steps 50 --curve 10,20,50
+	$(GPU_ADV) --eps $* $(GPU_ATTACK_eot)
 reports/adaptive_gpu_apgd9x100_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
-	$(GPU_ADV) --eps $* $(APGD_9T) --attack-steps 100
+	$(GPU_ADV) --eps $* $(GPU_ATTACK_apgd9x100)
 reports/adaptive_gpu_apgd200_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
 	$(GPU_ADV) --eps $* $(APGD_1T) --attack-steps 200
 reports/adaptive_gpu_fab_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
-	$(GPU_ADV) --eps $* $(FAB_9T) --attack-steps 10
+	$(GPU_ADV) --eps $* $(GPU_ATTACK_fab)
 reports/adaptive_gpu_fab100_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
 	$(GPU_ADV) --eps $* $(FAB_9T) --attack-steps 100
 reports/adaptive_gpu_fullR5_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
-	$(GPU_ADV) --eps $* --attacks full --attack-steps 100 --attack-restarts 5 --curve 10,20,50,100
+	$(GPU_ADV) --eps $* $(GPU_ATTACK_fullR5)
 reports/adaptive_gpu_fullcw_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
-	$(GPU_ADV) --eps $* --attacks full --attack-steps 100 --loss margin --curve 10,20,50,100
+	$(GPU_ADV) --eps $* $(GPU_ATTACK_fullcw)
 
 adaptive-gpu: $(addsuffix /adaptive.json,$(ADAPTIVE_GPU_RUNS))
 
@@ -219,16 +225,8 @@ W48_ADV = $(BIN)/vaegan-eval-adaptive --n 1000 --device cuda --batch-size 1000 -
 	--lam 10 --out $(@D)
 W48_ADAPTIVE_RUNS := reports/w48c50_gpu_apgd9x100_0.1 reports/w48c50_gpu_fab_0.1 reports/w48c50_gpu_fullR5_0.1 \
 	reports/w48c50_gpu_fullcw_0.1 reports/w48c50_gpu_eot_0.1
-reports/w48c50_gpu_apgd9x100_0.1/adaptive.json: | $(STAMP)
-	$(W48_ADV) $(APGD_9T) --attack-steps 100
-reports/w48c50_gpu_fab_0.1/adaptive.json: | $(STAMP)
-	$(W48_ADV) $(FAB_9T) --attack-steps 10
-reports/w48c50_gpu_fullR5_0.1/adaptive.json: | $(STAMP)
-	$(W48_ADV) --attacks full --attack-steps 100 --attack-restarts 5 --curve 10,20,50,100
-reports/w48c50_gpu_fullcw_0.1/adaptive.json: | $(STAMP)
-	$(W48_ADV) --attacks full --attack-steps 100 --loss margin --curve 10,20,50,100
-reports/w48c50_gpu_eot_0.1/adaptive.json: | $(STAMP)
-	$(W48_ADV) --attacks bpda_eot $(EOT_R2) --attack-steps 50 --curve 10,20,50
+reports/w48c50_gpu_%_0.1/adaptive.json: | $(STAMP)
+	$(W48_ADV) $(GPU_ATTACK_$*)
 adaptive-w48-gpu: $(addsuffix /adaptive.json,$(W48_ADAPTIVE_RUNS))
 	$(BIN)/vaegan-eval-adaptive $(addprefix --merge ,$(W48_ADAPTIVE_RUNS)) --out reports/w48c50_union_0.1
 

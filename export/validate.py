@@ -213,9 +213,13 @@ def _float64_reference(spec, nets, feed: dict):
 
     nets64 = dataclasses.replace(nets, **{f.name: copy.deepcopy(getattr(nets, f.name)).double()
                                           for f in dataclasses.fields(nets)})
-    args = [feed[i.name].double() if feed[i.name].is_floating_point() else feed[i.name] for i in spec.inputs]
     with torch.no_grad():
-        return spec.reference(nets64, *args)
+        return spec.reference(nets64, *_inputs_as(spec, feed, torch.float64))
+
+
+def _inputs_as(spec, feed: dict, dtype) -> list:
+    """``spec``'s inputs from ``feed`` in its order, the floating ones cast to ``dtype``."""
+    return [feed[i.name].to(dtype) if feed[i.name].is_floating_point() else feed[i.name] for i in spec.inputs]
 
 
 # A sample with a LeakyReLU input within this many times its own fp32 rounding error of 0 is at a kink
@@ -228,7 +232,8 @@ def kink_rows(spec, nets, feed: dict) -> list[int]:
     and a32 the fp32 BatchNorm-folded network's (the arithmetic that was exported; another engine's rounding is of
     the same size, hence the factor). There the branch of the derivative (1 or the negative slope) is decided by
     rounding, so a gradient graph and torch may differ by up to (1 - slope) x the upstream gradient and both be
-    right: the reason ``torch.autograd.gradcheck`` avoids non-differentiable points. Empty when the two runs do not call the same LeakyReLUs in the same order."""
+    right: the reason ``torch.autograd.gradcheck`` avoids non-differentiable points. Empty when the two runs do not
+    call the same LeakyReLUs in the same order."""
     import copy
 
     import torch
@@ -238,10 +243,9 @@ def kink_rows(spec, nets, feed: dict) -> list[int]:
         seen: list = []
         hooks = [m.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
                  for m in net.modules() if isinstance(m, torch.nn.LeakyReLU)]
-        args = [feed[i.name].to(dtype) if feed[i.name].is_floating_point() else feed[i.name] for i in spec.inputs]
         try:
             with torch.no_grad():
-                spec.reference(dataclasses.replace(nets, vg=net), *args)
+                spec.reference(dataclasses.replace(nets, vg=net), *_inputs_as(spec, feed, dtype))
         finally:
             for h in hooks:
                 h.remove()
