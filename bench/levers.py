@@ -11,8 +11,8 @@ above the fused loop's export tolerance, 1e-4) before it is timed.
 Levers, each against the shipped configuration (export: stride-1 ConvTranspose rewritten as Conv; runtime: the
 CPU fast path -- one-restart calls run the Loop unrolled at T on OpenVINO's CPU plugin when installed, else on
 onnxruntime at graph optimisation ``all`` --, thread spinning on, batch sharding over ``--threads`` one-thread
-sessions on the CPU for the Loop graph). The fast path on onnxruntime is the next row (what shipped before
-OpenVINO); switched off it gives the Loop graph at ``extended``; the other rows are levers on that Loop graph: shipped levers
+sessions on the CPU for the Loop graph, OpenVINO reading the fed arrays in place). The fast path on onnxruntime is
+the next row (what shipped before OpenVINO), then OpenVINO copying its inputs (``share_inputs`` off); switched off it gives the Loop graph at ``extended``; the other rows are levers on that Loop graph: shipped levers
 switched off (no batch sharding; the exporter's stride-1 ConvTranspose kept), and levers not shipped (graph
 optimisation ``all`` / ``basic``, spinning off, one thread, every ConvTranspose -> Conv + DepthToSpace, the
 LeakyReLU-backward chain Greater/Cast/Mul/Add/Mul -> Sign/Clip/Mul, the Loop unrolled without ``all``).
@@ -55,6 +55,7 @@ class Variant:
     shard: bool = True                # batch sharding over `threads` one-thread sessions (batches of 2+)
     shipped: bool = False
     engine: str = "auto"              # shipped variants: the fast path's engine (make_purifier's fast_path_engine)
+    share_inputs: bool = True         # OpenVINO runners: feed the arrays in place (OpenvinoRunner.share_inputs)
 
 
 def build_purifier(v: Variant, artifacts: str, threads: int):
@@ -144,8 +145,13 @@ def time_variant(v: Variant, opts: dict, x: np.ndarray, ref: dict | None) -> dic
     """In the variant's own process: build, check against ``ref`` (batch -> output), warm up, time each batch."""
     from dataclasses import replace as dc_replace
 
+    from vaegan.runtime.backend.openvino import OpenvinoRunner
+
     pur = build_purifier(v, opts["artifacts"], opts["threads"])
     pur.activate()
+    for r in pur.runners.values():
+        if isinstance(r, OpenvinoRunner):
+            r.share_inputs = v.share_inputs
     res: dict = {"variant": v.name, "describe": pur.describe(), "cells": {}, "outputs": {}}
     try:
         p = dc_replace(pur.params, steps=opts["steps"])
@@ -206,6 +212,8 @@ def make_variants(artifacts: Path, checkpoint, classifier, steps: int, tmp: Path
     if engine == "openvino":
         rows.append(Variant("- OpenVINO: fast path on onnxruntime at opt all (with batch sharding)", b, shipped=True,
                             engine="onnxruntime"))
+        rows.append(Variant("- OpenVINO: inputs copied into its own tensors (share_inputs off)", b, shipped=True,
+                            share_inputs=False))
     return rows + [
         Variant("- fast path off (the Loop graph at opt extended; the rows below change this one)", b),
         Variant("Loop graph: - batch sharding off", b, shard=False),

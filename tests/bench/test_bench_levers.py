@@ -28,16 +28,18 @@ def test_levers_quick(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt, tiny_art
     from vaegan.runtime.purify import resolve_fast_path_engine
 
     engine = resolve_fast_path_engine("auto")
-    # with OpenVINO, one more row: the fast path on onnxruntime (what shipped before it)
-    assert len(r["variants"]) == 11 + (engine == "openvino") and not [x for x in r["variants"] if "error" in x]
+    # with OpenVINO, two more rows: the fast path on onnxruntime (what shipped before it), OpenVINO copying its inputs
+    assert len(r["variants"]) == 11 + 2 * (engine == "openvino") and not [x for x in r["variants"] if "error" in x]
     shipped = r["variants"][0]
     assert shipped["config"]["shipped"] and shipped["describe"]["shards"] == 2  # 2 threads: the runtime shards
     assert shipped["describe"]["fast_path"] and shipped["describe"]["fast_path_engine"] == engine
     loop_rows = r["variants"][1:]
     if engine == "openvino":
-        ort = r["variants"][1]
+        ort, copied = r["variants"][1:3]
         assert ort["describe"]["fast_path"] and ort["describe"]["fast_path_engine"] == "onnxruntime"
-        loop_rows = r["variants"][2:]
+        assert copied["describe"]["fast_path_engine"] == "openvino" and copied["config"]["share_inputs"] is False
+        assert shipped["config"]["share_inputs"] is True
+        loop_rows = r["variants"][3:]
     assert not [x for x in loop_rows if x["describe"]["fast_path"]]  # the Loop graph's levers: fast path off
     assert v["Loop graph: - batch sharding off"]["describe"]["shards"] == 1
     assert v["Loop graph: + 1 thread"]["describe"]["shards"] == 1

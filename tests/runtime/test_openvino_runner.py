@@ -93,3 +93,20 @@ def test_unused_graph_inputs_are_kept(artifacts_dir, fmnist64):
             ov.infer({**feed, "eta": np.array(0.1)})  # checked although unused
     for k in ref:
         np.testing.assert_allclose(got[k], ref[k], atol=1e-4)
+
+
+def test_shared_inputs_give_the_copying_dispatch_results(artifacts_dir, fmnist64):
+    """``share_inputs`` (the default) reads the fed arrays in place: the same outputs as OpenVINO's copying dispatch,
+    for contiguous arrays and for strided views (which OpenVINO copies), and the caller's arrays are left as fed."""
+    x, _ = fmnist64
+    path = artifacts_dir / "encoder.onnx"
+    strided = x[:16:2]  # every other image: not C-contiguous
+    assert not strided.flags.c_contiguous
+    before = x.copy()
+    with OpenvinoRunner(path, threads=2) as shared, OpenvinoRunner(path, threads=2, share_inputs=False) as copied:
+        assert shared.share_inputs and not copied.share_inputs
+        for feed in (x[:8], strided, np.ascontiguousarray(strided)):
+            a, b = shared.infer({"x": feed}), copied.infer({"x": feed})
+            for k in b:
+                np.testing.assert_array_equal(a[k], b[k])
+    np.testing.assert_array_equal(x, before)

@@ -96,16 +96,20 @@ class OpenvinoRunner(BaseRunner):
     on OpenVINO's CPU plugin with ``threads`` inference threads (None: OpenVINO's default), in ``precision``:
     ``fp32`` throughout by default (``INFERENCE_PRECISION_HINT f32``: on CPUs with AMX or AVX512-BF16 OpenVINO
     would otherwise compute in bf16), or ``bf16`` where the CPU has it (refused at activation where it does not:
-    OpenVINO would silently run fp32)."""
+    OpenVINO would silently run fp32). ``share_inputs`` (default on): OpenVINO reads the fed arrays in place when
+    they are C-contiguous, writable and of the input's dtype (it copies any other; the call is synchronous, so they
+    outlive it); its copying dispatch costs ~70 us per call, 7% of the T = 3 purifier at batch 1 (bench/README.md,
+    "A third host")."""
 
     def __init__(self, model, threads: int | None = None, name: str | None = None, cache: int = 4,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", share_inputs: bool = True):
         path = Path(model) if isinstance(model, (str, Path)) else getattr(model, "path", None)
         super().__init__(name or f"openvino:{path.name if path is not None else 'model'}")
         if precision not in _HINTS:
             raise ValueError(f"precision {precision!r}: choose from {', '.join(_HINTS)}")
         self._model_src = model
         self.precision = precision
+        self.share_inputs = bool(share_inputs)
         self.config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": _HINTS[precision], "NUM_STREAMS": 1,
                        **({"INFERENCE_NUM_THREADS": int(threads)} if threads else {})}
         self.cache = int(cache)
@@ -166,7 +170,7 @@ class OpenvinoRunner(BaseRunner):
         key = tuple(sorted((name, a.shape) for name, a in feed.items()))
         req = self._request(key)
         try:
-            req.infer(feed)
+            req.infer(feed, share_inputs=self.share_inputs)
             return {name: req.get_tensor(name).data.copy() for name in self.output_names}
         finally:
             with self._lock:
