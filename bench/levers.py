@@ -12,10 +12,14 @@ Levers, each against the shipped configuration (export: stride-1 ConvTranspose r
 CPU fast path -- one-restart calls run the Loop unrolled at T on OpenVINO's CPU plugin when installed, else on
 onnxruntime at graph optimisation ``all`` --, thread spinning on, batch sharding over ``--threads`` one-thread
 sessions on the CPU for the Loop graph, OpenVINO reading the fed arrays in place). The fast path on onnxruntime is
-the next row (what shipped before OpenVINO), then OpenVINO copying its inputs (``share_inputs`` off); switched off it gives the Loop graph at ``extended``; the other rows are levers on that Loop graph: shipped levers
+the next row (what shipped before OpenVINO); switched off it gives the Loop graph at ``extended``; the other rows are levers on that Loop graph: shipped levers
 switched off (no batch sharding; the exporter's stride-1 ConvTranspose kept), and levers not shipped (graph
 optimisation ``all`` / ``basic``, spinning off, one thread, every ConvTranspose -> Conv + DepthToSpace, the
 LeakyReLU-backward chain Greater/Cast/Mul/Add/Mul -> Sign/Clip/Mul, the Loop unrolled without ``all``).
+
+Then, with OpenVINO, the fast path's own levers (eta, lam and momentum bound as constants; OpenVINO reading the fed
+arrays in place) each switched off, timed in one process one call at a time in turn: levers of a few percent drown
+in the drift between processes.
 
     python bench/levers.py --json levers.json
     python bench/levers.py --quick            # smoke run
@@ -27,6 +31,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,7 +60,6 @@ class Variant:
     shard: bool = True                # batch sharding over `threads` one-thread sessions (batches of 2+)
     shipped: bool = False
     engine: str = "auto"              # shipped variants: the fast path's engine (make_purifier's fast_path_engine)
-    share_inputs: bool = True         # OpenVINO runners: feed the arrays in place (OpenvinoRunner.share_inputs)
 
 
 def build_purifier(v: Variant, artifacts: str, threads: int):
@@ -145,13 +149,8 @@ def time_variant(v: Variant, opts: dict, x: np.ndarray, ref: dict | None) -> dic
     """In the variant's own process: build, check against ``ref`` (batch -> output), warm up, time each batch."""
     from dataclasses import replace as dc_replace
 
-    from vaegan.runtime.backend.openvino import OpenvinoRunner
-
     pur = build_purifier(v, opts["artifacts"], opts["threads"])
     pur.activate()
-    for r in pur.runners.values():
-        if isinstance(r, OpenvinoRunner):
-            r.share_inputs = v.share_inputs
     res: dict = {"variant": v.name, "describe": pur.describe(), "cells": {}, "outputs": {}}
     try:
         p = dc_replace(pur.params, steps=opts["steps"])
@@ -212,8 +211,6 @@ def make_variants(artifacts: Path, checkpoint, classifier, steps: int, tmp: Path
     if engine == "openvino":
         rows.append(Variant("- OpenVINO: fast path on onnxruntime at opt all (with batch sharding)", b, shipped=True,
                             engine="onnxruntime"))
-        rows.append(Variant("- OpenVINO: inputs copied into its own tensors (share_inputs off)", b, shipped=True,
-                            share_inputs=False))
     return rows + [
         Variant("- fast path off (the Loop graph at opt extended; the rows below change this one)", b),
         Variant("Loop graph: - batch sharding off", b, shard=False),
@@ -243,6 +240,73 @@ def paired_with_shipped(variants: list[dict], batches: list[int]) -> None:
             per = round_ratios(base["cells"][n], v["cells"][n])
             if per is not None:
                 v["cells"][n]["vs_shipped_rounds"] = per
+
+
+# the fast path's own levers, switched off one at a time (OpenVINO): timed call by call in turn (below)
+FAST_PATH_TOGGLES = {"shipped fast path": {},
+                     "- eta, lam, momentum fed as inputs (not bound)": {"bind_settings": False},
+                     "- inputs copied (share_inputs off)": {"share_inputs": False},
+                     "- both": {"bind_settings": False, "share_inputs": False}}
+
+
+def time_fast_path_interleaved(opts: dict, x: np.ndarray) -> dict:
+    """In one process: the shipped purifier and copies with its fast-path levers switched off
+    (``FAST_PATH_TOGGLES``), one call each in turn, until ``opts["interleave_s"]`` seconds per batch; the median
+    per variant. Levers of a few percent drown in the VM's drift between processes (the table above); calls
+    interleaved one by one share every minute of it. OpenVINO only: its requests do not spin between calls, so
+    idle variants leave the cores alone (onnxruntime's spinning pools would not)."""
+    from vaegan.runtime.artifacts import load_artifacts
+    from vaegan.runtime.backend.openvino import OpenvinoRunner
+    from vaegan.runtime.purify import PurifyParams, make_purifier
+
+    arts = load_artifacts(opts["artifacts"])
+    params = PurifyParams.from_manifest(arts, steps=opts["steps"])
+    purs = {}
+    try:
+        for name, flags in FAST_PATH_TOGGLES.items():
+            pur = make_purifier(arts, "fused", params, threads=opts["threads"], fast_path_engine="openvino")
+            pur.fast_path.bind_settings = flags.get("bind_settings", True)
+            pur.activate()
+            purs[name] = pur
+            for r in pur.runners.values():
+                if isinstance(r, OpenvinoRunner):
+                    r.share_inputs = flags.get("share_inputs", True)
+        cells: dict = {name: {} for name in purs}
+        for n in opts["batches"]:
+            xb = x[:n]
+            ref = None
+            for name, pur in purs.items():
+                out = pur.purify(xb).purified.astype(np.float64)
+                ref = out if ref is None else ref
+                cells[name][n] = {"max_abs_diff": float(np.abs(out - ref).max())}
+                for _ in range(opts["warmup"] + 2):
+                    pur.purify(xb)
+            ts: dict = {name: [] for name in purs}
+            end = time.perf_counter() + opts["interleave_s"]
+            while time.perf_counter() < end or len(ts["shipped fast path"]) < 3:
+                for name, pur in purs.items():
+                    t = time.perf_counter()
+                    pur.purify(xb)
+                    ts[name].append(time.perf_counter() - t)
+            for name in purs:
+                cells[name][n].update(p50_ms=float(np.median(ts[name]) * 1e3), calls=len(ts[name]))
+    finally:
+        for pur in purs.values():
+            pur.deactivate()
+    return {"variants": [{"variant": name, "config": FAST_PATH_TOGGLES[name], "cells": cells[name]}
+                         for name in FAST_PATH_TOGGLES]}
+
+
+def markdown_interleaved(res: dict, batches: list[int]) -> str:
+    rows = ["| fast-path variant | " + " | ".join(f"batch {n} ms | time vs shipped" for n in batches)
+            + " | max abs diff |", "|---|" + "---:|---:|" * len(batches) + "---:|"]
+    base = res["variants"][0]["cells"]
+    for v in res["variants"]:
+        c = v["cells"]
+        cells = [f"{c[n]['p50_ms']:.3f} | {c[n]['p50_ms'] / base[n]['p50_ms']:.2f}x" for n in batches]
+        diff = max(c[n]["max_abs_diff"] for n in batches)
+        rows.append(f"| {v['variant']} | " + " | ".join(cells) + f" | {diff:.1e} |")
+    return "\n".join(rows)
 
 
 def markdown(results: dict) -> str:
@@ -275,15 +339,18 @@ def markdown(results: dict) -> str:
 @click.option("--rounds", type=int, default=3, show_default=True, help="interleaved rounds (best of each)")
 @click.option("--min-runs", type=int, default=20, show_default=True)
 @click.option("--max-time", type=float, default=3.0, show_default=True, help="seconds per cell and round")
+@click.option("--interleave-time", type=float, default=6.0, show_default=True,
+              help="seconds per batch of the fast path's interleaved A/B (OpenVINO)")
 @click.option("--quick", is_flag=True, help="smoke run: batches 1,2, one round, few runs")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
-def main(artifacts, checkpoint, classifier, steps, batches, threads, rounds, min_runs, max_time, quick, json_path):
+def main(artifacts, checkpoint, classifier, steps, batches, threads, rounds, min_runs, max_time, interleave_time, quick,
+         json_path):
     echo = lambda s: click.echo(s, err=True)  # noqa: E731 - progress on stderr, the table on stdout
     threads = threads or os.cpu_count() or 1
     batch_list = [int(b) for b in batches.split(",") if b]
     warmup = 2
     if quick:
-        batch_list, rounds, min_runs, max_time, warmup = [1, 2], 1, 3, 0.2, 1
+        batch_list, rounds, min_runs, max_time, warmup, interleave_time = [1, 2], 1, 3, 0.2, 1, 0.2
     if rounds < 1 or not batch_list or min(batch_list) < 1:
         raise click.UsageError("--rounds and every batch must be >= 1")
     arts = export_if_needed(checkpoint, classifier, artifacts, echo)
@@ -296,7 +363,7 @@ def main(artifacts, checkpoint, classifier, steps, batches, threads, rounds, min
         x = np.random.default_rng(0).random((max(batch_list), 1, 28, 28), dtype=np.float32)
         source = "uniform random images"
     opts = {"artifacts": str(arts), "threads": threads, "steps": steps, "batches": batch_list, "warmup": warmup,
-            "min_runs": min_runs, "max_time": max_time}
+            "min_runs": min_runs, "max_time": max_time, "interleave_s": interleave_time}
     with tempfile.TemporaryDirectory(prefix="levers-") as tmp:
         variants = make_variants(arts, checkpoint, classifier, steps, Path(tmp), echo)
         echo("reference outputs (the shipped configuration) ...")
@@ -324,16 +391,30 @@ def main(artifacts, checkpoint, classifier, steps, batches, threads, rounds, min
             best["cells"][n] = {**pick, "p50_rounds_ms": [r["cells"][n]["p50_ms"] for r in runs]}
         out.append(best)
     paired_with_shipped(out, batch_list)
+    from vaegan.runtime.purify import resolve_fast_path_engine
+
+    if resolve_fast_path_engine("auto") == "openvino":
+        echo("the fast path's levers, call by call in turn ...")
+        msg = call_isolated(time_fast_path_interleaved, opts, x)
+        inter = msg[1] if msg[0] == "ok" else {"error": msg[1], "traceback": msg[2]}
+    else:
+        inter = {"skipped": "the fast path runs on onnxruntime here (no OpenVINO): its levers are OpenVINO's"}
     results = {"settings": {"artifacts": str(arts), "images": source, "steps": steps, "batches": batch_list,
                             "threads": threads, "rounds": rounds, "min_runs": min_runs, "max_time_s": max_time,
-                            "load_avg": os.getloadavg()},
-               "variants": out}
+                            "interleave_s": interleave_time, "load_avg": os.getloadavg()},
+               "variants": out, "fast_path_interleaved": inter}
     click.echo(f"# fused purifier levers ({source}, T = {steps}, {threads} threads; each variant in its own process, "
                f"best p50 of {rounds} interleaved round(s); load avg {os.getloadavg()[0]:.2f})\n")
     click.echo(markdown(results))
+    click.echo(f"\n# the fast path's levers (OpenVINO), one process, one call of each variant in turn for "
+               f"{interleave_time:g} s per batch; median per call\n")
+    if "variants" in inter:
+        click.echo(markdown_interleaved(inter, batch_list))
+    else:
+        click.echo(inter.get("skipped") or f"error: {inter['error']}")
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=2, default=str) + "\n")
-    if any("error" in r for r in out):
+    if any("error" in r for r in out) or "error" in inter:
         raise SystemExit(1)
 
 

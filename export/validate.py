@@ -342,21 +342,24 @@ def _compare_off_kinks(c: OutputCheck, spec, nets, feed, got, ref) -> OutputChec
 
 def check_fast_path(spec, path: Path, nets, feeds_per_batch: dict[int, dict], report: Report, echo=print) -> None:
     """The fused backend's CPU fast path (``vaegan.runtime.purify.UnrolledFastPath``) as the runtime builds it:
-    ``path`` unrolled at the feeds' T, fed one restart, on each engine present (onnxruntime at graph optimisation
+    ``path`` unrolled at the feeds' T with their eta, lam and momentum bound, fed one restart, on each engine present (onnxruntime at graph optimisation
     ``all``; OpenVINO's CPU plugin when installed, else a line saying why not); against the same torch reference as
     the Loop graph. Its checks are the ``purify`` graph's outputs with a ``[fast path ...]`` suffix."""
     from vaegan.runtime.backend.openvino import openvino_status
-    from vaegan.runtime.purify import fast_path_label, fast_path_runner
+    from vaegan.runtime.purify import FAST_PATH_BOUND, fast_path_label, fast_path_runner
 
     steps = {int(f["steps"]) for f in feeds_per_batch.values()}
     if len(steps) != 1 or any(f["noise"].shape[0] != 1 for f in feeds_per_batch.values()):
         raise ValueError("check_fast_path: one T and one restart for every batch")
     (t,) = steps
+    bind = {k: float(next(iter(feeds_per_batch.values()))[k]) for k in FAST_PATH_BOUND}
+    if any(float(f[k]) != v for f in feeds_per_batch.values() for k, v in bind.items()):
+        raise ValueError(f"check_fast_path: one value of each of {', '.join(FAST_PATH_BOUND)} for every batch")
     ok, why = openvino_status()
     for engine in ("onnxruntime", "openvino"):
         label = f" [fast path: {fast_path_label(t, engine)}]"
         if engine == "openvino" and not ok:
             echo(f"  [-] {spec.name}{label}: not checked ({why})")
             continue
-        check_numerics(spec, path, nets, feeds_per_batch, report, echo, runner=fast_path_runner(path, t, engine),
+        check_numerics(spec, path, nets, feeds_per_batch, report, echo, runner=fast_path_runner(path, t, engine, bind=bind),
                        label=label, engine=engine)

@@ -165,7 +165,8 @@ class Purifier(Activatable):
         return {"backend": self.name, **asdict(self.params)}
 
 
-FAST_PATH_CACHE = 4  # unrolled graphs (one per T) a fused purifier keeps; the least recently used goes first
+FAST_PATH_CACHE = 4  # unrolled graphs (one per T, eta, lam, momentum) a fused purifier keeps; least recently used first
+FAST_PATH_BOUND = ("eta", "lam", "momentum")  # purify.onnx's scalar inputs the fast path binds as constants
 
 
 class GraphPurifier(Purifier):
@@ -176,9 +177,12 @@ class GraphPurifier(Purifier):
     ``shards`` row blocks that run concurrently on ``shard_runner`` (a one-thread session; onnxruntime releases the
     GIL), one block per core; a single image runs on ``runner``.
 
-    ``fast_path(T, shard)`` (fused on the CPU): returns (runner, shard runner or None) of the same function with T
-    fixed, for calls with one restart (``UnrolledFastPath``, the Loop unrolled). Built for the configured T at activation and on
-    first use for another T; its runners are ``runners["purify_fast_T<T>"]`` (and ``..._shard``)."""
+    ``fast_path(T, shard, bind)`` (fused on the CPU): returns (runner, shard runner or None) of the same function with
+    T fixed and the scalar settings ``bind`` (eta, lam, momentum) bound as constants, for calls with one restart
+    (``UnrolledFastPath``, the Loop unrolled). Built for the configured settings at activation and on first use for
+    others (``FAST_PATH_CACHE`` kept, least recently used dropped); its runners are ``runners["purify_fast_T<T>"]``
+    (and ``..._shard``) for the configured eta, lam and momentum, ``purify_fast_T<T>_eta<eta>_lam<lam>_mom<m>``
+    for others."""
 
     def __init__(self, artifacts: Artifacts, params: PurifyParams, runner: BaseRunner, name: str,
                  shard_runner: BaseRunner | None = None, shards: int = 1, fast_path=None,
@@ -191,7 +195,7 @@ class GraphPurifier(Purifier):
             self.runners["purify_shard"] = shard_runner
         self.fast_path = fast_path
         self.limits = limits or {}  # most T / R the runner accepts (a TensorRT engine's profile: engine_limits)
-        self._fast: dict[int, tuple[BaseRunner, BaseRunner | None]] = {}  # T -> (runner, shard runner), LRU order
+        self._fast: dict[tuple, tuple[BaseRunner, BaseRunner | None]] = {}  # fast_key -> (runner, shard), LRU order
         self._pool: ThreadPoolExecutor | None = None
         self._active = False
 
@@ -205,7 +209,7 @@ class GraphPurifier(Purifier):
             if self.shards > 1 and self._pool is None:
                 self._pool = ThreadPoolExecutor(self.shards, thread_name_prefix="vaegan-shard")
             if self.fast_path is not None:
-                self._fast_runners(self.params.steps)
+                self._fast_runners(self.params)
         except BaseException:
             self.deactivate()
             raise
@@ -224,35 +228,49 @@ class GraphPurifier(Purifier):
         self._active = False
         super().deactivate()
 
-    def _fast_runners(self, steps: int) -> tuple[BaseRunner, BaseRunner | None]:
-        if steps in self._fast:
-            self._fast[steps] = self._fast.pop(steps)  # most recently used last
-            return self._fast[steps]
+    @staticmethod
+    def fast_key(params: PurifyParams) -> tuple:
+        """What a fast-path graph fixes: T and the bound scalar settings (as float32, the graph's precision)."""
+        return (int(params.steps),) + tuple(float(np.float32(getattr(params, k))) for k in FAST_PATH_BOUND)
+
+    def _fast_name(self, key: tuple) -> str:
+        name = f"purify_fast_T{key[0]}"
+        if key[1:] == self.fast_key(self.params)[1:]:
+            return name
+        return name + "".join(f"_{k[:3] if k == 'momentum' else k}{v:g}" for k, v in zip(FAST_PATH_BOUND, key[1:]))
+
+    def _fast_runners(self, params: PurifyParams) -> tuple[BaseRunner, BaseRunner | None]:
+        key = self.fast_key(params)
+        if key in self._fast:
+            self._fast[key] = self._fast.pop(key)  # most recently used last
+            return self._fast[key]
         while len(self._fast) >= FAST_PATH_CACHE:
             self._drop_fast(next(iter(self._fast)))
-        pair = self.fast_path(steps, self.shards > 1)
+        pair = self.fast_path(key[0], self.shards > 1, dict(zip(FAST_PATH_BOUND, key[1:])))
         activate_all(r for r in pair if r is not None)
-        self._fast[steps] = pair
-        self.runners[f"purify_fast_T{steps}"] = pair[0]
+        self._fast[key] = pair
+        name = self._fast_name(key)
+        self.runners[name] = pair[0]
         if pair[1] is not None:
-            self.runners[f"purify_fast_T{steps}_shard"] = pair[1]
+            self.runners[f"{name}_shard"] = pair[1]
         return pair
 
-    def _drop_fast(self, steps: int) -> None:
-        for r in self._fast.pop(steps):
+    def _drop_fast(self, key: tuple) -> None:
+        for r in self._fast.pop(key):
             if r is not None:
                 r.deactivate()
-        self.runners.pop(f"purify_fast_T{steps}", None)
-        self.runners.pop(f"purify_fast_T{steps}_shard", None)
+        name = self._fast_name(key)
+        self.runners.pop(name, None)
+        self.runners.pop(f"{name}_shard", None)
 
     @staticmethod
-    def _run(runner: BaseRunner, x, noise, params, fixed_steps: bool = False) -> PurifyOutput:
-        feed = {"x": x, "noise": noise, "eta": np.array(params.eta, dtype=np.float32),
-                "lam": np.array(params.lam, dtype=np.float32),
+    def _run(runner: BaseRunner, x, noise, params) -> PurifyOutput:
+        """One graph call, fed the inputs the graph declares (a fast-path graph has T, and unless built with
+        ``bind_settings=False`` eta, lam and momentum, bound as constants)."""
+        feed = {"x": x, "noise": noise, "steps": np.array(params.steps, dtype=np.int64),
+                "eta": np.array(params.eta, dtype=np.float32), "lam": np.array(params.lam, dtype=np.float32),
                 "momentum": np.array(params.momentum, dtype=np.float32)}
-        if not fixed_steps:
-            feed["steps"] = np.array(params.steps, dtype=np.int64)
-        out = runner.infer(feed)
+        out = runner.infer({m.name: feed[m.name] for m in runner.get_input_metadata() if m.name in feed})
         return PurifyOutput(out["purified"], out["loss"], out["z"])
 
     def _purify_chunk(self, x, noise, params) -> PurifyOutput:
@@ -267,13 +285,13 @@ class GraphPurifier(Purifier):
         if precision != "fp32" and not fast:
             raise RuntimeUsageError(f"{self.name}: precision {precision} runs on the fast path, which takes one "
                                     f"restart (this call: {noise.shape[0]})")
-        main, shard = self._fast_runners(params.steps) if fast else self._loop_runners()
+        main, shard = self._fast_runners(params) if fast else self._loop_runners()
         k = min(self.shards, x.shape[0])
         if k < 2 or self._pool is None or shard is None:
-            return self._run(main, x, noise, params, fast)
+            return self._run(main, x, noise, params)
         cuts = np.linspace(0, x.shape[0], k + 1).round().astype(int)
         futures = [self._pool.submit(self._run, shard, np.ascontiguousarray(x[a:b]),
-                                     np.ascontiguousarray(noise[:, a:b]), params, fast)
+                                     np.ascontiguousarray(noise[:, a:b]), params)
                    for a, b in zip(cuts, cuts[1:])]
         parts = [f.result() for f in futures]
         return PurifyOutput.concat(parts)
@@ -391,15 +409,17 @@ def check_precision(precision: str, engine: str | None = None) -> None:
 
 
 def fast_path_runner(path, steps: int, engine: str = "onnxruntime", threads: int | None = None,
-                     allow_spinning: bool = True, model=None, providers=("cpu",), precision: str = "fp32") -> BaseRunner:
-    """One runner of the CPU fast path: ``path`` (``purify.onnx``) unrolled at ``steps``, on onnxruntime at graph
+                     allow_spinning: bool = True, model=None, providers=("cpu",), precision: str = "fp32",
+                     bind: dict[str, float] | None = None) -> BaseRunner:
+    """One runner of the CPU fast path: ``path`` (``purify.onnx``) unrolled at ``steps``, with the scalar inputs in
+    ``bind`` (``FAST_PATH_BOUND``: eta, lam, momentum) fixed as constants and no longer fed, on onnxruntime at graph
     optimisation ``all`` or on OpenVINO's CPU plugin (``engine``, resolved), in ``precision`` (``bf16``: OpenVINO
-    only). ``model``: an ``UnrolledFromOnnx`` to share between runners (default: a new one). ``vaegan-export``
-    validates through this same function."""
+    only). ``model``: an ``UnrolledFromOnnx`` to share between runners (default: a new one, from ``steps`` and
+    ``bind``). ``vaegan-export`` validates through this same function."""
     from .backend.onnxrt.unroll import UnrolledFromOnnx
 
     check_precision(precision, engine)
-    model = model if model is not None else UnrolledFromOnnx(path, steps)
+    model = model if model is not None else UnrolledFromOnnx(path, steps, bind)
     name = f"{engine}:purify[{fast_path_label(steps, engine, precision)}]"
     if engine == "openvino":
         from .backend.openvino import OpenvinoRunner
@@ -409,14 +429,15 @@ def fast_path_runner(path, steps: int, engine: str = "onnxruntime", threads: int
 
 
 class UnrolledFastPath:
-    """``GraphPurifier.fast_path`` of the fused backend on the CPU: ``purify.onnx`` unrolled at T
-    (``backend/onnxrt/unroll.py``) on OpenVINO's CPU plugin or on onnxruntime sessions at graph optimisation ``all``
+    """``GraphPurifier.fast_path`` of the fused backend on the CPU: ``purify.onnx`` unrolled at T, its eta, lam and
+    momentum bound as constants (``backend/onnxrt/unroll.py``) on OpenVINO's CPU plugin or on onnxruntime sessions at graph optimisation ``all``
     (``fast_path_runner``; ``engine`` resolved by ``resolve_fast_path_engine``). For one restart only: with R > 1
     the reordered kernels' summation order can flip a near-tie between restarts (bench/README.md), so those calls
     run the Loop graph at ``extended``. OpenVINO gets no shard runner: it runs a batch on all its threads, and
     splitting the batch over two requests measured no faster (bench/README.md). ``openvino_max_steps``: calls with
     a larger T run on onnxruntime instead (None: no limit). ``precision``: ``bf16`` runs every T on OpenVINO in
-    bf16 (``openvino_max_steps`` ignored: the onnxruntime kernels have no bf16)."""
+    bf16 (``openvino_max_steps`` ignored: the onnxruntime kernels have no bf16). ``bind_settings`` (default on):
+    eta, lam and momentum bound as constants; off, fed as inputs like the Loop graph's (``bench/levers.py``'s A/B)."""
 
     def __init__(self, artifacts: Artifacts, providers, threads: int | None, allow_spinning: bool,
                  engine: str = "onnxruntime", openvino_max_steps: int | None = None, precision: str = "fp32"):
@@ -428,17 +449,19 @@ class UnrolledFastPath:
         where = FAST_PATH_ENGINE_LABELS[engine] + ("" if precision == "fp32" else f" in {precision}")
         if self.openvino_max_steps is not None:
             where += f" (T <= {self.openvino_max_steps}; {FAST_PATH_ENGINE_LABELS['onnxruntime']} above)"
-        self.description = f"purify.onnx unrolled at the call's T on {where}, one restart"
+        self.bind_settings = True
+        self.description = f"purify.onnx unrolled at the call's T (eta, lam, momentum bound) on {where}, one restart"
 
     def engine_for(self, steps: int) -> str:
         cap = self.openvino_max_steps
         return "onnxruntime" if cap is not None and steps > cap else self.engine
 
-    def __call__(self, steps: int, shard: bool) -> tuple[BaseRunner, BaseRunner | None]:
-        """(runner with ``threads`` threads, one-thread shard runner or None), unrolled once for both."""
+    def __call__(self, steps: int, shard: bool, bind: dict[str, float] | None = None) -> tuple[BaseRunner, BaseRunner | None]:
+        """(runner with ``threads`` threads, one-thread shard runner or None), unrolled once for both, with the scalar
+        inputs in ``bind`` fixed (``fast_path_runner``)."""
         from .backend.onnxrt.unroll import UnrolledFromOnnx
 
-        model = UnrolledFromOnnx(self.path, steps)
+        model = UnrolledFromOnnx(self.path, steps, bind if self.bind_settings else None)
         engine = self.engine_for(steps)
 
         def runner(threads):

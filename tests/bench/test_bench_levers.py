@@ -28,18 +28,27 @@ def test_levers_quick(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt, tiny_art
     from vaegan.runtime.purify import resolve_fast_path_engine
 
     engine = resolve_fast_path_engine("auto")
-    # with OpenVINO, two more rows: the fast path on onnxruntime (what shipped before it), OpenVINO copying its inputs
-    assert len(r["variants"]) == 11 + 2 * (engine == "openvino") and not [x for x in r["variants"] if "error" in x]
+    # with OpenVINO, one more row: the fast path on onnxruntime (what shipped before it)
+    assert len(r["variants"]) == 11 + (engine == "openvino") and not [x for x in r["variants"] if "error" in x]
     shipped = r["variants"][0]
     assert shipped["config"]["shipped"] and shipped["describe"]["shards"] == 2  # 2 threads: the runtime shards
     assert shipped["describe"]["fast_path"] and shipped["describe"]["fast_path_engine"] == engine
     loop_rows = r["variants"][1:]
     if engine == "openvino":
-        ort, copied = r["variants"][1:3]
+        ort = r["variants"][1]
         assert ort["describe"]["fast_path"] and ort["describe"]["fast_path_engine"] == "onnxruntime"
-        assert copied["describe"]["fast_path_engine"] == "openvino" and copied["config"]["share_inputs"] is False
-        assert shipped["config"]["share_inputs"] is True
-        loop_rows = r["variants"][3:]
+        loop_rows = r["variants"][2:]
+        # the fast path's own levers, interleaved call by call in one process: every toggle computes the same rows
+        inter = r["fast_path_interleaved"]["variants"]
+        assert [t["config"] for t in inter] == [{}, {"bind_settings": False}, {"share_inputs": False},
+                                                {"bind_settings": False, "share_inputs": False}]
+        for t in inter:
+            for n in ("1", "2"):
+                assert t["cells"][n]["p50_ms"] > 0 and t["cells"][n]["calls"] >= 3
+                assert t["cells"][n]["max_abs_diff"] < 1e-4
+        assert "| fast-path variant | batch 1 ms | time vs shipped |" in res.stdout
+    else:
+        assert "skipped" in r["fast_path_interleaved"]
     assert not [x for x in loop_rows if x["describe"]["fast_path"]]  # the Loop graph's levers: fast path off
     assert v["Loop graph: - batch sharding off"]["describe"]["shards"] == 1
     assert v["Loop graph: + 1 thread"]["describe"]["shards"] == 1

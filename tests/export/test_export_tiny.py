@@ -162,6 +162,36 @@ def test_unrolled_loop_is_the_same_function(tiny_export, tmp_path, steps):
         unroll_loop(un, 2)
 
 
+def test_bound_settings_are_the_same_function(tiny_export, tmp_path):
+    """bind_inputs (the fast path's eta, lam, momentum as constants): those inputs are gone, and the graph computes
+    what the unbound one computes when fed the same values; an unknown or non-scalar input is refused."""
+    from vaegan.export.rewrite import unroll_loop
+    from vaegan.runtime.backend.onnxrt.unroll import bind_inputs
+
+    un = unroll_loop(onnx.load(tiny_export["out"] / "purify.onnx"), 2)
+    values = {"eta": 0.05, "lam": 3.0, "momentum": 0.5}
+    bound = bind_inputs(un, values)
+    onnx.checker.check_model(bound, full_check=True)
+    assert [i.name for i in bound.graph.input] == ["x", "noise"]
+    assert [i.name for i in un.graph.input] == ["x", "noise", "eta", "lam", "momentum"]  # the input is not changed
+    onnx.save(un, tmp_path / "u.onnx")
+    onnx.save(bound, tmp_path / "b.onnx")
+    rng = np.random.default_rng(1)
+    feed = {"x": rng.random((4, 1, 28, 28), dtype=np.float32), "noise": np.zeros((1, 4, 8), np.float32)}
+    ref = ort_session(tmp_path / "u.onnx").run(None, {**feed, **{k: np.array(v, np.float32) for k, v in values.items()}})
+    got = ort_session(tmp_path / "b.onnx").run(None, feed)
+    for a, b in zip(ref, got):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
+    other = ort_session(tmp_path / "u.onnx").run(None, {**feed, "eta": np.array(0.5, np.float32),
+                                                        "lam": np.array(3.0, np.float32),
+                                                        "momentum": np.array(0.5, np.float32)})
+    assert np.abs(other[0] - got[0]).max() > 1e-4  # eta matters: the bound value is the one used
+    with pytest.raises(ValueError, match="no input 'alpha'"):
+        bind_inputs(un, {"alpha": 1.0})
+    with pytest.raises(ValueError, match="'x' is not a float32 scalar"):
+        bind_inputs(un, {"x": 1.0})
+
+
 def _torch_nets(ckpt):
     from vaegan.train.checkpoint import load_model
 

@@ -162,6 +162,33 @@ def test_fast_path_runs_one_restart_calls_at_their_T(engine, artifacts_dir, fmni
         pur.purify(x[:1])
 
 
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_fast_path_binds_the_settings_of_each_call(engine, artifacts_dir, fmnist64):
+    """The fast path's graphs have eta, lam and momentum bound (not fed): a call with other settings at the same T
+    gets its own graph, named with them, whose rows are the Loop graph's fed those settings; the configured graph
+    keeps its name and its values."""
+    from dataclasses import replace
+
+    if engine == "openvino":
+        pytest.importorskip("openvino", reason=OPENVINO_REASON)
+    x, _ = fmnist64
+    arts = load_artifacts(artifacts_dir)
+    params = PurifyParams.from_manifest(arts)
+    other = replace(params, eta=params.eta * 20, lam=params.lam / 3, momentum=0.5)
+    with make_purifier(arts, "fused", params, threads=1, fast_path=False) as loop, \
+            make_purifier(arts, "fused", params, threads=1, fast_path_engine=engine) as pur:
+        base = f"purify_fast_T{params.steps}"
+        assert {m.name for m in pur.runners[base].get_input_metadata()} == {"x", "noise"}
+        a, b = pur.purify(x[:4]), pur.purify(x[:4], params=other)
+        named = f"{base}_eta{np.float32(other.eta):g}_lam{np.float32(other.lam):g}_mom0.5"
+        assert set(k for k in pur.runners if k.startswith("purify_fast")) == {base, named}
+        assert pur.runners[named].last_inference_time() is not None
+        np.testing.assert_allclose(a.purified, loop.purify(x[:4]).purified, atol=PIXEL_ATOL)
+        np.testing.assert_allclose(b.purified, loop.purify(x[:4], params=other).purified, atol=PIXEL_ATOL)
+        assert np.abs(a.z - b.z).max() > 1e-2  # the settings reached the graph
+        np.testing.assert_array_equal(pur.purify(x[:4]).purified, a.purified)  # the configured graph, unchanged
+
+
 def test_auto_engine_caps_openvino_at_max_steps(artifacts_dir, fmnist64):
     """``auto``: OpenVINO's fast path up to AUTO_OPENVINO_MAX_STEPS (its compile grows with T), onnxruntime's
     above it (with its shard runner); an explicit engine has no cap."""

@@ -4,7 +4,8 @@ The runtime's CPU fast path (``runtime/purify.py``, ``make_purifier(..., fast_pa
 and one restart, the fused backend runs the unrolled graph under onnxruntime's ``all`` optimisation level, whose
 NCHWc layout kernels only pay off once the layout reorders can be hoisted across iterations (inside the Loop body
 they are paid again every step). bench/README.md has the A/B; ``vaegan-export`` validates this path at the shipped
-T against PyTorch. Needs the ``onnx`` package (a dependency of the distribution), not torch.
+T against PyTorch. The fast path also binds the loop's scalar settings (eta, lam, momentum) as constants
+(``bind_inputs``). Needs the ``onnx`` package (a dependency of the distribution), not torch.
 """
 
 from __future__ import annotations
@@ -67,16 +68,47 @@ def unroll_loop(model: onnx.ModelProto, steps: int) -> onnx.ModelProto:
     return m
 
 
-class UnrolledFromOnnx:
-    """Loader (Polygraphy style): ``path`` -> ``unroll_loop(onnx.load(path), steps)`` as serialized bytes, for
-    ``SessionFromOnnx(..., model=UnrolledFromOnnx(path, steps))``."""
+def bind_inputs(model: onnx.ModelProto, values: dict[str, float]) -> onnx.ModelProto:
+    """``model`` with the scalar float graph inputs named in ``values`` replaced by float32 constants (initializers of
+    the same name): the fast path's eta, lam and momentum, fixed like T. OpenVINO folds the constants into the
+    step's arithmetic (bench/README.md, "A third host": 0.90 -> 0.75 ms at batch 1, T = 3); the function is the
+    graph's at those inputs."""
+    import copy
 
-    def __init__(self, path, steps: int):
+    import numpy as np
+    from onnx import numpy_helper
+
+    m = copy.deepcopy(model)
+    g = m.graph
+    inputs = {i.name: i for i in g.input}
+    for name in values:
+        i = inputs.get(name)
+        if i is None:
+            raise ValueError(f"bind_inputs: the graph has no input {name!r}")
+        t = i.type.tensor_type
+        if t.elem_type != onnx.TensorProto.FLOAT or len(t.shape.dim) != 0:
+            raise ValueError(f"bind_inputs: input {name!r} is not a float32 scalar")
+    keep = [i for i in g.input if i.name not in values]
+    del g.input[:]
+    g.input.extend(keep)
+    g.initializer.extend(numpy_helper.from_array(np.array(v, np.float32), name) for name, v in values.items())
+    return m
+
+
+class UnrolledFromOnnx:
+    """Loader (Polygraphy style): ``path`` -> ``unroll_loop(onnx.load(path), steps)`` (then ``bind_inputs`` with
+    ``bind``, when given) as serialized bytes, for ``SessionFromOnnx(..., model=UnrolledFromOnnx(path, steps))``."""
+
+    def __init__(self, path, steps: int, bind: dict[str, float] | None = None):
         self.path = Path(path)
         self.steps = int(steps)
+        self.bind = dict(bind or {})
         self._bytes: bytes | None = None
 
     def __call__(self) -> bytes:
         if self._bytes is None:  # several sessions (the shards') share one loader
-            self._bytes = unroll_loop(onnx.load(str(self.path)), self.steps).SerializeToString()
+            m = unroll_loop(onnx.load(str(self.path)), self.steps)
+            if self.bind:
+                m = bind_inputs(m, self.bind)
+            self._bytes = m.SerializeToString()
         return self._bytes
