@@ -342,9 +342,9 @@ def _compare_off_kinks(c: OutputCheck, spec, nets, feed, got, ref) -> OutputChec
 
 def check_fast_path(spec, path: Path, nets, feeds_per_batch: dict[int, dict], report: Report, echo=print) -> None:
     """The fused backend's CPU fast path (``vaegan.runtime.purify.UnrolledFastPath``) as the runtime builds it:
-    ``path`` unrolled at the feeds' T with their eta, lam and momentum bound, fed one restart, on each engine present (onnxruntime at graph optimisation
-    ``all``; OpenVINO's CPU plugin when installed, else a line saying why not); against the same torch reference as
-    the Loop graph. Its checks are the ``purify`` graph's outputs with a ``[fast path ...]`` suffix."""
+    ``path`` unrolled at the feeds' T with their eta, lam and momentum bound, fed one restart, on each engine present
+    (onnxruntime at graph optimisation ``all``; OpenVINO's CPU plugin when installed, else a line saying why not);
+    against the same torch reference as the Loop graph. Its checks are the ``purify`` graph's outputs with a ``[fast path ...]`` suffix."""
     from vaegan.runtime.backend.openvino import openvino_status
     from vaegan.runtime.purify import FAST_PATH_BOUND, fast_path_label, fast_path_runner
 
@@ -361,5 +361,5 @@ def check_fast_path(spec, path: Path, nets, feeds_per_batch: dict[int, dict], re
         if engine == "openvino" and not ok:
             echo(f"  [-] {spec.name}{label}: not checked ({why})")
             continue
-        check_numerics(spec, path, nets, feeds_per_batch, report, echo, runner=fast_path_runner(path, t, engine, bind=bind),
-                       label=label, engine=engine)
+        check_numerics(spec, path, nets, feeds_per_batch, report, echo,
+                       runner=fast_path_runner(path, t, engine, bind=bind), label=label, engine=engine)

@@ -456,7 +456,8 @@ class UnrolledFastPath:
         cap = self.openvino_max_steps
         return "onnxruntime" if cap is not None and steps > cap else self.engine
 
-    def __call__(self, steps: int, shard: bool, bind: dict[str, float] | None = None) -> tuple[BaseRunner, BaseRunner | None]:
+    def __call__(self, steps: int, shard: bool,
+                 bind: dict[str, float] | None = None) -> tuple[BaseRunner, BaseRunner | None]:
         """(runner with ``threads`` threads, one-thread shard runner or None), unrolled once for both, with the scalar
         inputs in ``bind`` fixed (``fast_path_runner``)."""
         from .backend.onnxrt.unroll import UnrolledFromOnnx

@@ -98,8 +98,8 @@ class OpenvinoRunner(BaseRunner):
     would otherwise compute in bf16), or ``bf16`` where the CPU has it (refused at activation where it does not:
     OpenVINO would silently run fp32). ``share_inputs`` (default on): OpenVINO reads the fed arrays in place when
     they are C-contiguous, writable and of the input's dtype (it copies any other; the call is synchronous, so they
-    outlive it); its copying dispatch costs ~70 us per call, 7% of the T = 3 purifier at batch 1 (bench/README.md,
-    "A third host")."""
+    outlive it); its copying dispatch cost ~70 us per call, 6% of the T = 3 purifier at batch 1 through the runtime
+    (bench/README.md, "A third host")."""
 
     def __init__(self, model, threads: int | None = None, name: str | None = None, cache: int = 4,
                  precision: str = "fp32", share_inputs: bool = True):
