@@ -430,10 +430,10 @@ def fast_path_runner(path, steps: int, engine: str = "onnxruntime", threads: int
 
 class UnrolledFastPath:
     """``GraphPurifier.fast_path`` of the fused backend on the CPU: ``purify.onnx`` unrolled at T, its eta, lam and
-    momentum bound as constants (``backend/onnxrt/unroll.py``) on OpenVINO's CPU plugin or on onnxruntime sessions at graph optimisation ``all``
-    (``fast_path_runner``; ``engine`` resolved by ``resolve_fast_path_engine``). For one restart only: with R > 1
-    the reordered kernels' summation order can flip a near-tie between restarts (bench/README.md), so those calls
-    run the Loop graph at ``extended``. OpenVINO gets no shard runner: it runs a batch on all its threads, and
+    momentum bound as constants (``backend/onnxrt/unroll.py``), on OpenVINO's CPU plugin or on onnxruntime sessions
+    at graph optimisation ``all`` (``fast_path_runner``; ``engine`` resolved by ``resolve_fast_path_engine``). For
+    one restart only: with R > 1 the reordered kernels' summation order can flip a near-tie between restarts
+    (bench/README.md), so those calls run the Loop graph at ``extended``. OpenVINO gets no shard runner: it runs a batch on all its threads, and
     splitting the batch over two requests measured no faster (bench/README.md). ``openvino_max_steps``: calls with
     a larger T run on onnxruntime instead (None: no limit). ``precision``: ``bf16`` runs every T on OpenVINO in
     bf16 (``openvino_max_steps`` ignored: the onnxruntime kernels have no bf16). ``bind_settings`` (default on):
