@@ -52,13 +52,15 @@ def _shape(entry) -> list[int]:
 
 def node_macs(op: str, ins: list[list[int]], outs: list[list[int]], nnz: int | None) -> int:
     """MACs of one executed node from its input / output shapes (and non-zero weight taps, where known)."""
+    # onnxruntime's profile leaves pre-packed weights out of a node's input shapes, so a weight that is an
+    # initializer is counted from the graph (``nnz``) and the shapes are read for a weight computed at run time only
     if op == "Conv":
-        o, w = outs[0], ins[1]
-        per = nnz if nnz is not None else int(np.prod(w))  # nnz(W) = Cout * Cin/g * kh * kw when dense
+        o = outs[0]
+        per = nnz if nnz is not None else int(np.prod(ins[1]))  # nnz(W) = Cout * Cin/g * kh * kw when dense
         return int(o[0] * np.prod(o[2:]) * per)
     if op == "ConvTranspose":
-        x, w = ins[0], ins[1]
-        per = nnz if nnz is not None else int(np.prod(w))
+        x = ins[0]
+        per = nnz if nnz is not None else int(np.prod(ins[1]))
         return int(x[0] * np.prod(x[2:]) * per)
     if op == "Gemm":      # out [M, N]; K = |A| / M
         a, o = ins[0], outs[0]

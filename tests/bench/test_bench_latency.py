@@ -115,6 +115,28 @@ def test_flop_counter_matches_hand_count(tiny_artifacts):
     assert cost["per_step"] > 2 * macs  # one step = G forward + G and D backward + D forward
 
 
+def test_flop_counter_counts_bias_free_conv_transpose(tmp_path):
+    """A ConvTranspose / Conv without a bias (BatchNorm folded to zero shift): onnxruntime's profile then lists the
+    data input alone (the pre-packed weight is left out); the counter takes the weight's taps from the graph."""
+    import flops
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    wt = rng.standard_normal((6, 4, 4, 4)).astype(np.float32)  # ConvTranspose 6 -> 4, k4 s2 p1: 7x7 -> 14x14
+    wc = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)  # Conv 4 -> 2, k3 p1
+    wc[0, 0] = 0.0  # 9 zero taps: counted as non-zero taps only
+    g = helper.make_graph(
+        [helper.make_node("ConvTranspose", ["x", "wt"], ["h"], name="up", strides=[2, 2], pads=[1, 1, 1, 1]),
+         helper.make_node("Conv", ["h", "wc"], ["y"], name="out", pads=[1, 1, 1, 1])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 7, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 14, 14])],
+        initializer=[numpy_helper.from_array(wt, "wt"), numpy_helper.from_array(wc, "wc")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "g.onnx")
+    macs = 2 * (49 * wt.size + 196 * (wc.size - 9))
+    assert flops.graph_flops(tmp_path / "g.onnx", {"x": np.zeros((2, 6, 7, 7), np.float32)}) == 2 * macs
+
+
 def test_best_of_rounds_picks_each_cells_fastest_round():
     from latency import best_of_rounds
 
