@@ -13,7 +13,7 @@ ifeq ($(origin VAEGAN_DATA), undefined)
   endif
 endif
 
-.PHONY: demo test venv export bench eval adaptive adaptive-gpu adaptive-eot adaptive-fulleot retrain-gpu finetune-gpu candidate-w48-gpu adaptive-w48-gpu clean
+.PHONY: demo test venv export bench eval adaptive adaptive-gpu adaptive-eot adaptive-fulleot retrain-gpu finetune-gpu adaptive-w48-gpu clean
 
 venv: $(STAMP)
 
@@ -202,20 +202,22 @@ finetune-gpu: runs/ftgpu_c60_e9/model.pt runs/ftgpu_c50_e16/model.pt runs/ftgpu_
 	runs/ftgpu_c60_e13/model.pt
 .PRECIOUS: runs/ftgpu_%_e9/model.pt
 
-# The width-48 / latent-64 candidate, models/candidates/purifier_w48_c50.pt (`make candidate-w48-gpu`; about 9
-# minutes on an H200 beside three other runs, 2026-11-27): a VAE-GAN trained from scratch for 12 epochs (the last 3
+# Candidates trained wider from scratch on a CUDA GPU, one chain per net: a VAE-GAN for 12 epochs (the last 3
 # decaying), the purifier fine-tuning for 5 (the last 2 decaying), then 6 more with c50's mix (the last 3 decaying).
-# The model card has its Table 1 and sweep (it meets 90% clean at lam = 10) and what it costs.
-W48 := runs/gpu_w48_e12
-$(W48)/vaegan/model.pt: | $(STAMP)
+# `make candidate-w48-gpu` made models/candidates/purifier_w48_c50.pt (about 9 minutes on an H200 beside three other
+# runs, 2026-11-27; the model card has its Table 1, sweep and cost). `make candidate-w32-gpu` is the same chain at
+# width 32 / latent 64, the net between the shipped cost and the width-48 accuracy (model card: 1.8x the FLOPs,
+# at the latency target's edge on the CPU; not run yet).
+runs/gpu_%_e12/vaegan/model.pt: | $(STAMP)
 	$(BIN)/vaegan-train vaegan --device cuda --threads 2 --out $(@D) --epochs 12 --lr-decay-epochs 3 \
-	    $(GPU_NET_w48_l64) --classifier models/classifier.pt
-$(W48)/purifier/model.pt: $(W48)/vaegan/model.pt
+	    $(GPU_NET_$*_l64) --classifier models/classifier.pt
+runs/gpu_%_e12/purifier/model.pt: runs/gpu_%_e12/vaegan/model.pt
 	$(BIN)/vaegan-train purifier --device cuda --threads 2 --out $(@D) --init $< --classifier models/classifier.pt \
 	    --epochs 5 --lr-decay-epochs 2
-$(W48)/c50/model.pt: $(W48)/purifier/model.pt
+runs/gpu_%_e12/c50/model.pt: runs/gpu_%_e12/purifier/model.pt
 	$(FT_GPU) --init $< $(MIX_c50) --epochs 6 --lr-decay-epochs 3 --out $(@D)
-candidate-w48-gpu: $(W48)/c50/model.pt
+candidate-%-gpu: runs/gpu_%_e12/c50/model.pt ;
+.PRECIOUS: runs/gpu_%_e12/vaegan/model.pt runs/gpu_%_e12/purifier/model.pt runs/gpu_%_e12/c50/model.pt
 
 # What making that candidate the default needs first: issue 6's strongest eps-0.1 attacks on it at its operating
 # point (lam 10), 1,000 images on a CUDA GPU (`make -j5 -k adaptive-w48-gpu`, then merged per image into
