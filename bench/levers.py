@@ -12,8 +12,8 @@ Levers, each against the shipped configuration (export: stride-1 ConvTranspose r
 CPU fast path -- one-restart calls run the Loop unrolled at T on OpenVINO's CPU plugin when installed, else on
 onnxruntime at graph optimisation ``all`` --, thread spinning on, batch sharding over ``--threads`` one-thread
 sessions on the CPU for the Loop graph, OpenVINO reading the fed arrays in place). The fast path on onnxruntime is
-the next row (what shipped before OpenVINO); switched off it gives the Loop graph at ``extended``; the other rows are levers on that Loop graph: shipped levers
-switched off (no batch sharding; the exporter's stride-1 ConvTranspose kept), and levers not shipped (graph
+the next row (what shipped before OpenVINO); switched off it gives the Loop graph at ``extended``; the other rows are
+levers on that Loop graph: shipped levers switched off (no batch sharding; the exporter's stride-1 ConvTranspose kept), and levers not shipped (graph
 optimisation ``all`` / ``basic``, spinning off, one thread, every ConvTranspose -> Conv + DepthToSpace, the
 LeakyReLU-backward chain Greater/Cast/Mul/Add/Mul -> Sign/Clip/Mul, the Loop unrolled without ``all``).
 

@@ -288,12 +288,11 @@ def check_numerics(spec, path: Path, nets, feeds_per_batch: dict[int, dict], rep
         echo(f"  [x] {spec.name}{label}: {engine} cannot load the file")
         return
     try:
-        takes = {m.name for m in runner.get_input_metadata()}
         for batch, feed in feeds_per_batch.items():
             with torch.no_grad():
                 ref = spec.reference(nets, *[feed[i.name] for i in spec.inputs])
             try:
-                out = runner.infer({k: v.numpy() for k, v in feed.items() if k in takes})
+                out = runner.infer_declared({k: v.numpy() for k, v in feed.items()})
             except Exception as e:  # the engine's runtime errors (e.g. a baked-in batch size)
                 msg = str(e).splitlines()[0]
                 report.failures.append(f"{spec.name}{label} (batch {batch}): {engine} failed: {msg}")
@@ -344,7 +343,8 @@ def check_fast_path(spec, path: Path, nets, feeds_per_batch: dict[int, dict], re
     """The fused backend's CPU fast path (``vaegan.runtime.purify.UnrolledFastPath``) as the runtime builds it:
     ``path`` unrolled at the feeds' T with their eta, lam and momentum bound, fed one restart, on each engine present
     (onnxruntime at graph optimisation ``all``; OpenVINO's CPU plugin when installed, else a line saying why not);
-    against the same torch reference as the Loop graph. Its checks are the ``purify`` graph's outputs with a ``[fast path ...]`` suffix."""
+    against the same torch reference as the Loop graph. Its checks are the ``purify`` graph's outputs with a
+    ``[fast path ...]`` suffix."""
     from vaegan.runtime.backend.openvino import openvino_status
     from vaegan.runtime.purify import FAST_PATH_BOUND, fast_path_label, fast_path_runner
 

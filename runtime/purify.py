@@ -265,12 +265,12 @@ class GraphPurifier(Purifier):
 
     @staticmethod
     def _run(runner: BaseRunner, x, noise, params) -> PurifyOutput:
-        """One graph call, fed the inputs the graph declares (a fast-path graph has T, and unless built with
-        ``bind_settings=False`` eta, lam and momentum, bound as constants)."""
+        """One graph call, fed the inputs the graph declares (``infer_declared``: a fast-path graph has T, and unless
+        built with ``bind_settings=False`` eta, lam and momentum, bound as constants)."""
         feed = {"x": x, "noise": noise, "steps": np.array(params.steps, dtype=np.int64),
                 "eta": np.array(params.eta, dtype=np.float32), "lam": np.array(params.lam, dtype=np.float32),
                 "momentum": np.array(params.momentum, dtype=np.float32)}
-        out = runner.infer({m.name: feed[m.name] for m in runner.get_input_metadata() if m.name in feed})
+        out = runner.infer_declared(feed)
         return PurifyOutput(out["purified"], out["loss"], out["z"])
 
     def _purify_chunk(self, x, noise, params) -> PurifyOutput:

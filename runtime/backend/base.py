@@ -130,6 +130,13 @@ class BaseRunner(Activatable):
         self.inference_time = time.perf_counter() - t0
         return out
 
+    def infer_declared(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``infer`` fed only the entries of ``feed`` that this runner's graph declares, so graphs with an input
+        fixed (the fast path's bound T and settings) take the same feed as the graph without; a declared input
+        missing from ``feed`` is still a ``FeedError``."""
+        self._require_active()
+        return self.infer({m.name: feed[m.name] for m in self._input_meta if m.name in feed})
+
     def last_inference_time(self) -> float | None:
         """Seconds taken by the last ``infer`` call (None before the first)."""
         return self.inference_time

@@ -44,6 +44,13 @@ def test_infer_checks_names_dtypes_shapes(artifacts_dir):
             r.infer({"z": z[0], "v": v})
         with pytest.raises(FeedError, match=r"input 'z' is a list, expected a numpy array"):
             r.infer({"z": z.tolist(), "v": v})
+        # infer_declared: entries the graph does not declare are left out; the declared ones are checked as ever
+        np.testing.assert_array_equal(r.infer_declared({"z": z, "v": v, "w": v})["grad_z"],
+                                      r.infer({"z": z, "v": v})["grad_z"])
+        with pytest.raises(FeedError, match=r"missing input\(s\) \['v'\]"):
+            r.infer_declared({"z": z, "w": v})
+        with pytest.raises(FeedError, match=r"input 'v' has dtype float64, expected float32"):
+            r.infer_declared({"z": z, "v": v.astype(np.float64)})
 
 
 def test_missing_provider_is_an_error_listing_available():
