@@ -4,6 +4,7 @@ rejects a backend whose output is wrong (``--perturb``) instead of timing it."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -182,3 +183,18 @@ def test_speed_against_eager_pairs_each_round_with_the_eager_round_beside_it():
     assert "| fused | 1 | 3 | 2.00 |" in table and "| 5.00x | 4.00x (4.00-7.50) | 1 |" in table
     assert "| 2.00x | - | 1 |" in table and "| trt | - | - | skipped: no GPU |" in table
     assert all(row.count("|") == table.splitlines()[0].count("|") for row in table.splitlines())
+
+
+def test_missing_dataset_is_one_error_line_not_a_traceback(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt,
+                                                           tiny_artifacts):
+    """The benchmark reads its images from Fashion-MNIST: with no dataset anywhere it stops with the data-root
+    message of the other CLIs (exit 1, no traceback)."""
+    env = {k: v for k, v in os.environ.items() if k != "VAEGAN_DATA"}
+    cmd = [sys.executable, str(BENCH), "--quick", "--checkpoint", str(tiny_vaegan_ckpt), "--classifier",
+           str(tiny_classifier_ckpt), "--artifacts", str(tiny_artifacts), "--threads", "1"]
+    if Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist is installed: the data root resolves without $VAEGAN_DATA")
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("Error: Fashion-MNIST not found")
