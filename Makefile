@@ -222,20 +222,25 @@ candidate-%-gpu: runs/gpu_%_e12/c50/model.pt ;
 # The same chain on this CPU, one thread per run so that two nets train side by side (`make -j2
 # candidate-d32e48g24-cpu candidate-w32e48-cpu`), for nets that keep the loop's cost near the shipped one: G, the
 # part every loop step runs forward and backward (about 80% of a purification's FLOPs), stays at width 24 or 32,
-# while E (run once per frame) grows to 48, D to 32 and the latent to 64.
+# while E (run once per frame) grows to 48, D to 32 and the latent to 64. CPU_THREADS sets the fine-tunings' threads
+# (`make CPU_THREADS=2 ...` for one chain alone on the 2 cores).
+CPU_THREADS ?= 1
 CPU_NET_d32e48g24 := --width 32 --decoder-width 24 --encoder-width 48 --latent-dim 64
 CPU_NET_w32e48 := --width 32 --encoder-width 48 --latent-dim 64
-FT_CPU = $(BIN)/vaegan-train purifier --threads 1 --classifier models/classifier.pt --kl-weight 0.1 --lr 2.5e-4
+FT_CPU = $(BIN)/vaegan-train purifier --threads $(CPU_THREADS) --classifier models/classifier.pt --kl-weight 0.1 --lr 2.5e-4
 runs/cpu_%_e12/vaegan/model.pt: | $(STAMP)
 	$(BIN)/vaegan-train vaegan --threads 1 --out $(@D) --epochs 12 --lr-decay-epochs 3 $(CPU_NET_$*) \
 	    --classifier models/classifier.pt
 runs/cpu_%_e12/purifier/model.pt: runs/cpu_%_e12/vaegan/model.pt
-	$(BIN)/vaegan-train purifier --threads 1 --out $(@D) --init $< --classifier models/classifier.pt \
+	$(BIN)/vaegan-train purifier --threads $(CPU_THREADS) --out $(@D) --init $< --classifier models/classifier.pt \
 	    --epochs 5 --lr-decay-epochs 2
 runs/cpu_%_e12/c50/model.pt: runs/cpu_%_e12/purifier/model.pt
 	$(FT_CPU) --init $< $(MIX_c50) --epochs 6 --lr-decay-epochs 3 --out $(@D)
-candidate-%-cpu: runs/cpu_%_e12/c50/model.pt ;
-.PRECIOUS: runs/cpu_%_e12/vaegan/model.pt runs/cpu_%_e12/purifier/model.pt runs/cpu_%_e12/c50/model.pt
+runs/cpu_%_e12/c60/model.pt: runs/cpu_%_e12/purifier/model.pt
+	$(FT_CPU) --init $< $(MIX_c60) --epochs 6 --lr-decay-epochs 3 --out $(@D)
+candidate-%-cpu: runs/cpu_%_e12/c50/model.pt runs/cpu_%_e12/c60/model.pt ;
+.PRECIOUS: runs/cpu_%_e12/vaegan/model.pt runs/cpu_%_e12/purifier/model.pt runs/cpu_%_e12/c50/model.pt \
+	runs/cpu_%_e12/c60/model.pt
 
 # What making that candidate the default needs first: issue 6's strongest eps-0.1 attacks on it at its operating
 # point (lam 10), 1,000 images on a CUDA GPU (`make -j5 -k adaptive-w48-gpu`, then merged per image into

@@ -12,8 +12,10 @@ _MISSING = trt_missing()
 
 @pytest.mark.slow
 def test_export_shipped_weights(shipped_export):
+    from vaegan.train.checkpoint import default_path, load_raw
+
     tmp_path, m = shipped_export
-    assert m["latent_dim"] == 48
+    assert m["latent_dim"] == load_raw(default_path("vaegan"))["model_args"]["latent_dim"]
     for name, g in m["graphs"].items():
         assert all(v["ok"] for v in g["validation"].values()), (name, g["validation"])
         assert (tmp_path / g["file"]).exists()

@@ -186,6 +186,8 @@ def test_bound_settings_are_the_same_function(tiny_export, tmp_path):
                                                         "lam": np.array(3.0, np.float32),
                                                         "momentum": np.array(0.5, np.float32)})
     assert np.abs(other[0] - got[0]).max() > 1e-4  # eta matters: the bound value is the one used
+    own = unroll_loop(onnx.load(tiny_export["out"] / "purify.onnx"), 2)
+    assert bind_inputs(own, values, inplace=True) is own and [i.name for i in own.graph.input] == ["x", "noise"]
     with pytest.raises(ValueError, match="no input 'alpha'"):
         bind_inputs(un, {"alpha": 1.0})
     with pytest.raises(ValueError, match="'x' is not a float32 scalar"):

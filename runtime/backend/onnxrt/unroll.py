@@ -68,17 +68,17 @@ def unroll_loop(model: onnx.ModelProto, steps: int) -> onnx.ModelProto:
     return m
 
 
-def bind_inputs(model: onnx.ModelProto, values: dict[str, float]) -> onnx.ModelProto:
+def bind_inputs(model: onnx.ModelProto, values: dict[str, float], *, inplace: bool = False) -> onnx.ModelProto:
     """``model`` with the scalar float graph inputs named in ``values`` replaced by float32 constants (initializers of
     the same name): the fast path's eta, lam and momentum, fixed like T. OpenVINO folds the constants into the
     step's arithmetic (bench/README.md, "A third host": 0.90 -> 0.75 ms at batch 1, T = 3); the function is the
-    graph's at those inputs."""
+    graph's at those inputs. A copy unless ``inplace`` (for a model the caller made and owns, as the loader's)."""
     import copy
 
     import numpy as np
     from onnx import numpy_helper
 
-    m = copy.deepcopy(model)
+    m = model if inplace else copy.deepcopy(model)
     g = m.graph
     inputs = {i.name: i for i in g.input}
     for name in values:
@@ -109,6 +109,6 @@ class UnrolledFromOnnx:
         if self._bytes is None:  # several sessions (the shards') share one loader
             m = unroll_loop(onnx.load(str(self.path)), self.steps)
             if self.bind:
-                m = bind_inputs(m, self.bind)
+                m = bind_inputs(m, self.bind, inplace=True)  # unroll_loop's copy: no second one
             self._bytes = m.SerializeToString()
         return self._bytes
