@@ -52,8 +52,16 @@ artifacts/manifest.json: | $(STAMP)
 # each, so `make -j2 adaptive` keeps two running; a finished run (its adaptive.json) is not run again. About 13
 # core-hours on this 2-core CPU. Each run puts the oblivious rows of reports/report.json (`make eval`) beside its
 # numbers when that file exists. Then one merged report, reports/adaptive/, and docs/adaptive.png.
+# The README's adaptive table was measured on the previous default, models/candidates/purifier_w24_l48.pt at lam 30:
+# `make -j2 adaptive ADV_MODEL="--checkpoint models/candidates/purifier_w24_l48.pt --lam 30"` reproduces it; plain
+# `make adaptive` measures the shipped weights and defaults. Square queries the exported runtime: for the previous
+# default also pass ADV_ARTIFACTS=artifacts_w24 (made by the rule below).
 ADV_THREADS = 1
-ADV = $(BIN)/vaegan-eval-adaptive --n 1000 --threads $(ADV_THREADS) --out $(@D)
+ADV_MODEL ?=
+ADV_ARTIFACTS ?= artifacts
+artifacts_w24/manifest.json: | $(STAMP)
+	$(BIN)/vaegan-export --checkpoint models/candidates/purifier_w24_l48.pt --lam 30 --out $(@D)
+ADV = $(BIN)/vaegan-eval-adaptive --n 1000 --threads $(ADV_THREADS) $(ADV_MODEL) --out $(@D)
 oblivious_into = mkdir -p $(1) $(if $(wildcard reports/report.json),&& cp reports/report.json $(1)/)
 OBLIVIOUS = $(call oblivious_into,$(@D))
 EPS := 0.05 0.1 0.2 0.3
@@ -105,17 +113,17 @@ reports/adaptive_fab_%/adaptive.json: | $(STAMP)
 reports/adaptive_fab100_%/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
 	$(ADV) --eps $* $(FAB_9T) --attack-steps 100
-reports/adaptive_square1k_%/adaptive.json: | artifacts/manifest.json
+reports/adaptive_square1k_%/adaptive.json: | $(ADV_ARTIFACTS)/manifest.json
 	$(OBLIVIOUS)
-	$(ADV) --eps $* --attacks square --square-queries 1000 --artifacts artifacts
+	$(ADV) --eps $* --attacks square --square-queries 1000 --artifacts $(ADV_ARTIFACTS)
 # Square at AutoAttack's 5,000 queries per image (two threads: more than 2.5 hours here; a first try stopped unfinished
 # after 2 h 37 min, 4 CPU-hours). Finished batches of 100 images stay in the run's partial/ folder, so the same
 # command resumes a stopped run. Like apgd9x100, `make adaptive`
 # merges it once it has been run (`make reports/adaptive_square5k_0.1/adaptive.json`), and does not start it.
 reports/adaptive_square5k_%/adaptive.json: ADV_THREADS = 2
-reports/adaptive_square5k_%/adaptive.json: | artifacts/manifest.json
+reports/adaptive_square5k_%/adaptive.json: | $(ADV_ARTIFACTS)/manifest.json
 	$(OBLIVIOUS)
-	$(ADV) --eps $* --attacks square --square-queries 5000 --artifacts artifacts
+	$(ADV) --eps $* --attacks square --square-queries 5000 --artifacts $(ADV_ARTIFACTS)
 reports/adaptive_tl/adaptive.json: | $(STAMP)
 	$(OBLIVIOUS)
 	$(ADV) --attacks transfer,latent --attack-steps 50 --curve 10,20,50 --surrogate-train-limit 20000
@@ -123,7 +131,7 @@ reports/adaptive_tl/adaptive.json: | $(STAMP)
 # Bigger budgets on a CUDA GPU: `make -j4 -k adaptive-gpu` where torch sees one (minutes on an H200; core-days on
 # this CPU). Runs that would need the CPU runtime (square) or training (transfer) stay above. `make adaptive`
 # merges whichever of these runs exist (GPU_RUNS_DONE), so the merged report says which device gave each number.
-GPU_ADV = $(BIN)/vaegan-eval-adaptive --n 1000 --device cuda --batch-size 1000 --out $(@D)
+GPU_ADV = $(BIN)/vaegan-eval-adaptive --n 1000 --device cuda --batch-size 1000 $(ADV_MODEL) --out $(@D)
 ADAPTIVE_GPU_RUNS := reports/adaptive_gpu_eot_0.1 reports/adaptive_gpu_apgd9x100_0.2 reports/adaptive_gpu_fab_0.05 \
 	reports/adaptive_gpu_fullR5_0.1 reports/adaptive_gpu_eot_0.05 reports/adaptive_gpu_apgd9x100_0.3 \
 	reports/adaptive_gpu_fab_0.2 reports/adaptive_gpu_fullcw_0.1 reports/adaptive_gpu_eot_0.2 \
@@ -196,7 +204,11 @@ runs/ftgpu_%_e9/model.pt: | $(STAMP)
 	$(FT_GPU) --init models/vaegan.pt $(MIX_$*) --epochs 9 --lr-decay-epochs 3 --out $(@D)
 runs/ftgpu_%_e16/model.pt: runs/ftgpu_%_e9/model.pt
 	$(FT_GPU) --init $< $(MIX_$*) --epochs 7 --lr-decay-epochs 7 --out $(@D)
-runs/ftgpu_c60_e13/model.pt: | $(STAMP)
+# the fine-tuned candidates of the model card's frontier table, kept in git history since the default moved on
+# (`make models/candidates/purifier_c60_e9.pt` restores one where a command of the model card names it)
+models/candidates/purifier_c%_e9.pt:
+	git show fb6fa2c:$@ > $@
+runs/ftgpu_c60_e13/model.pt: models/candidates/purifier_c60_e9.pt | $(STAMP)
 	$(FT_GPU) --init models/candidates/purifier_c60_e9.pt $(MIX_c60) --epochs 4 --lr-decay-epochs 4 --out $(@D)
 finetune-gpu: runs/ftgpu_c60_e9/model.pt runs/ftgpu_c50_e16/model.pt runs/ftgpu_c40_e16/model.pt \
 	runs/ftgpu_c60_e13/model.pt
@@ -219,14 +231,14 @@ runs/gpu_%_e12/c50/model.pt: runs/gpu_%_e12/purifier/model.pt
 candidate-%-gpu: runs/gpu_%_e12/c50/model.pt ;
 .PRECIOUS: runs/gpu_%_e12/vaegan/model.pt runs/gpu_%_e12/purifier/model.pt runs/gpu_%_e12/c50/model.pt
 
-# The same chain on this CPU, one thread per run so that two nets train side by side (`make -j2
-# candidate-d32e48g24-cpu candidate-w32e48-cpu`), for nets that keep the loop's cost near the shipped one: G, the
-# part every loop step runs forward and backward (about 80% of a purification's FLOPs), stays at width 24 or 32,
-# while E (run once per frame) grows to 48, D to 32 and the latent to 64. CPU_THREADS sets the fine-tunings' threads
-# (`make CPU_THREADS=2 ...` for one chain alone on the 2 cores).
+# The same chain on this CPU for nets that keep the loop's cost near the previous default's: G, the part every loop
+# step runs forward and backward (most of a purification's FLOPs), stays at width 24 while E (run once per frame)
+# grows to 48, D to 32 and the latent to 64. `make candidate-d32e48g24-cpu` made the shipped models/vaegan.pt
+# (its c50 model; 2026-11-27/28, about 80 minutes on the 2 cores: the VAE-GAN on one thread beside another run,
+# the purifier fine-tuning with CPU_THREADS=2, then c50 and c60 side by side on one thread each with `make -j2`;
+# model card). CPU_THREADS sets the fine-tunings' threads.
 CPU_THREADS ?= 1
 CPU_NET_d32e48g24 := --width 32 --decoder-width 24 --encoder-width 48 --latent-dim 64
-CPU_NET_w32e48 := --width 32 --encoder-width 48 --latent-dim 64
 FT_CPU = $(BIN)/vaegan-train purifier --threads $(CPU_THREADS) --classifier models/classifier.pt --kl-weight 0.1 --lr 2.5e-4
 runs/cpu_%_e12/vaegan/model.pt: | $(STAMP)
 	$(BIN)/vaegan-train vaegan --threads 1 --out $(@D) --epochs 12 --lr-decay-epochs 3 $(CPU_NET_$*) \

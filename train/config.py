@@ -139,7 +139,7 @@ class PurifyConfig:
     init: str = "encoder"     # "encoder": z0 = mu_E(x); "random": z0 ~ N(0, I) (Defense-GAN)
     steps: int = 3            # T
     eta: float = 0.005        # step size
-    lam: float = 30.0         # weight of the discriminator term -log sigmoid(D(.))
+    lam: float = 10.0         # weight of the discriminator term -log sigmoid(D(.))
     momentum: float = 0.0     # heavy-ball momentum (0 = plain gradient descent)
     restarts: int = 1         # R; restart 0 starts at the seed itself, the others at seed + noise * N(0, I)
     noise: float = 0.5        # std of the restart noise (for init="random": std of z0)
