@@ -4,7 +4,9 @@ E, G and D use only ops whose input-gradients export cleanly to ONNX and TensorR
 LeakyReLU, eval-mode BatchNorm (folded at export), Linear. No MaxPool, no dropout. All take / return images as
 Nx1x28x28 in [0, 1].
 
-Sizes with the shipped arguments (``VAEGANArgs()``): E 208,152 / G 323,209 / D 61,993 parameters (latent 48, width 24).
+Sizes with the default arguments (``VAEGANArgs()``, latent 48, width 24; the previous shipped net): E 208,152 /
+G 323,209 / D 61,993 parameters. The shipped weights (``--width 32 --decoder-width 24 --encoder-width 48
+--latent-dim 64``): E 634,352 / G 398,473 / D 109,281 (models/MODEL_CARD.md).
 Classifier (``ClassifierArgs()``): VGG16 configuration "D" (13 conv + 3 FC) with widths / 4 and BatchNorm,
 28x28 input zero-padded to 32x32, 1,022,938 parameters. It normalises its [0, 1] input itself.
 """
