@@ -191,8 +191,8 @@ runs/gpu_%/purifier/model.pt: runs/gpu_%/vaegan/model.pt
 retrain-gpu: $(addsuffix /purifier/model.pt,$(RETRAIN_GPU_RUNS))
 .PRECIOUS: runs/gpu_%/vaegan/model.pt
 
-# Longer purifier fine-tunes of the shipped VAE-GAN on a CUDA GPU (`make -j4 finetune-gpu`, about 10 minutes on an
-# H200 four at once): three batch mixes (60 / 50 / 40% clean, the rest sign noise, FGSM-RS and adaptive PGD-3) for 9
+# Longer purifier fine-tunes of the previous default VAE-GAN (width 24) on a CUDA GPU (`make -j4 finetune-gpu`,
+# about 10 minutes on an H200 four at once): three batch mixes (60 / 50 / 40% clean, the rest sign noise, FGSM-RS and adaptive PGD-3) for 9
 # epochs (the last 3 decaying), then 7 more (all decaying); and the c60 candidate for 4 more. The model card's
 # frontier table has what they reached.
 FT_GPU = $(BIN)/vaegan-train purifier --device cuda --threads 2 --classifier models/classifier.pt --kl-weight 0.1 \
@@ -201,7 +201,7 @@ MIX_c60 := --noise-frac 0.1 --oblivious-frac 0.1 --adaptive-frac 0.2
 MIX_c50 := --noise-frac 0.1 --oblivious-frac 0.15 --adaptive-frac 0.25
 MIX_c40 := --noise-frac 0.1 --oblivious-frac 0.2 --adaptive-frac 0.3
 runs/ftgpu_%_e9/model.pt: | $(STAMP)
-	$(FT_GPU) --init models/vaegan.pt $(MIX_$*) --epochs 9 --lr-decay-epochs 3 --out $(@D)
+	$(FT_GPU) --init models/candidates/purifier_w24_l48.pt $(MIX_$*) --epochs 9 --lr-decay-epochs 3 --out $(@D)
 runs/ftgpu_%_e16/model.pt: runs/ftgpu_%_e9/model.pt
 	$(FT_GPU) --init $< $(MIX_$*) --epochs 7 --lr-decay-epochs 7 --out $(@D)
 # the fine-tuned candidates of the model card's frontier table, kept in git history since the default moved on
@@ -234,12 +234,13 @@ candidate-%-gpu: runs/gpu_%_e12/c50/model.pt ;
 # The same chain on this CPU for nets that keep the loop's cost near the previous default's: G, the part every loop
 # step runs forward and backward (most of a purification's FLOPs), stays at width 24 while E (run once per frame)
 # grows to 48, D to 32 and the latent to 64. `make candidate-d32e48g24-cpu` made the shipped models/vaegan.pt
-# (its c50 model; 2026-11-27/28, about 80 minutes on the 2 cores: the VAE-GAN on one thread beside another run,
+# (its c50 model; 2026-11-27/28, about 90 minutes on the 2 cores: the VAE-GAN on one thread beside another run,
 # the purifier fine-tuning with CPU_THREADS=2, then c50 and c60 side by side on one thread each with `make -j2`;
 # model card). CPU_THREADS sets the fine-tunings' threads.
 CPU_THREADS ?= 1
 CPU_NET_d32e48g24 := --width 32 --decoder-width 24 --encoder-width 48 --latent-dim 64
-FT_CPU = $(BIN)/vaegan-train purifier --threads $(CPU_THREADS) --classifier models/classifier.pt --kl-weight 0.1 --lr 2.5e-4
+FT_CPU = $(BIN)/vaegan-train purifier --threads $(CPU_THREADS) --classifier models/classifier.pt --kl-weight 0.1 \
+	--lr 2.5e-4
 runs/cpu_%_e12/vaegan/model.pt: | $(STAMP)
 	$(BIN)/vaegan-train vaegan --threads 1 --out $(@D) --epochs 12 --lr-decay-epochs 3 $(CPU_NET_$*) \
 	    --classifier models/classifier.pt
