@@ -40,6 +40,7 @@ import click
 import numpy as np
 
 from vaegan.runtime.names import FAST_PATH_ENGINES
+from vaegan.train.cli import friendly_errors
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -448,24 +449,6 @@ def _ints(s: str) -> list[int]:
     return [int(v) for v in s.split(",") if v.strip()]
 
 
-def user_errors(fn):
-    """A user's mistake (no dataset, a bad checkpoint, an export that fails validation, unusable artifacts) ends the
-    benchmark with one ``Error: ...`` line naming it and exit code 1, as the project's CLIs do, not a traceback."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*a, **k):
-        from vaegan.runtime.errors import VaeganRuntimeError
-        from vaegan.train.errors import VaeganError
-
-        try:
-            return fn(*a, **k)
-        except (VaeganError, VaeganRuntimeError) as e:
-            raise click.ClickException(str(e)) from None
-
-    return wrapper
-
-
 def model_options(f):
     """``--checkpoint``, ``--classifier`` and ``--artifacts``: the weights a bench script runs, the same three options
     in every script (``latency``, ``levers``, ``precision``)."""
@@ -509,7 +492,7 @@ def model_options(f):
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--perturb", type=click.Choice(BACKENDS), default=None,
               help="(testing) add 1e-2 to this backend's output, to exercise the agreement check")
-@user_errors
+@friendly_errors
 def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_compile, threads, min_runs, max_time,
          warmup, rounds, dgan_steps, shard, fast_path, fast_path_engine, quick, json_path, plot_path, perturb):
     import torch  # the parent process only: references, FLOP counts, peak micro-benchmark

@@ -44,7 +44,9 @@ if str(HERE) not in sys.path:
 
 # a sibling script, importable once HERE is on the path
 from latency import (call_isolated, export_if_needed, format_rounds, load_images, model_options,  # noqa: E402
-                     percentiles, round_ratios, time_runs, user_errors)
+                     percentiles, round_ratios, time_runs)
+
+from vaegan.train.cli import friendly_errors  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -343,7 +345,7 @@ def markdown(results: dict) -> str:
               help="seconds per batch of the fast path's interleaved A/B (OpenVINO)")
 @click.option("--quick", is_flag=True, help="smoke run: batches 1,2, one round, few runs")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
-@user_errors
+@friendly_errors
 def main(artifacts, checkpoint, classifier, steps, batches, threads, rounds, min_runs, max_time, interleave_time, quick,
          json_path):
     echo = lambda s: click.echo(s, err=True)  # noqa: E731 - progress on stderr, the table on stdout

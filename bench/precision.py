@@ -32,9 +32,10 @@ if str(HERE) not in sys.path:
 
 # a sibling script, importable once HERE is on the path
 from latency import (export_if_needed, format_rounds, model_options, percentiles, round_ratios,  # noqa: E402
-                     time_runs, user_errors)
+                     time_runs)
 
 from vaegan.runtime.names import PRECISIONS  # noqa: E402 - fp32, bf16
+from vaegan.train.cli import friendly_errors  # noqa: E402
 
 
 def labelled_sets(n: int, adv: list[str], classifier_sha: str, echo) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -128,7 +129,7 @@ def markdown(results: dict) -> str:
 @click.option("--max-time", type=float, default=2.0, show_default=True, help="seconds per cell and round")
 @click.option("--quick", is_flag=True, help="smoke run: 64 images, batches 1,2, one round, few runs")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
-@user_errors
+@friendly_errors
 def main(artifacts, checkpoint, classifier, adv, n, batches, threads, rounds, min_runs, max_time, quick, json_path):
     from vaegan.runtime.artifacts import load_artifacts
     from vaegan.runtime.backend.openvino import bf16_status, openvino_version

@@ -18,14 +18,16 @@ from vaegan import __version__
 from .errors import VaeganError
 
 
-def _friendly(fn):
-    """Turn VaeganError into a one-line ``Error: ...`` and exit code 1 (click prints it, no traceback)."""
+def friendly_errors(fn):
+    """Turn a user error (``VaeganError``; the runtime's ``VaeganRuntimeError``, e.g. unusable artifacts) into a
+    one-line ``Error: ...`` and exit code 1 (click prints it, no traceback). Also the bench scripts' CLIs."""
+    from vaegan.runtime.errors import VaeganRuntimeError  # plain exceptions: no torch, no onnxruntime
 
     @functools.wraps(fn)
     def wrapper(*a, **k):
         try:
             return fn(*a, **k)
-        except VaeganError as e:
+        except (VaeganError, VaeganRuntimeError) as e:
             raise click.ClickException(str(e)) from None
 
     return wrapper
@@ -123,7 +125,7 @@ def _train_command(name: str, cfg_name: str, fn_name: str, doc: str):
     @dataclass_options(cfg_cls)
     @click.option("--resume", is_flag=True, help="continue from OUT/ckpt.pt if it exists")
     @click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    @_friendly
+    @friendly_errors
     def cmd(resume, threads, **values):
         import torch
 
@@ -175,7 +177,7 @@ def _default(kind: str) -> str:
 @click.option("--out", type=click.Path(file_okay=False), default="adv", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-root", default=None)
-@_friendly
+@friendly_errors
 def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defended, out, seed, data_root):
     from .attacks import AttackSpec  # validates name and eps before anything heavy
 
@@ -228,7 +230,7 @@ def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defend
 @click.option("--adv-dir", default="adv", show_default=True, help="cache of adversarial sets ('' to disable)")
 @click.option("--out", default="reports", show_default=True)
 @click.option("--data-root", default=None)
-@_friendly
+@friendly_errors
 def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, defense_gan_steps,
              defense_gan_restarts, quick, do_sweep, grid, adv_dir, out, data_root, **pvalues):
     from .config import PurifyConfig
@@ -300,7 +302,7 @@ def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, de
                    "its first images by their per-image outcomes")
 @click.option("--out", default="reports", show_default=True)
 @click.option("--data-root", default=None)
-@_friendly
+@friendly_errors
 def adaptive_cli(checkpoint, classifier, n, eps_list, attack_list, attack_steps, curve_list, alpha_ratio,
                  attack_restarts, loss, eot_samples, eot_restarts, apgd_grad, apgd_targets, fab_targets, square_queries, artifacts,
                  surrogate, surrogate_epochs, surrogate_train_limit, attack_seed, batch_size, threads, device, merge_dirs,
