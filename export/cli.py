@@ -30,7 +30,8 @@ def _default(kind: str) -> str:
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="VAE-GAN checkpoint (default: the shipped models/vaegan.pt)")
 @click.option("--classifier", type=click.Path(dir_okay=False), default=None,
-              help="classifier checkpoint (default: the shipped models/classifier.pt)")
+              help="classifier checkpoint, torch.export program (.pt2) or ONNX file (.onnx) (default: the shipped "
+                   "models/classifier.pt)")
 @click.option("--out", type=click.Path(file_okay=False), default="artifacts", show_default=True,
               help="output folder")
 @click.option("--trt", is_flag=True, help="also build TensorRT engines (needs an NVIDIA GPU and vaegan[gpu])")
@@ -41,33 +42,42 @@ def _default(kind: str) -> str:
               help="largest R in the TensorRT profile of purify")
 @click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=18, show_default=True,
               help="ONNX opset")
-@click.option("--steps", type=click.IntRange(min=0), default=None, help="purify_defaults.steps (default: PurifyConfig)")
-@click.option("--eta", type=float, default=None, help="purify_defaults.eta (default: PurifyConfig)")
-@click.option("--lam", type=float, default=None, help="purify_defaults.lam (default: PurifyConfig)")
+@click.option("--steps", type=click.IntRange(min=0), default=None,
+              help="purify_defaults.steps (default: the checkpoint's operating point)")
+@click.option("--eta", type=float, default=None, help="purify_defaults.eta (default: the checkpoint's)")
+@click.option("--lam", type=float, default=None, help="purify_defaults.lam (default: the checkpoint's)")
+@click.option("--dataset", default=None,
+              help="validate on this data set's test images (as vaegan-train --dataset; default: Fashion-MNIST for "
+                   "its contract, else uniform random images)")
+@click.option("--image-size", type=click.IntRange(1), default=None, help="with --dataset: as vaegan-train")
+@click.option("--channels", type=click.IntRange(1, 3), default=None, help="with --dataset: as vaegan-train")
+@click.option("--data-root", default=None, help="with --dataset: as vaegan-train")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads")
-def main(checkpoint, classifier, out, trt, fp16, max_batch, max_restarts, opset, steps, eta, lam, threads):
+def main(checkpoint, classifier, out, trt, fp16, max_batch, max_restarts, opset, steps, eta, lam, dataset, image_size,
+         channels, data_root, threads):
+    from vaegan.runtime.errors import VaeganRuntimeError
     from vaegan.train.errors import VaeganError
 
     if fp16 and not trt:
         raise click.UsageError("--fp16 applies to TensorRT engines: add --trt")
     try:
-        import dataclasses
-
         import torch
 
-        from vaegan.train.config import PurifyConfig
+        from vaegan.train.checkpoint import load_raw, purify_config
 
         from .core import TensorRTUnavailable, export_all
 
         if threads:
             torch.set_num_threads(threads)
-        over = {k: v for k, v in (("steps", steps), ("eta", eta), ("lam", lam)) if v is not None}
-        cfg = dataclasses.replace(PurifyConfig(), **over)
-        export_all(checkpoint or _default("vaegan"), classifier or _default("classifier"), out, opset=opset,
+        checkpoint = checkpoint or _default("vaegan")
+        cfg = purify_config(load_raw(checkpoint), steps=steps, eta=eta, lam=lam)
+        data = None if dataset is None else {"dataset": dataset, "image_size": image_size, "channels": channels,
+                                             "data_root": data_root}
+        export_all(checkpoint, classifier or _default("classifier"), out, opset=opset,
                    max_batch=max_batch, trt=trt, fp16=fp16, purify_cfg=cfg, max_restarts=max_restarts,
-                   echo=click.echo)
+                   echo=click.echo, data=data)
     except TensorRTUnavailable as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(2)
-    except VaeganError as e:
+    except (VaeganError, VaeganRuntimeError) as e:
         raise click.ClickException(str(e)) from None
