@@ -61,13 +61,15 @@ def _device_name(dev: torch.device) -> str:
 
 
 def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: torch.device, data, echo) -> dict:
-    from vaegan.train.data import test_subset
+    from vaegan.train.data import data_kwargs, dataset_contract, test_subset
 
     vg, _ = ckpt_io.load_model(vaegan_path, "vaegan")
     clf, _ = ckpt_io.load_model(classifier_path, "classifier")
+    ckpt_io.check_pair(vg, clf, vaegan_path, classifier_path)
     vg, clf = vg.to(dev), clf.to(dev)
     if data is None:
-        x, y, _ = test_subset(cfg.n, cfg.data_root)
+        ckpt_io.check_data(vg.contract, dataset_contract(**data_kwargs(cfg)), vaegan_path, cfg.dataset)
+        x, y, _ = test_subset(cfg.n, **data_kwargs(cfg))
     else:
         x, y = data[0][: cfg.n], data[1][: cfg.n]
     x, y = x.to(dev), y.to(dev)
