@@ -360,11 +360,13 @@ def export_if_needed(checkpoint, classifier, artifacts, echo) -> Path:
     return artifacts
 
 
-def load_images(n: int) -> tuple[np.ndarray, str]:
-    from vaegan.train.data import test_subset
+def load_images(n: int, contract=None) -> tuple[np.ndarray, str]:
+    """``n`` images of the artifacts' image contract: Fashion-MNIST's test images for its contract, else uniform
+    random images (the purifier's cost does not depend on the pixels)."""
+    from vaegan.export.core import _images
 
-    x = test_subset(n)[0].numpy().astype(np.float32)
-    return np.ascontiguousarray(x), f"Fashion-MNIST test images 0..{n - 1}"
+    x, source = _images(n, contract)
+    return np.ascontiguousarray(x.numpy().astype(np.float32)), f"{source} 0..{n - 1}"
 
 
 def speedups(results: dict) -> None:
@@ -467,7 +469,7 @@ def model_options(f):
 @model_options
 @click.option("--batches", default="1,8,64", show_default=True)
 @click.option("--steps", "steps_opt", default="5,10,50", show_default=True,
-              help="T values; the shipped default PurifyConfig().steps is always added")
+              help="T values; the checkpoint's operating point T is always added")
 @click.option("--backends", default="eager,modular,fused,trt", show_default=True)
 @click.option("--compile", "use_compile", is_flag=True, help="also time torch.compile of the reference")
 @click.option("--threads", type=int, default=None, help="threads for every backend (default: CPU count)")
@@ -499,12 +501,12 @@ def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_co
 
     import flops
     from vaegan.export.specs import TOL_LOOP
-    from vaegan.train.config import PurifyConfig
+    from vaegan.train.checkpoint import load_raw, purify_config
     from vaegan.train.purifier import defense_gan_config
 
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    cfg = PurifyConfig()
+    cfg = purify_config(load_raw(checkpoint))  # the checkpoint's operating point
     batches, steps_list = _ints(batches), _ints(steps_opt)
     if quick:
         batches, steps_list, min_runs, max_time, warmup, dgan_steps, rounds = [1, 8], [2], 3, 0.5, 1, 2, 1
@@ -531,7 +533,7 @@ def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_co
 
     man = load_artifacts(arts)
     L = man.latent_dim
-    images, image_source = load_images(max(batches))
+    images, image_source = load_images(max(batches), man.contract)
     rng = np.random.default_rng(cfg.seed)
     noise_all = np.zeros((cfg.restarts, max(batches), L), np.float32)  # R = 1 at the shipped default: zeros
     if cfg.restarts > 1:

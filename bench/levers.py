@@ -359,12 +359,9 @@ def main(artifacts, checkpoint, classifier, steps, batches, threads, rounds, min
     arts = export_if_needed(checkpoint, classifier, artifacts, echo)
     defaults = json.loads((arts / "manifest.json").read_text())["purify_defaults"]
     steps = defaults["steps"] if steps is None else steps
-    try:
-        x, source = load_images(max(batch_list))
-    except Exception as e:  # noqa: BLE001 - no Fashion-MNIST here: random images time the same
-        echo(f"note: timing on random images ({e})")
-        x = np.random.default_rng(0).random((max(batch_list), 1, 28, 28), dtype=np.float32)
-        source = "uniform random images"
+    from vaegan.runtime.artifacts import load_artifacts
+
+    x, source = load_images(max(batch_list), load_artifacts(arts).contract)  # random images where no test images
     opts = {"artifacts": str(arts), "threads": threads, "steps": steps, "batches": batch_list, "warmup": warmup,
             "min_runs": min_runs, "max_time": max_time, "interleave_s": interleave_time}
     with tempfile.TemporaryDirectory(prefix="levers-") as tmp:
