@@ -96,7 +96,7 @@ def restart_noise(params: PurifyParams, n: int, latent_dim: int) -> np.ndarray:
 
 @dataclass
 class PurifyOutput:
-    purified: np.ndarray  # N x 1 x 28 x 28 float32 in [0, 1]
+    purified: np.ndarray  # N x C x H x W float32 in [0, 1] (the manifest's contract)
     loss: np.ndarray      # N, final objective of the chosen restart
     z: np.ndarray         # N x L, chosen latent
 
@@ -141,7 +141,7 @@ class Purifier(Activatable):
         return self.artifacts.max_batch
 
     def purify(self, x: np.ndarray, noise: np.ndarray | None = None, params: PurifyParams | None = None) -> PurifyOutput:
-        """Purify N x 1 x 28 x 28 float32 images. ``noise`` (R x N x L) overrides ``restart_noise``; ``params``
+        """Purify N x C x H x W float32 images. ``noise`` (R x N x L) overrides ``restart_noise``; ``params``
         overrides this purifier's parameters for this call."""
         params = params or self.params
         params.check()

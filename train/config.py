@@ -147,8 +147,9 @@ class PurifierConfig:
 
 @dataclass
 class PurifyConfig:
-    """Parameters of the purification loop (see ``vaegan.train.purifier``). The defaults are the shipped operating
-    point, chosen by the sweep in models/MODEL_CARD.md (``vaegan-eval --sweep``)."""
+    """Parameters of the purification loop (see ``vaegan.train.purifier``). A purifier checkpoint carries its own
+    operating point (key ``purify``; ``checkpoint.purify_config``), which eval, the adaptive attacks and export use;
+    these defaults serve new training (the shipped operating point, chosen by the sweep in models/MODEL_CARD.md)."""
 
     mode: str = "latent"      # "latent": descend on z; "pixel": descend on x itself
     init: str = "encoder"     # "encoder": z0 = mu_E(x); "random": z0 ~ N(0, I) (Defense-GAN)
