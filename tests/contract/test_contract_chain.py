@@ -90,3 +90,18 @@ def test_eval_and_attack_run_on_the_folder_with_the_pt2_classifier(rgb_chain, tm
     res = r.invoke(eval_cli, ["--quick", "--n", "6", "--checkpoint", str(base / "pur" / "model.pt"),
                               "--classifier", str(base / "classifier.pt2"), "--out", str(tmp_path / "rep2")])
     assert res.exit_code == 1 and "channels mismatch" in res.output and "fashion-mnist" in res.output
+
+
+def test_flop_model_follows_the_contract(rgb_chain, tiny_artifacts):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import flops
+
+    _ok(rgb_chain, "export")
+    art = rgb_chain["base"] / "art"
+    assert flops.image_shape(art) == (3, 32, 32) and flops.image_shape(tiny_artifacts) == (1, 28, 28)
+    L = json.loads((art / "manifest.json").read_text())["latent_dim"]
+    rgb, gray = flops.purify_flops(art, L), flops.purify_flops(tiny_artifacts, L)
+    assert rgb["per_step"] > gray["per_step"] > 0  # same nets' widths, a larger image: more FLOPs per step
