@@ -53,7 +53,8 @@ def test_config_file_errors_are_one_line(monkeypatch, tmp_path):
     assert result.exit_code != 0 and cfg is None and f"config {f}" in result.output
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(set(CONFIGS.glob("*.toml")) - {CONFIGS / "adaptive.toml"}),
+                         ids=lambda p: p.name)
 def test_every_config_runs_with_the_command_its_header_names(monkeypatch, path):
     m = re.search(rf"vaegan-train (\w+) --config configs/{re.escape(path.name)}", path.read_text())
     assert m, f"{path.name}: its header comment names no `vaegan-train COMMAND --config configs/{path.name}`"
@@ -80,3 +81,39 @@ def test_vaegan_config_builds_the_shipped_architecture(monkeypatch):
     assert result.exit_code == 0, result.output
     shipped = torch.load(ROOT / "models/vaegan.pt", map_location="cpu", weights_only=True)["model_args"]
     assert dataclasses.asdict(cfg.model) == shipped
+
+
+def _suite():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("adaptive_suite", ROOT / "scripts/adaptive_suite.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_adaptive_suite_uses_only_options_of_vaegan_eval_adaptive():
+    from importlib.metadata import entry_points
+
+    cli = next(e for e in entry_points(group="console_scripts") if e.name == "vaegan-eval-adaptive").load()
+    known = {o for p in cli.params for o in p.opts}
+    suite = _suite()
+    runs = suite.expand(suite.tomllib.loads((CONFIGS / "adaptive.toml").read_text()), "artifacts")
+    assert len({r["name"] for r in runs}) == len(runs) > 30
+    used = {a for r in runs for a in r["common"] + r["args"] if a.startswith("--")}
+    assert used <= known, used - known
+
+
+def test_adaptive_suite_keeps_finished_runs_and_merges_them(tmp_path, capsys):
+    done = tmp_path / "adaptive_fab_0.1"
+    done.mkdir()
+    (done / "adaptive.json").write_text("{}")
+    rc = _suite().main(["--dry-run", "--reports", str(tmp_path), "--exe", "EVAL", "--extra", "--lam 30"])
+    assert rc == 0
+    lines = capsys.readouterr().out.splitlines()
+    starts, merge = lines[:-1], lines[-1]
+    assert "+ EVAL --n 1000 --threads 1 --lam 30 --eps 0.1 --attacks bpda,full --attack-steps 50 --curve 10,20,50 " \
+           f"--out {tmp_path}/adaptive_full_0.1" in starts
+    assert not any("adaptive_fab_0.1" in s for s in starts)            # finished: not started again
+    assert not any("square5k" in s or "--device" in s for s in starts)  # other tiers: not started
+    assert f"--merge {done} " in merge and merge.endswith(f"--out {tmp_path}/adaptive")
