@@ -23,8 +23,9 @@ except ModuleNotFoundError:  # Python 3.10
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def expand(suite: dict, artifacts: str) -> list[dict]:
-    """One entry per (run, eps): name, tier, merge, and the run's own arguments (a list)."""
+def expand(suite: dict, artifacts: str, threads: int | None = None) -> list[dict]:
+    """One entry per (run, eps): name, tier, merge, the common arguments and the run's own (lists); ``threads``
+    replaces every CPU run's thread count."""
     d = suite.get("defaults", {})
     runs = []
     for r in suite["run"]:
@@ -32,7 +33,7 @@ def expand(suite: dict, artifacts: str) -> list[dict]:
             args = shlex.split(r["args"].format(artifacts=artifacts))
             tier = r.get("tier", "cpu")
             common = ["--n", str(d.get("n", 1000))]
-            common += d.get("gpu_args", []) if tier == "gpu" else ["--threads", str(r.get("threads", d.get("threads", 1)))]
+            common += d.get("gpu_args", []) if tier == "gpu" else ["--threads", str(threads or r.get("threads", d.get("threads", 1)))]
             runs.append({"name": r["name"].format(eps=eps), "tier": tier, "merge": r.get("merge", True),
                          "common": common, "args": ([] if eps is None else ["--eps", str(eps)]) + args})
     return runs
@@ -49,6 +50,7 @@ def main(argv=None) -> int:
                     help="tiers to start (repeatable; default cpu)")
     ap.add_argument("--only", action="append", help="start only the runs of these names")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once")
+    ap.add_argument("--threads", type=int, default=None, help="threads of every CPU run (default: the suite's)")
     ap.add_argument("--extra", default="", help="options added to every run, e.g. '--checkpoint FILE --lam 30'")
     ap.add_argument("--artifacts", default="artifacts", help="the exported runtime that Square queries")
     ap.add_argument("--reports", default="reports")
@@ -58,7 +60,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         with open(a.suite, "rb") as f:
-            runs = expand(tomllib.load(f), a.artifacts)
+            runs = expand(tomllib.load(f), a.artifacts, a.threads)
     except (OSError, tomllib.TOMLDecodeError, KeyError) as e:
         print(f"Error: suite {a.suite}: {e}", file=sys.stderr)
         return 2
