@@ -245,7 +245,7 @@ def export_all(vaegan_ckpt, classifier_ckpt, out_dir, *, opset: int = 18, max_ba
     stage = stage_dir(out_dir)
     try:
         man = _export_into(stage, out_dir, vaegan_ckpt, classifier_ckpt, opset=opset, max_batch=max_batch, trt=trt,
-                           fp16=fp16, purify_cfg=purify_cfg, max_restarts=max_restarts, echo=echo)
+                           fp16=fp16, purify_cfg=purify_cfg, max_restarts=max_restarts, echo=echo, data=data)
     except TensorRTUnavailable:
         publish(stage, out_dir)
         raise
@@ -258,7 +258,7 @@ def export_all(vaegan_ckpt, classifier_ckpt, out_dir, *, opset: int = 18, max_ba
 
 
 def _export_into(out_dir: Path, final_dir: Path, vaegan_ckpt, classifier_ckpt, *, opset: int, max_batch: int,
-                 trt: bool, fp16: bool, purify_cfg, max_restarts: int, echo) -> dict:
+                 trt: bool, fp16: bool, purify_cfg, max_restarts: int, echo, data: dict | None = None) -> dict:
     """``export_all``'s work, writing into the staging folder ``out_dir`` (``final_dir``: where it will be, for
     messages)."""
     import onnx
