@@ -40,7 +40,7 @@ import click
 import numpy as np
 
 from vaegan.runtime.names import FAST_PATH_ENGINES
-from vaegan.train.cli import friendly_errors
+from vaegan.errors import friendly_errors
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -176,12 +176,13 @@ def make_backend(name: str, opts: dict) -> Backend:
 # ----------------------------------------------------------------------------------------------- measurement
 
 def agreement(got: np.ndarray, ref: np.ndarray, tol: dict) -> dict:
-    """|got - ref| <= atol + rtol * |ref| elementwise (the export's rule)."""
+    """The export's one tolerance rule (``vaegan.export.validate.compare``: |got - ref| <= atol + rtol * max|ref|)."""
+    from vaegan.export.validate import compare
+
     if got.shape != ref.shape:
         return {"ok": False, "max_abs": float("inf"), "why": f"shape {list(got.shape)} vs {list(ref.shape)}"}
-    diff = np.abs(got.astype(np.float64) - ref)
-    ok = bool(np.isfinite(got).all() and np.all(diff <= tol["atol"] + tol["rtol"] * np.abs(ref)))
-    return {"ok": ok, "max_abs": float(diff.max())}
+    c = compare("purify", "purified", got, ref, tol, len(got))
+    return {"ok": c.ok, "max_abs": c.max_abs}
 
 
 def time_runs(fn, min_runs: int, max_time: float) -> list[float]:
@@ -197,9 +198,11 @@ def time_runs(fn, min_runs: int, max_time: float) -> list[float]:
 
 
 def percentiles(ts: list[float]) -> dict:
-    a = np.asarray(ts) * 1e3
-    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
-            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "runs": len(ts)}
+    """A bench cell's timing: ``vaegan.util.percentiles`` of ``ts`` (seconds) under the bench's keys."""
+    from vaegan.util import percentiles as latency_percentiles
+
+    s = latency_percentiles(ts)
+    return {"p50_ms": s["p50"], "p90_ms": s["p90"], "p99_ms": s["p99"], "mean_ms": s["mean"], "runs": s["n"]}
 
 
 def _peak_rss_mb() -> float:
@@ -528,14 +531,13 @@ def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_co
     arts = export_if_needed(checkpoint, classifier, artifacts, echo)
     from vaegan.runtime.artifacts import load_artifacts
     from vaegan.runtime.backend.openvino import openvino_version
+    from vaegan.runtime.purify import PurifyParams, restart_noise
 
     man = load_artifacts(arts)
     L = man.latent_dim
     images, image_source = load_images(max(batches))
-    rng = np.random.default_rng(cfg.seed)
-    noise_all = np.zeros((cfg.restarts, max(batches), L), np.float32)  # R = 1 at the shipped default: zeros
-    if cfg.restarts > 1:
-        noise_all[1:] = rng.standard_normal((cfg.restarts - 1, max(batches), L), dtype=np.float32) * cfg.noise
+    # the runtime's restart noise, fed to every backend alike (R = 1 at the shipped default: zeros)
+    noise_all = restart_noise(PurifyParams.from_settings(dataclasses.asdict(cfg)), max(batches), L)
     cells = [(n, t) for n in batches for t in steps_list]
     opts = {"checkpoint": str(checkpoint), "artifacts": str(arts), "threads": threads, "cfg": cfg, "tol": TOL_LOOP,
             "min_runs": min_runs, "max_time": max_time, "warmup": warmup, "perturb": perturb, "shard": shard,

@@ -35,7 +35,7 @@ from latency import (export_if_needed, format_rounds, model_options, percentiles
                      time_runs)
 
 from vaegan.runtime.names import PRECISIONS  # noqa: E402 - fp32, bf16
-from vaegan.train.cli import friendly_errors  # noqa: E402
+from vaegan.errors import friendly_errors  # noqa: E402
 
 
 def labelled_sets(n: int, adv: list[str], classifier_sha: str, echo) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -7,10 +7,11 @@ Every failure is an ``ArtifactError`` whose message ends with how to (re)create 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from vaegan.util import file_sha256
 
 from .errors import ArtifactError
 
@@ -24,14 +25,6 @@ PURIFY_KEYS = ("steps", "eta", "lam", "momentum", "restarts", "noise", "seed")
 
 def how_to_create(root) -> str:
     return f"create it with `vaegan-export --out {root}` (add --trt for TensorRT engines)"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

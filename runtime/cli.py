@@ -7,8 +7,8 @@ Outputs under ``--out``:
                                      ``class_id``, ``class_name``, ``confidence``, ``loss`` or ``error``
 - ``summary.json``                   counts, backend, batch size, throughput, latency percentiles
 
-Exit codes: 0 every input ok; 1 some inputs failed (see their error records); 2 usage, artifact or backend error
-(one line on stderr, no traceback); 130 interrupted.
+Exit codes (``vaegan.errors``, as every vaegan CLI): 0 every input ok; 1 some inputs failed (see their error
+records); 2 usage, artifact or backend error (one ``Error: ...`` line on stderr, no traceback); 130 interrupted.
 
 PNG and summary.json are written atomically (temp file + rename). predictions.jsonl is appended one whole line per
 write and flushed per batch; ``--resume`` skips every source already recorded in it (ok or error) and drops a
@@ -22,9 +22,8 @@ import sys
 import click
 
 from vaegan import __version__
+from vaegan.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, friendly_errors
 from vaegan.runtime.names import BACKENDS, FAST_PATH_ENGINES, PRECISIONS
-
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 @click.command(help="Purify (and classify) frames with the exported artifacts: a folder of images, a glob, a video "
@@ -69,10 +68,10 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 @click.option("--prefetch", type=click.IntRange(1), default=64, show_default=True,
               help="frames decoded ahead by the reader thread (bounded queue)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@friendly_errors
 def main(input_, artifacts, out, backend, providers, threads, shard, fast_path, fast_path_engine, precision, batch_size,
          steps, eta, lam, momentum, restarts,
          classify, save_purified, resume, recursive, max_frames, prefetch, quiet):
-    from .errors import VaeganRuntimeError
     from .run import RunOptions, run
 
     opts = RunOptions(input=input_, artifacts=artifacts, out=out, backend=backend, providers=providers,
@@ -83,16 +82,13 @@ def main(input_, artifacts, out, backend, providers, threads, shard, fast_path, 
                       recursive=recursive, max_frames=max_frames, prefetch=prefetch, quiet=quiet)
     try:
         summary = run(opts)
-    except VaeganRuntimeError as e:
-        click.echo(f"vaegan-run: error: {e}", err=True)
-        sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         click.echo("vaegan-run: interrupted (rerun with --resume to continue)", err=True)
         sys.exit(EXIT_INTERRUPTED)
     if not quiet:
         click.echo(f"{summary['frames']} frames ({summary['errors']} errors, {summary['skipped']} skipped) "
                    f"-> {out}; {summary['throughput_fps']:.1f} frames/s on {summary['backend']}", err=True)
-    sys.exit(EXIT_SOME_FAILED if summary["errors"] else EXIT_OK)
+    sys.exit(EXIT_FAILED if summary["errors"] else EXIT_OK)
 
 
 if __name__ == "__main__":  # pragma: no cover

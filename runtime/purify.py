@@ -40,7 +40,7 @@ from .backend.base import Activatable, BaseRunner
 from .backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 from .backend.onnxrt.loader import SessionOptionsFromConfig, resolve_providers
 from .errors import BackendUnavailableError, RuntimeUsageError
-from .names import BACKENDS, FAST_PATH_ENGINE_LABELS, FAST_PATH_ENGINES, PRECISIONS
+from .names import BACKENDS, FAST_PATH_ENGINE_LABELS, FAST_PATH_ENGINES, PRECISIONS, unsupported_purifier
 
 # auto's OpenVINO fast path up to this T: compiling the unrolled graph grows with T (T = 50: ~14 s and ~420 MB
 # resident, against 0.2 s / 120 MB on onnxruntime; bench/README.md), so longer loops take onnxruntime's
@@ -64,9 +64,9 @@ class PurifyParams:
     def from_settings(cls, d: dict, **overrides) -> "PurifyParams":
         """From a ``PurifyConfig`` as a dict (a manifest's ``purify_defaults``, or ``dataclasses.asdict`` of one);
         ``overrides`` that are not None replace fields."""
-        if d.get("mode", "latent") != "latent" or d.get("init", "encoder") != "encoder":
-            raise RuntimeUsageError(f"purify_defaults mode={d.get('mode')!r} init={d.get('init')!r}: the runtime "
-                                    f"implements mode 'latent' with init 'encoder' only (the contract)")
+        why = unsupported_purifier(d.get("mode", "latent"), d.get("init", "encoder"))
+        if why:
+            raise RuntimeUsageError(f"purify_defaults: {why}")
         p = cls(steps=int(d["steps"]), eta=float(d["eta"]), lam=float(d["lam"]), momentum=float(d["momentum"]),
                 restarts=int(d["restarts"]), noise=float(d["noise"]), seed=int(d["seed"]))
         p = replace(p, **{k: v for k, v in overrides.items() if v is not None})

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from vaegan.util import file_sha256
+
 from . import checkpoint as ckpt_io
 from .attacks import AttackSpec, load_adversarial, run_attack, save_adversarial
 from .config import PurifyConfig
@@ -73,7 +75,7 @@ def purify_batched(vg, x: torch.Tensor, cfg: PurifyConfig, batch: int = 250) -> 
 def adversarial_set(clf, classifier_path, x, y, idx, spec: AttackSpec, adv_dir: str | None, batch: int = 250,
                     progress: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Craft (or reuse from ``adv_dir``) the adversarial test set for ``spec`` against ``clf``."""
-    sha = ckpt_io.file_sha256(classifier_path)
+    sha = file_sha256(classifier_path)
     path = Path(adv_dir) / f"test_{spec.tag}_seed{spec.seed}.npz" if adv_dir else None
     if path is not None and path.exists():
         d = load_adversarial(path)
@@ -151,7 +153,7 @@ def evaluate(vaegan_path, classifier_path, cfg: EvalConfig, progress: bool = Tru
     report = {
         "n": cfg.n, "config": _jsonable(asdict(cfg)), "table": table, "ms_per_image": timing,
         "per_class_clean": per_class, "targeted": targeted_res,
-        "checkpoints": {"vaegan": ckpt_io.file_sha256(vaegan_path), "classifier": ckpt_io.file_sha256(classifier_path)},
+        "checkpoints": {"vaegan": file_sha256(vaegan_path), "classifier": file_sha256(classifier_path)},
         "threads": torch.get_num_threads(),
     }
     write_report(report, cfg, x, sets, purified_examples)

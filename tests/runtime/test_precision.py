@@ -71,7 +71,7 @@ def test_vaegan_run_refuses_bf16_with_restarts_in_one_line(artifacts_dir, frames
     res = CliRunner().invoke(main, ["--input", str(frames_dir), "--artifacts", str(artifacts_dir),
                                     "--out", str(tmp_path / "out"), "--precision", "bf16", "--restarts", "2"])
     assert res.exit_code == 2
-    assert res.output.strip() == ("vaegan-run: error: precision bf16 runs on the fast path, which takes one restart "
+    assert res.output.strip() == ("Error: precision bf16 runs on the fast path, which takes one restart "
                                   "(restarts 2)")
 
 
