@@ -43,8 +43,8 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 # a sibling script, importable once HERE is on the path
-from latency import (call_isolated, export_if_needed, format_rounds, load_images, model_options,  # noqa: E402
-                     percentiles, round_ratios, time_runs)
+from common import (call_isolated, export_if_needed, format_rounds, load_images, model_options,  # noqa: E402
+                    percentiles, round_ratios, time_runs)
 
 from vaegan.errors import friendly_errors  # noqa: E402
 
@@ -232,7 +232,7 @@ def make_variants(artifacts: Path, checkpoint, classifier, steps: int, tmp: Path
 
 def paired_with_shipped(variants: list[dict], batches: list[int]) -> None:
     """Each variant's cells get ``vs_shipped_rounds``: the shipped variant's p50 over the variant's, round r over
-    round r (``latency.round_ratios``). The variants take turns within a round, so a drift of the machine's speed
+    round r (``common.round_ratios``). The variants take turns within a round, so a drift of the machine's speed
     between rounds hits both sides of one ratio, where the best rounds ("vs shipped") may come from different
     minutes; within a round the variants still run minutes apart, so the pairing narrows the spread, not removes it."""
     base = variants[0]

@@ -86,7 +86,9 @@ class PurifyParams:
 def restart_noise(params: PurifyParams, n: int, latent_dim: int) -> np.ndarray:
     """R x N x L float32 restart noise: restart 0 is zero, the others ``params.noise * N(0, I)`` from a numpy
     generator seeded with ``params.seed`` (a fresh generator per call, so a batch's result does not depend on what
-    was purified before it)."""
+    was purified before it). The torch reference (``vaegan.train.purifier.restart_noise``) draws the same
+    distribution from torch's generator, which the runtime cannot import: other values, so comparisons feed one
+    noise to both; at R = 1 (the shipped default) both are zero."""
     noise = np.zeros((params.restarts, n, latent_dim), dtype=np.float32)
     if params.restarts > 1:
         rng = np.random.default_rng(params.seed)
