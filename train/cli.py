@@ -208,7 +208,7 @@ def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defend
     from .data import test_subset, train_subset
     from vaegan.util import file_sha256
 
-    from .evaluate import predict
+    from .evaluate import accuracy
 
     classifier = classifier or _default("classifier")
     clf, _ = ckpt_io.load_model(classifier, "classifier")
@@ -222,7 +222,7 @@ def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defend
                                                                     data_root)
     x_adv, targets = run_attack(model, x, y, spec, progress=True)
     with torch.no_grad():
-        acc = (predict(model, x_adv) == y).float().mean().item() * 100
+        acc = accuracy(model, x_adv, y)
     path = save_adversarial(Path(out) / f"{split}_{spec.tag}{'_defended' if defended else ''}_seed{seed}.npz",
                             x_adv, y, idx, spec, targets,
                             {"split": split, "classifier_sha256": file_sha256(classifier),

@@ -84,7 +84,7 @@ def adversarial_set(clf, classifier_path, x, y, idx, spec: AttackSpec, adv_dir: 
             return torch.from_numpy(d["x_adv"][: len(x)]), (t if spec.name == "tpgd" else None)
     x_adv, targets = run_attack(clf, x, y, spec, batch_size=batch, progress=progress)
     if path is not None:
-        acc = (predict(clf, x_adv) == y).float().mean().item() * 100
+        acc = accuracy(clf, x_adv, y)
         save_adversarial(path, x_adv, y, idx, spec, targets, {"split": "test", "classifier_sha256": sha,
                                                               "attacked_accuracy": acc})
     return x_adv, targets
@@ -149,7 +149,7 @@ def evaluate(vaegan_path, classifier_path, cfg: EvalConfig, progress: bool = Tru
         xp, _ = purify_batched(vg, xa, cfg.purify, cfg.batch_size)
         targeted_res[tag] = {"success_before": (predict(clf, xa) == t).float().mean().item() * 100,
                              "success_after": (predict(clf, xp) == t).float().mean().item() * 100,
-                             "accuracy_after": (predict(clf, xp) == y).float().mean().item() * 100}
+                             "accuracy_after": accuracy(clf, xp, y)}
     report = {
         "n": cfg.n, "config": _jsonable(asdict(cfg)), "table": table, "ms_per_image": timing,
         "per_class_clean": per_class, "targeted": targeted_res,
@@ -259,7 +259,7 @@ def sweep(vaegan_path, classifier_path, grid: dict, n: int = 500, adv_dir: str |
         res = {"config": asdict(pcfg)}
         for name, xs in sets.items():
             xp, ms = purify_batched(vg, xs, pcfg)
-            res[name] = (predict(clf, xp) == y).float().mean().item() * 100
+            res[name] = accuracy(clf, xp, y)
             res["ms_per_image"] = ms
         res["mean"] = sum(res[k] for k in sets) / len(sets)
         results.append(res)
