@@ -3,7 +3,8 @@
 Exit codes (``vaegan.errors``, as every vaegan CLI): 0 success; 1 a graph failed validation (every failure listed
 with its numbers); 2 bad input (an option, a checkpoint, the output folder), or ``--trt`` asked for on a machine
 without TensorRT / an NVIDIA GPU (the ONNX files are still written and validated): one ``Error: ...`` line, no
-traceback. ``--help`` / ``--version`` import no torch.
+traceback. A failed export leaves a previous export in --out as it was: the new one is swapped in whole only once it
+is complete. ``--help`` / ``--version`` import no torch.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ Layout (Polygraphy style):
 - ``cli.py``                   -- ``vaegan-run``
 """
 
-from .errors import ArtifactError, BackendUnavailableError, FeedError, RuntimeUsageError, VaeganRuntimeError
+from .errors import (ArtifactError, BackendUnavailableError, FeedError, OutputError, RuntimeUsageError,
+                     VaeganRuntimeError)
 
-__all__ = ["ArtifactError", "BackendUnavailableError", "FeedError", "RuntimeUsageError", "VaeganRuntimeError"]
+__all__ = ["ArtifactError", "BackendUnavailableError", "FeedError", "OutputError", "RuntimeUsageError",
+           "VaeganRuntimeError"]

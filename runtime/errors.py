@@ -21,3 +21,8 @@ class RuntimeUsageError(VaeganRuntimeError):
 
 class FeedError(VaeganRuntimeError, ValueError):
     """``infer()`` was given inputs whose names, dtypes or shapes do not match the graph."""
+
+
+class OutputError(VaeganRuntimeError):
+    """Writing under ``--out`` failed (disk full, a file-size limit, permissions); the records already written are
+    whole."""
