@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from vaegan import __version__
-from vaegan.train.cli import build_config, dataclass_options, friendly_errors
+from vaegan.errors import friendly_errors
+from vaegan.train.cli import build_config, dataclass_options
 from vaegan.train.errors import VaeganError
 
 from .config import AdaptiveConfig

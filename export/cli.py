@@ -1,21 +1,20 @@
 """``vaegan-export``: a thin click command over ``vaegan.export.core.export_all``.
 
-Exit codes: 0 success; 1 bad input or a failed validation (one ``Error: ...`` message, no traceback; a failed
-export leaves a previous export in --out as it was: the new one is swapped in whole only once it is complete);
-2 ``--trt`` asked for on a machine without TensorRT / an NVIDIA GPU (the ONNX files are still written and
-validated) -- and click's own usage errors. ``--help`` / ``--version`` import no torch.
+Exit codes (``vaegan.errors``, as every vaegan CLI): 0 success; 1 a graph failed validation (every failure listed
+with its numbers); 2 bad input (an option, a checkpoint, the output folder), or ``--trt`` asked for on a machine
+without TensorRT / an NVIDIA GPU (the ONNX files are still written and validated): one ``Error: ...`` line, no
+traceback. A failed export leaves a previous export in --out as it was: the new one is swapped in whole only once it
+is complete. ``--help`` / ``--version`` import no torch.
 """
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from vaegan import __version__
+from vaegan.errors import friendly_errors
 
-# Keep in sync with vaegan.export.core (not imported here: it would pull in nothing heavy, but keep the CLI lean).
-MIN_OPSET, MAX_OPSET = 18, 22
+from .core import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET  # core imports nothing heavy at module level
 
 
 def _default(kind: str) -> str:
@@ -41,7 +40,7 @@ def _default(kind: str) -> str:
               help="largest batch (validation and TensorRT profile)")
 @click.option("--max-restarts", type=click.IntRange(1, 256), default=8, show_default=True,
               help="largest R in the TensorRT profile of purify")
-@click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=18, show_default=True,
+@click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET, show_default=True,
               help="ONNX opset")
 @click.option("--steps", type=click.IntRange(min=0), default=None,
               help="purify_defaults.steps (default: the checkpoint's operating point)")
@@ -54,31 +53,22 @@ def _default(kind: str) -> str:
 @click.option("--channels", type=click.IntRange(1, 3), default=None, help="with --dataset: as vaegan-train")
 @click.option("--data-root", default=None, help="with --dataset: as vaegan-train")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads")
+@friendly_errors
 def main(checkpoint, classifier, out, trt, fp16, max_batch, max_restarts, opset, steps, eta, lam, dataset, image_size,
          channels, data_root, threads):
-    from vaegan.runtime.errors import VaeganRuntimeError
-    from vaegan.train.errors import VaeganError
-
     if fp16 and not trt:
         raise click.UsageError("--fp16 applies to TensorRT engines: add --trt")
-    try:
-        import torch
+    import torch
 
-        from vaegan.train.checkpoint import load_raw, purify_config
+    from vaegan.train.checkpoint import load_raw, purify_config
 
-        from .core import TensorRTUnavailable, export_all
+    from .core import export_all
 
-        if threads:
-            torch.set_num_threads(threads)
-        checkpoint = checkpoint or _default("vaegan")
-        cfg = purify_config(load_raw(checkpoint), steps=steps, eta=eta, lam=lam)
-        data = None if dataset is None else {"dataset": dataset, "image_size": image_size, "channels": channels,
-                                             "data_root": data_root}
-        export_all(checkpoint, classifier or _default("classifier"), out, opset=opset,
-                   max_batch=max_batch, trt=trt, fp16=fp16, purify_cfg=cfg, max_restarts=max_restarts,
-                   echo=click.echo, data=data)
-    except TensorRTUnavailable as e:
-        click.echo(f"Error: {e}", err=True)
-        sys.exit(2)
-    except (VaeganError, VaeganRuntimeError) as e:
-        raise click.ClickException(str(e)) from None
+    if threads:
+        torch.set_num_threads(threads)
+    checkpoint = checkpoint or _default("vaegan")
+    cfg = purify_config(load_raw(checkpoint), steps=steps, eta=eta, lam=lam)  # the checkpoint's operating point
+    data = None if dataset is None else {"dataset": dataset, "image_size": image_size, "channels": channels,
+                                         "data_root": data_root}
+    export_all(checkpoint, classifier or _default("classifier"), out, opset=opset, max_batch=max_batch, trt=trt,
+               fp16=fp16, purify_cfg=cfg, max_restarts=max_restarts, echo=click.echo, data=data)

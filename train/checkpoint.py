@@ -14,7 +14,6 @@ with a dynamic batch dimension; it takes the contract's [0, 1] images and return
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import zipfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from vaegan.runtime.contract import ContractError, ImageContract, from_checkpoint
+from vaegan.util import file_sha256  # noqa: F401 - defined once in vaegan.util; this name stays importable
 
 from .errors import VaeganError
 from .config import ClassifierArgs, PurifyConfig, VAEGANArgs
@@ -155,14 +155,6 @@ def purify_config(ckpt: dict, **overrides) -> PurifyConfig:
     base = {k: v for k, v in (ckpt.get("purify") or {}).items() if k in known}
     base.update({k: v for k, v in overrides.items() if v is not None and k in known})
     return PurifyConfig(**base)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def slim(ckpt: dict) -> dict:
