@@ -89,7 +89,7 @@ def test_eval_and_attack_run_on_the_folder_with_the_pt2_classifier(rgb_chain, tm
     assert set(rep["per_class_clean"]["none"]) <= set(RGB_CLASSES)
     res = r.invoke(eval_cli, ["--quick", "--n", "6", "--checkpoint", str(base / "pur" / "model.pt"),
                               "--classifier", str(base / "classifier.pt2"), "--out", str(tmp_path / "rep2")])
-    assert res.exit_code == 1 and "channels mismatch" in res.output and "fashion-mnist" in res.output
+    assert res.exit_code != 0 and "channels mismatch" in res.output and "fashion-mnist" in res.output
 
 
 def test_flop_model_follows_the_contract(rgb_chain, tiny_artifacts):

@@ -73,7 +73,7 @@ def test_bad_folder_is_one_clear_error_before_training(tmp_path, problem, match)
 
     res = CliRunner().invoke(train_cli, ["classifier", "--dataset", str(root), "--epochs", "1",
                                          "--out", str(tmp_path / "o")])
-    assert res.exit_code == 1 and "Error:" in res.output and not (tmp_path / "o").exists()
+    assert res.exit_code != 0 and "Error:" in res.output and not (tmp_path / "o").exists()
 
 
 def _tiny_cifar(root, n_train=6, n_test=4):
