@@ -38,7 +38,7 @@ def test_no_purifier_refuses_what_needs_one(tmp_path):
                                           r"full, apgd, fab, square, transfer"):
         AdaptiveConfig(attacks=("full", "latent"), purifier=False)
     r = CliRunner().invoke(adaptive_cli, ["--no-purifier", "--out", str(tmp_path / "a")])
-    assert r.exit_code == 1 and r.output.strip() == (
+    assert r.exit_code == 2 and r.output.strip() == (
         "Error: --no-purifier: bpda_eot, latent attack the purifier; choose --attacks from bpda, full, apgd, fab, "
         "square, transfer")
     r = CliRunner().invoke(adaptive_cli, ["--no-purifier", "--attacks", "full", "--checkpoint", "x.pt",
