@@ -12,6 +12,7 @@ import sys
 import click
 
 from vaegan import __version__
+from vaegan.extras import requires_extra
 
 # Keep in sync with vaegan.export.core (not imported here: it would pull in nothing heavy, but keep the CLI lean).
 MIN_OPSET, MAX_OPSET = 18, 22
@@ -45,6 +46,7 @@ def _default(kind: str) -> str:
 @click.option("--eta", type=float, default=None, help="purify_defaults.eta (default: PurifyConfig)")
 @click.option("--lam", type=float, default=None, help="purify_defaults.lam (default: PurifyConfig)")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads")
+@requires_extra("train")
 def main(checkpoint, classifier, out, trt, fp16, max_batch, max_restarts, opset, steps, eta, lam, threads):
     from vaegan.train.errors import VaeganError
 

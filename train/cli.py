@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from vaegan import __version__
+from vaegan.extras import requires_extra
 
 from .errors import VaeganError
 
@@ -126,6 +127,7 @@ def _train_command(name: str, cfg_name: str, fn_name: str, doc: str):
     @click.option("--resume", is_flag=True, help="continue from OUT/ckpt.pt if it exists")
     @click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     @friendly_errors
+    @requires_extra("train")
     def cmd(resume, threads, **values):
         import torch
 
@@ -178,6 +180,7 @@ def _default(kind: str) -> str:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-root", default=None)
 @friendly_errors
+@requires_extra("train")
 def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defended, out, seed, data_root):
     from .attacks import AttackSpec  # validates name and eps before anything heavy
 
@@ -231,6 +234,7 @@ def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defend
 @click.option("--out", default="reports", show_default=True)
 @click.option("--data-root", default=None)
 @friendly_errors
+@requires_extra("train")
 def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, defense_gan_steps,
              defense_gan_restarts, quick, do_sweep, grid, adv_dir, out, data_root, **pvalues):
     from .config import PurifyConfig
@@ -303,6 +307,7 @@ def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, de
 @click.option("--out", default="reports", show_default=True)
 @click.option("--data-root", default=None)
 @friendly_errors
+@requires_extra("train")
 def adaptive_cli(checkpoint, classifier, n, eps_list, attack_list, attack_steps, curve_list, alpha_ratio,
                  attack_restarts, loss, eot_samples, eot_restarts, apgd_grad, apgd_targets, fab_targets, square_queries, artifacts,
                  surrogate, surrogate_epochs, surrogate_train_limit, attack_seed, batch_size, threads, device, merge_dirs,
