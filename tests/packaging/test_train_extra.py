@@ -14,7 +14,7 @@ TRAIN_COMMANDS = {
     "vaegan-train": ("vaegan.train.cli:train_cli", ["classifier", "--epochs", "1"]),
     "vaegan-attack": ("vaegan.train.cli:attack_cli", ["--attack", "fgsm"]),
     "vaegan-eval": ("vaegan.train.cli:eval_cli", ["--quick"]),
-    "vaegan-eval-adaptive": ("vaegan.train.cli:adaptive_cli", ["--n", "2"]),
+    "vaegan-eval-adaptive": ("vaegan.adaptive.cli:adaptive_cli", ["--n", "2"]),
     "vaegan-export": ("vaegan.export.cli:main", ["--out", "never-written"]),
 }
 
