@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +46,13 @@ def _clean_env() -> dict:
 @pytest.fixture(scope="module")
 def runtime_venv(tmp_path_factory) -> Path:
     """bin/ of the cached runtime-only venv, with this checkout's wheel installed in it."""
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    key = hashlib.sha256(json.dumps([list(sys.version_info[:2]), sorted(deps)]).encode()).hexdigest()[:12]
+    try:
+        import tomllib
+
+        deps = sorted(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    except ImportError:  # Python 3.10: key on the whole file instead
+        deps = [(ROOT / "pyproject.toml").read_text()]
+    key = hashlib.sha256(json.dumps([list(sys.version_info[:2]), deps]).encode()).hexdigest()[:12]
     venv = CACHE / f"runtime-venv-{key}"
     CACHE.mkdir(parents=True, exist_ok=True)
     wheels = tmp_path_factory.mktemp("wheel")
