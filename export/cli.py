@@ -1,6 +1,7 @@
 """``vaegan-export``: a thin click command over ``vaegan.export.core.export_all``.
 
-Exit codes: 0 success; 1 bad input or a failed validation (one ``Error: ...`` message, no traceback);
+Exit codes: 0 success; 1 bad input or a failed validation (one ``Error: ...`` message, no traceback; a failed
+export leaves a previous export in --out as it was: the new one is swapped in whole only once it is complete);
 2 ``--trt`` asked for on a machine without TensorRT / an NVIDIA GPU (the ONNX files are still written and
 validated) -- and click's own usage errors. ``--help`` / ``--version`` import no torch.
 """
