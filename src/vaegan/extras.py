@@ -2,8 +2,9 @@
 
 ``pip install vaegan`` is the torch-free runtime (``vaegan-run``, ``vaegan.runtime.Defense``); the PyTorch side
 (training, attacks, evaluation, export) is the ``train`` extra. ``requires_extra("train")`` wraps a click command's
-callback: when a package of the extra cannot be found, the command prints one line saying what to install and exits
-2. ``--help`` and ``--version`` are answered by click before the callback runs, so they work without the extra.
+callback: when a package of the extra cannot be found, the command stops with a ``MissingExtra`` (a ``UserError``:
+``friendly_errors`` prints it as one ``Error: ...`` line saying what to install, exit 2). ``--help`` and
+``--version`` are answered by click before the callback runs, so they work without the extra.
 The extra's packages are read from the installed distribution's metadata (pyproject.toml's optional-dependencies),
 so the list is written once.
 """
@@ -13,9 +14,12 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
-import sys
 
-EXIT_MISSING_EXTRA = 2
+from .errors import UserError
+
+
+class MissingExtra(UserError):
+    """A command needs an extra whose packages are not installed."""
 
 
 def extra_requirements(extra: str) -> list[str]:
@@ -55,8 +59,8 @@ def missing_packages(extra: str) -> list[str]:
 
 
 def requires_extra(extra: str):
-    """Decorator for a click command's callback: without ``extra``'s packages, print
-    ``<command>: needs the '<extra>' extra (not installed: ...): pip install 'vaegan[<extra>]'`` on stderr and exit 2,
+    """Decorator for a click command's callback, under ``friendly_errors``: without ``extra``'s packages, a
+    ``MissingExtra`` "<command> needs the '<extra>' extra (not installed: ...): pip install 'vaegan[<extra>]'",
     before the command imports any of them."""
 
     def deco(fn):
@@ -68,9 +72,8 @@ def requires_extra(extra: str):
 
                 ctx = click.get_current_context(silent=True)
                 prog = ctx.command_path if ctx is not None else "vaegan"
-                click.echo(f"{prog}: needs the '{extra}' extra (not installed: {', '.join(missing)}): "
-                           f"pip install 'vaegan[{extra}]'", err=True)
-                sys.exit(EXIT_MISSING_EXTRA)
+                raise MissingExtra(f"{prog} needs the '{extra}' extra (not installed: {', '.join(missing)}): "
+                                   f"pip install 'vaegan[{extra}]'")
             return fn(*a, **k)
 
         return wrapper
