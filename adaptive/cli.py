@@ -71,7 +71,10 @@ def adaptive_cli(checkpoint, classifier, merge_dirs, **values):
         return
 
     cfg = build_config(AdaptiveConfig, values)  # validates attack names, eps, ...
+    if checkpoint and not cfg.purifier:
+        raise VaeganError("--checkpoint and --no-purifier: the classifier alone has no VAE-GAN; pass one of them")
     from .evaluate import evaluate_adaptive
 
-    evaluate_adaptive(checkpoint or _default("vaegan"), classifier or _default("classifier"), cfg, echo=click.echo)
+    vaegan = (checkpoint or _default("vaegan")) if cfg.purifier else None
+    evaluate_adaptive(vaegan, classifier or _default("classifier"), cfg, echo=click.echo)
     click.echo(f"wrote {out}/adaptive.md, adaptive.json, adaptive.png")
