@@ -10,6 +10,7 @@ import click
 
 from vaegan import __version__
 from vaegan.errors import friendly_errors
+from vaegan.extras import requires_extra
 from vaegan.train.cli import build_config, dataclass_options
 from vaegan.train.errors import VaeganError
 
@@ -53,6 +54,7 @@ def _read_reports(dirs) -> list[dict]:
                    "e.g. one run per eps, in parallel) into OUT; runs over more images than the smallest are cut to "
                    "its first images by their per-image outcomes")
 @friendly_errors
+@requires_extra("train")
 def adaptive_cli(checkpoint, classifier, merge_dirs, **values):
     out = values["out"] or AdaptiveConfig.out
     if merge_dirs:

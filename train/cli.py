@@ -14,6 +14,7 @@ import click
 
 from vaegan import __version__
 from vaegan.errors import friendly_errors
+from vaegan.extras import requires_extra
 
 from .errors import VaeganError
 
@@ -191,6 +192,7 @@ def _train_command(name: str, cfg_name: str, fn_name: str, doc: str):
     @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
                   help="TOML file of this command's options (configs/); options on the command line override it")
     @friendly_errors
+    @requires_extra("train")
     def cmd(config_file, **values):
         values = apply_config_file(click.get_current_context(), config_file, values)
         resume, threads = values.pop("resume"), values.pop("threads")
@@ -245,6 +247,7 @@ def _default(kind: str) -> str:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-root", default=None)
 @friendly_errors
+@requires_extra("train")
 def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defended, out, seed, data_root):
     from .attacks import AttackSpec  # validates name and eps before anything heavy
 
@@ -300,6 +303,7 @@ def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defend
 @click.option("--out", default="reports", show_default=True)
 @click.option("--data-root", default=None)
 @friendly_errors
+@requires_extra("train")
 def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, defense_gan_steps,
              defense_gan_restarts, quick, do_sweep, grid, adv_dir, out, data_root, **pvalues):
     from .config import PurifyConfig
