@@ -43,6 +43,6 @@ def test_no_purifier_refuses_what_needs_one(tmp_path):
         "square, transfer")
     r = CliRunner().invoke(adaptive_cli, ["--no-purifier", "--attacks", "full", "--checkpoint", "x.pt",
                                           "--out", str(tmp_path / "b")])
-    assert r.exit_code == 1 and r.output.strip() == (
+    assert r.exit_code == 2 and r.output.strip() == (
         "Error: --checkpoint and --no-purifier: the classifier alone has no VAE-GAN; pass one of them")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
