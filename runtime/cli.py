@@ -73,11 +73,12 @@ def main(input_, artifacts, out, backend, providers, threads, shard, fast_path, 
          steps, eta, lam, momentum, restarts,
          classify, save_purified, resume, recursive, max_frames, prefetch, quiet):
     from .errors import VaeganRuntimeError
+    from .policy import BackendOptions
     from .run import RunOptions, run
 
-    opts = RunOptions(input=input_, artifacts=artifacts, out=out, backend=backend, providers=providers,
-                      threads=threads, shard=shard, fast_path=fast_path, fast_path_engine=fast_path_engine,
-                      precision=precision,
+    knobs = BackendOptions(providers=providers, threads=threads, shard=shard, fast_path=fast_path,
+                           fast_path_engine=fast_path_engine, precision=precision)
+    opts = RunOptions(input=input_, artifacts=artifacts, out=out, backend=backend, options=knobs,
                       batch_size=batch_size, steps=steps, eta=eta, lam=lam, momentum=momentum,
                       restarts=restarts, classify=classify, save_purified=save_purified, resume=resume,
                       recursive=recursive, max_frames=max_frames, prefetch=prefetch, quiet=quiet)

@@ -19,3 +19,9 @@ class RuntimeUsageError(VaeganRuntimeError):
 
 class FeedError(VaeganRuntimeError, ValueError):
     """``infer()`` was given inputs whose names, dtypes or shapes do not match the graph."""
+
+
+class InputError(VaeganRuntimeError, ValueError):
+    """Frames given to the API (``Defense``) in a form it does not take: a wrong dtype, rank, shape or channel count,
+    an empty batch, or values outside the contract (NaN, inf, out of range). The message says what was expected
+    and what came."""

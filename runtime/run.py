@@ -13,14 +13,15 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .artifacts import load_artifacts
+from .defense import Defense
 from .io import Frame, Prefetcher, from_model_output, open_source
-from .purify import PurifyParams, make_classifier, make_purifier, resolve_backend
+from .policy import BackendOptions
 
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
@@ -33,12 +34,7 @@ class RunOptions:
     artifacts: str = "artifacts"
     out: str = "out"
     backend: str = "auto"
-    providers: str = "cpu"
-    threads: int | None = None
-    shard: bool | None = None            # fused on the CPU: batch sharding (None: on when threads > 1)
-    fast_path: bool | None = None        # fused on the CPU: the Loop unrolled at T (None: on for cpu)
-    fast_path_engine: str = "auto"       # its engine: openvino (when installed) or onnxruntime at opt 'all'
-    precision: str = "fp32"              # the fast path's arithmetic: fp32, or bf16 (OpenVINO on a bf16 CPU)
+    options: BackendOptions = field(default_factory=BackendOptions)  # providers, threads, shard, fast path, ...
     batch_size: int = 16
     steps: int | None = None
     eta: float | None = None
@@ -126,12 +122,14 @@ def run(opts: RunOptions) -> dict:
     from .errors import RuntimeUsageError
 
     arts = load_artifacts(opts.artifacts)
-    params = PurifyParams.from_manifest(arts, steps=opts.steps, eta=opts.eta, lam=opts.lam, momentum=opts.momentum,
-                                        restarts=opts.restarts)
-    backend = resolve_backend(opts.backend, arts)
-    purifier = make_purifier(arts, backend, params, providers=opts.providers, threads=opts.threads, shard=opts.shard,
-                             fast_path=opts.fast_path, fast_path_engine=opts.fast_path_engine, precision=opts.precision)
-    classifier = make_classifier(arts, backend, providers=opts.providers, threads=opts.threads) if opts.classify else None
+    defense = Defense.load(arts, opts.backend, options=opts.options, classify=opts.classify, steps=opts.steps,
+                           eta=opts.eta, lam=opts.lam, momentum=opts.momentum, restarts=opts.restarts)
+    with defense:  # closes it when anything in _run fails before its own `with`
+        return _run(opts, arts, defense)
+
+
+def _run(opts: RunOptions, arts, defense: Defense) -> dict:
+    from .errors import RuntimeUsageError
 
     out = Path(opts.out)
     try:
@@ -151,7 +149,6 @@ def run(opts: RunOptions) -> dict:
 
     stats = _Stats()
     counts = {"ok": 0, "error": 0, "skipped": 0}
-    classes = arts.classes
     t_start = time.perf_counter()
     compute_s = 0.0
 
@@ -162,16 +159,14 @@ def run(opts: RunOptions) -> dict:
         if ok:
             x = np.stack([f.array for f in ok])
             t0 = time.perf_counter()
-            res = purifier.purify(x)
-            if classifier is not None:
-                ids, conf, _ = classifier(res.purified, arts.max_batch)
+            res = defense(x) if opts.classify else defense.purify(x)
             dt = time.perf_counter() - t0
             compute_s += dt
             for j, f in enumerate(ok):
                 rec = {"source": f.source, "status": "ok", "loss": round(float(res.loss[j]), 6)}
-                if classifier is not None:
-                    rec.update(class_id=int(ids[j]), class_name=classes[int(ids[j])],
-                               confidence=round(float(conf[j]), 6))
+                if opts.classify:
+                    rec.update(class_id=int(res.labels[j]), class_name=res.class_names[j],
+                               confidence=round(float(res.confidence[j]), 6))
                 if opts.save_purified:
                     save_png_atomic(out / PURIFIED / f.relname, res.purified[j])
                     rec["purified"] = f"{PURIFIED}/{f.relname}"
@@ -190,7 +185,7 @@ def run(opts: RunOptions) -> dict:
         pred_file.flush()
         bar.update(len(pending))
 
-    with purifier, (classifier.runner if classifier is not None else _Null()):
+    with defense:  # closed here; run() closes it too when anything above fails
         with open(pred_path, "a", encoding="utf-8") as pred_file, \
                 tqdm(total=source.total, unit="frame", file=sys.stderr, disable=opts.quiet,
                      dynamic_ncols=True) as bar, Prefetcher(source, depth=opts.prefetch) as frames:
@@ -216,11 +211,11 @@ def run(opts: RunOptions) -> dict:
         "errors": counts["error"],
         "skipped": counts["skipped"],
         "previously_recorded": prev,
-        "backend": purifier.name,
-        "providers": opts.providers if purifier.name != "trt" else "tensorrt-engine",
+        "backend": defense.backend,
+        "providers": opts.options.providers if defense.backend != "trt" else "tensorrt-engine",
         "batch_size": opts.batch_size,
         "batches": len(stats.batch),
-        "purify": purifier.describe(),
+        "purify": defense.describe(),
         "classify": opts.classify,
         "wall_s": round(wall, 4),
         "compute_s": round(compute_s, 4),
@@ -239,10 +234,3 @@ def run(opts: RunOptions) -> dict:
     atomic_write_bytes(out / SUMMARY, (json.dumps(summary, indent=2) + "\n").encode())
     return summary
 
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
