@@ -2,7 +2,6 @@
 
 - ``app.py``      -- the Serve application (``build_app``, the ``VaeganDefense`` deployment, its HTTP routes)
 - ``decode.py``   -- request body -> image array, in memory, with the size and pixel limits
-- ``model.py``    -- the one adapter to the runtime's ``Defense`` that a replica runs
 - ``client.py``   -- ``predict(url, image_bytes, retries=...)``: a stdlib client that retries 5xx and lost
   connections
 - ``cli.py``      -- ``vaegan-serve``

@@ -2,7 +2,8 @@
 
 HTTP (FastAPI as Serve's ingress; Serve's proxies do the serving, routing and load balancing):
 
-- ``POST /predict[?purified=1]``: the body is one encoded image (``decode.FORMATS``). 200 with JSON ``class_id``,
+- ``POST /predict[?purified=1]``: the body is one encoded image (``decode.FORMATS``), decoded in memory and
+  preprocessed by the runtime's ``Defense.prepare`` (vaegan-run's preprocessing). 200 with JSON ``class_id``,
   ``class_name``, ``confidence``, ``loss`` (and ``purified``: the purified frame as base64 PNG). Headers
   ``X-Vaegan-Node`` (Ray node id), ``X-Vaegan-Replica`` (replica id) and ``X-Vaegan-Batch`` (frames in the purify
   call that served it) say where and how it ran.
@@ -14,12 +15,11 @@ HTTP (FastAPI as Serve's ingress; Serve's proxies do the serving, routing and lo
 
 Concurrent requests to a replica are gathered by ``@serve.batch`` into one purify call of up to ``max_batch_size``
 frames, waiting at most ``batch_wait_ms`` for a batch to fill; the call runs in a worker thread, so the replica keeps
-accepting and decoding requests (the next batch) meanwhile. Bodies are read and decoded in memory.
+accepting and decoding requests (the next batch) meanwhile.
 
 ``build_app(args)`` is the application builder for ``serve run`` / ``serve deploy`` (``deploy/serve_config.yaml``)
 and ``vaegan-serve``; ``args`` is a dict or ``ServeArgs``.
 """
-
 
 import asyncio
 import base64
@@ -29,6 +29,8 @@ import math
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -36,8 +38,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from vaegan.runtime import Defense
+
 from .decode import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS, BadRequest, decode_image
-from .model import open_defense
 
 logger = logging.getLogger("ray.serve")
 
@@ -146,16 +149,27 @@ class VaeganDefense:
 
         self.args = ServeArgs.model_validate(args)
         threads = self.args.threads or max(1, math.ceil(self.args.replica_cpus))
-        self.defense = open_defense(self.args.artifacts, backend=self.args.backend, threads=threads)
+        self.defense = Defense.load(self.args.artifacts, backend=self.args.backend, threads=threads)
         self.predict_batch.set_max_batch_size(self.args.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.args.batch_wait_ms / 1000.0)
         ctx = serve.get_replica_context()
         self.headers = {"X-Vaegan-Node": ray.get_runtime_context().get_node_id(),
                         "X-Vaegan-Replica": ctx.replica_id.unique_id}
 
+    def prepare(self, body: bytes):
+        """Body -> 1 x C x H x W float32 in the artifacts' contract: decoded in memory, then the runtime's one
+        preprocessing (``Defense.prepare``), per request, so a frame it refuses fails alone and a batch holds only
+        model-sized frames."""
+        im = decode_image(body, self.args.max_pixels)
+        try:
+            return self.defense.prepare([im])
+        except ValueError as e:  # InputError, or a Pillow mode conversion that does not exist
+            raise BadRequest(400, f"image cannot be used ({im.format} {im.mode} {im.size[0]} x {im.size[1]}): "
+                                  f"{str(e).strip().splitlines()[0]}") from None
+
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def predict_batch(self, frames: list) -> list:
-        res = await asyncio.to_thread(self.defense, frames)
+        res = await asyncio.to_thread(self.defense, np.concatenate(frames))
         n = len(frames)
         return [{"class_id": int(res.labels[i]), "class_name": str(res.class_names[i]),
                  "confidence": float(res.confidence[i]), "loss": float(res.loss[i]),
@@ -165,7 +179,7 @@ class VaeganDefense:
     async def predict(self, request: Request, purified: bool = False):
         try:
             body = await read_body(request, self.args.max_body_bytes)
-            frame = await asyncio.to_thread(decode_image, body, self.args.max_pixels)
+            frame = await asyncio.to_thread(self.prepare, body)
         except BadRequest as e:
             return error(e.status, e.message, self.headers)
         try:

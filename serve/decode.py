@@ -1,12 +1,11 @@
-"""Request bodies -> image arrays, in memory (nothing touches the filesystem).
+"""Request bodies -> decoded images, in memory (nothing touches the filesystem).
 
 ``decode_image(body, max_pixels)`` opens the bytes with Pillow, restricted to the formats ``vaegan-run`` reads, checks
 the pixel count from the header *before* any pixel data is decompressed (a small file that expands to a huge image
-is refused, not decoded), then decodes fully (a truncated image is an error, not a partial one). It returns the
-decoded samples as an array, H x W or H x W x C: ``L``, ``RGB``, ``RGBA``, 16/32-bit integer and float images as
-they are; palette, 1-bit and ``LA`` images as Pillow's RGB(A) / L; other colour spaces (CMYK, YCbCr...) as RGB.
-Everything after that (grey conversion, scaling, resize) is the runtime's one preprocessing function
-(``vaegan.runtime.io.to_model_input``), applied by the replica's ``Defense``.
+is refused, not decoded), then decodes fully (a truncated image is an error, not a partial one) and returns the
+loaded Pillow image as it came (any mode). Everything after that (grey conversion, scaling, resize) is the runtime's
+one preprocessing function, ``vaegan.runtime.io.to_model_input``, applied by the replica's ``Defense``: the same
+call ``vaegan-run`` makes on an image file.
 
 Every refusal is a ``BadRequest`` carrying an HTTP status and a one-line message.
 """
@@ -16,13 +15,10 @@ from __future__ import annotations
 import io
 import warnings
 
-import numpy as np
-
 # Pillow format names of the extensions vaegan-run accepts (runtime/io.py IMAGE_EXTS)
 FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 DEFAULT_MAX_PIXELS = 2048 * 2048          # a 1080p camera frame fits; decoded RGBA at most 16 MiB
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
-AS_IS = ("L", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 class BadRequest(ValueError):
@@ -39,8 +35,8 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
-def decode_image(body: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """One encoded image (``FORMATS``) -> its samples as an array (module docstring); ``BadRequest`` otherwise."""
+def decode_image(body: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """One encoded image (``FORMATS``) -> the loaded Pillow image (module docstring); ``BadRequest`` otherwise."""
     from PIL import Image, UnidentifiedImageError
 
     if not body:
@@ -57,24 +53,15 @@ def decode_image(body: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
             raise BadRequest(413, f"image too large: {_one_line(e)}") from None
         except (OSError, ValueError, SyntaxError) as e:
             raise BadRequest(400, f"unreadable image header: {_one_line(e)}") from None
-        with im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise BadRequest(413, f"image too large: {w} x {h} = {w * h} pixels, the limit is {max_pixels} "
-                                      f"(decompression bomb guard; the service's --max-pixels)")
-            if w == 0 or h == 0:
-                raise BadRequest(400, f"image has no pixels ({w} x {h})")
-            try:
-                im.load()
-                if im.mode not in AS_IS:
-                    if im.mode in ("P", "PA"):
-                        target = "RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB"
-                    elif im.mode in ("1", "LA", "La"):
-                        target = "L"
-                    else:
-                        target = "RGB"
-                    im = im.convert(target)
-                return np.asarray(im)
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-                # truncated or corrupt pixel data ("image file is truncated", broken deflate stream, ...)
-                raise BadRequest(400, f"{im.format or 'image'} cannot be decoded: {_one_line(e)}") from None
+        w, h = im.size
+        if w * h > max_pixels:
+            raise BadRequest(413, f"image too large: {w} x {h} = {w * h} pixels, the limit is {max_pixels} "
+                                  f"(decompression bomb guard; the service's --max-pixels)")
+        if w == 0 or h == 0:
+            raise BadRequest(400, f"image has no pixels ({w} x {h})")
+        try:
+            im.load()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            # truncated or corrupt pixel data ("image file is truncated", broken deflate stream, ...)
+            raise BadRequest(400, f"{im.format or 'image'} cannot be decoded: {_one_line(e)}") from None
+        return im
