@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vaegan.runtime import Defense
+from vaegan.runtime import BackendOptions, Defense
 
 from .decode import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS, BadRequest, decode_image
 
@@ -61,6 +61,10 @@ class ServeArgs(BaseModel):
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1, description="largest request body accepted")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest image (width x height, from its header)")
     backend: str = Field("auto", description="the runtime's backend (vaegan-run --backend)")
+    fast_path_engine: str = Field("auto", description="the fused CPU fast path's engine (vaegan-run "
+                                                      "--fast-path-engine)")
+    warmup: bool = Field(True, description="before taking requests, one call per batch size 1..max_batch_size "
+                                           "(OpenVINO compiles a model per batch size on first use)")
     threads: Optional[int] = Field(None, ge=1, description="runtime threads per replica (default: replica_cpus)")
     replica_cpus: float = Field(1.0, gt=0, description="Ray CPUs reserved per replica")
     max_replicas_per_node: Optional[int] = Field(None, ge=1, description="spread replicas: at most this many a node")
@@ -149,7 +153,13 @@ class VaeganDefense:
 
         self.args = ServeArgs.model_validate(args)
         threads = self.args.threads or max(1, math.ceil(self.args.replica_cpus))
-        self.defense = Defense.load(self.args.artifacts, backend=self.args.backend, threads=threads)
+        self.defense = Defense.load(self.args.artifacts, backend=self.args.backend,
+                                    options=BackendOptions(threads=threads,
+                                                           fast_path_engine=self.args.fast_path_engine))
+        if self.args.warmup:
+            c, h, w = self.defense.contract
+            for n in range(1, self.args.max_batch_size + 1):
+                self.defense(np.zeros((n, c, h, w), dtype=np.float32))
         self.predict_batch.set_max_batch_size(self.args.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.args.batch_wait_ms / 1000.0)
         ctx = serve.get_replica_context()

@@ -15,6 +15,7 @@ import threading
 import click
 
 from vaegan import __version__
+from vaegan.runtime.names import BACKENDS, FAST_PATH_ENGINES
 
 EXIT_OK, EXIT_USAGE = 0, 2
 INSTALL_HINT = "vaegan-serve needs Ray Serve: pip install 'vaegan[serve]'"
@@ -47,7 +48,12 @@ def fail(message: str) -> None:
 @click.option("--max-pixels", type=click.IntRange(1), default=None,
               help="largest image, width x height read from its header before decoding (413 above) "
                    "[default: 2048 x 2048]")
-@click.option("--backend", default="auto", show_default=True, help="the runtime's backend (as vaegan-run)")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="the runtime's backend (as vaegan-run)")
+@click.option("--fast-path-engine", type=click.Choice(FAST_PATH_ENGINES), default="auto", show_default=True,
+              help="the fused CPU fast path's engine (as vaegan-run)")
+@click.option("--warmup/--no-warmup", default=True, show_default=True,
+              help="each replica runs every batch size 1..--max-batch-size once before taking requests")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="runtime threads per replica [default: --replica-cpus, rounded up]")
 @click.option("--replica-cpus", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
@@ -59,8 +65,8 @@ def fail(message: str) -> None:
 @click.option("--num-cpus", type=click.IntRange(1), default=None,
               help="CPUs of the local Ray instance (without --address) [default: all]")
 def main(artifacts, replicas, min_replicas, max_replicas, max_batch_size, batch_wait_ms, host, port, address,
-         max_body_bytes, max_pixels, backend, threads, replica_cpus, max_replicas_per_node, name, route_prefix,
-         num_cpus):
+         max_body_bytes, max_pixels, backend, fast_path_engine, warmup, threads, replica_cpus, max_replicas_per_node,
+         name, route_prefix, num_cpus):
     try:
         import ray
         from ray import serve
@@ -75,6 +81,7 @@ def main(artifacts, replicas, min_replicas, max_replicas, max_batch_size, batch_
 
     args = {"artifacts": artifacts, "replicas": replicas, "min_replicas": min_replicas, "max_replicas": max_replicas,
             "max_batch_size": max_batch_size, "batch_wait_ms": batch_wait_ms, "backend": backend,
+            "fast_path_engine": fast_path_engine, "warmup": warmup,
             "threads": threads, "replica_cpus": replica_cpus, "max_replicas_per_node": max_replicas_per_node}
     args.update({k: v for k, v in (("max_body_bytes", max_body_bytes), ("max_pixels", max_pixels)) if v is not None})
     try:
