@@ -62,7 +62,7 @@ def test_killed_replica_loses_no_request(ray_cluster, tiny_artifacts, sample_fra
         for status, message in failures:
             assert status is None or 500 <= status < 600, (status, message)
         print(f"\nkilled replica {victim}: {len(failures)} failed attempt(s) retried: "
-              f"{sorted({str(s) for s, _ in failures})}; all {len(frames)} requests answered")
+              f"{sorted({str(s) for s, _ in failures})} ({failures[0][1][:120]}); all {len(frames)} requests answered")
 
         t0 = time.monotonic()  # Serve's controller replaces the dead replica
         while True:
