@@ -43,6 +43,7 @@ def test_usage_errors_are_one_line(tiny_artifacts, argv, pattern):
     assert len(lines) == 1 and lines[0].startswith("vaegan-serve: error: ") and re.search(pattern, lines[0]), lines
 
 
+@pytest.mark.slow
 def test_serves_on_a_cluster_until_sigint(ray_cluster, shared_app, tiny_artifacts, sample_frames):
     """vaegan-serve --address joins the running cluster, prints its URL, answers, and on SIGINT exits 0 having
     deleted its own application and left the others running."""
@@ -75,6 +76,7 @@ def test_serves_on_a_cluster_until_sigint(ray_cluster, shared_app, tiny_artifact
     assert post(ray_cluster.port, "/healthz", None, method="GET")[0] == 200
 
 
+@pytest.mark.slow
 def test_serve_config_deploys_the_same_application(ray_cluster, tiny_artifacts, sample_frames):
     """deploy/serve_config.yaml validates as a Serve deploy config, and its import path and args (artifacts and
     replica CPUs set for this machine) deploy an application that answers."""

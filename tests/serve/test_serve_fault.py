@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'vaegan[serve]')")
+pytestmark = pytest.mark.slow  # a Ray cluster (shared by the session)
 
 from .conftest import wait_http  # noqa: E402
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'vaegan[serve]')")
+pytestmark = pytest.mark.slow  # a Ray cluster (shared by the session)
 
 from .conftest import MAX_BATCH, MAX_BODY, MAX_PIXELS, post  # noqa: E402
 
