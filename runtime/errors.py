@@ -1,7 +1,9 @@
 """Runtime errors. The CLI prints these as one line (no traceback) and exits with code 2."""
 
+from vaegan.errors import UserError
 
-class VaeganRuntimeError(Exception):
+
+class VaeganRuntimeError(UserError):
     """Base class of the runtime's user-facing errors."""
 
 

@@ -14,20 +14,21 @@ from pathlib import Path
 import click
 
 from vaegan import __version__
+from vaegan.errors import UserError
 
 from .errors import VaeganError
 
 
 def friendly_errors(fn):
-    """Turn a user error (``VaeganError``; the runtime's ``VaeganRuntimeError``, e.g. unusable artifacts) into a
-    one-line ``Error: ...`` and exit code 1 (click prints it, no traceback). Also the bench scripts' CLIs."""
-    from vaegan.runtime.errors import VaeganRuntimeError  # plain exceptions: no torch, no onnxruntime
+    """Turn a user error (``vaegan.errors.UserError``: the training side's ``VaeganError``, the runtime's
+    ``VaeganRuntimeError``, e.g. unusable artifacts) into a one-line ``Error: ...`` and exit code 1 (click prints it,
+    no traceback). Also the adaptive and bench CLIs'."""
 
     @functools.wraps(fn)
     def wrapper(*a, **k):
         try:
             return fn(*a, **k)
-        except (VaeganError, VaeganRuntimeError) as e:
+        except UserError as e:
             raise click.ClickException(str(e)) from None
 
     return wrapper
@@ -41,8 +42,29 @@ def _field_type(tp):
     return tp
 
 
+def _tuple_item(tp):
+    """``tuple[X, ...]`` -> X (such a field is one comma-separated option); anything else -> None."""
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return args[0]
+    return None
+
+
+def _option_name(f) -> str:
+    """The field's option: ``metadata["option"]`` where given (``--attack-steps`` for a field ``steps``), else
+    ``--field-name``."""
+    return f.metadata.get("option") or "--" + f.name.replace("_", "-")
+
+
+def _dest(f) -> str:
+    return _option_name(f)[2:].replace("-", "_")
+
+
 def dataclass_options(cls, skip=()):
-    """Add one ``--field-name`` option per scalar field of the dataclass ``cls`` (nested dataclasses flattened)."""
+    """Add one option per scalar field of the dataclass ``cls`` (nested dataclasses flattened): ``--field-name``,
+    or the field's ``metadata["option"]``, with ``metadata["help"]`` and ``metadata["choices"]`` where given; a
+    ``tuple[X, ...]`` field is one comma-separated option (parsed by ``build_config``)."""
 
     def deco(fn):
         hints = typing.get_type_hints(cls)
@@ -53,26 +75,39 @@ def dataclass_options(cls, skip=()):
             if dataclasses.is_dataclass(tp):
                 fn = dataclass_options(tp)(fn)
                 continue
-            name = "--" + f.name.replace("_", "-")
+            name = _option_name(f)
+            default = ",".join(map(str, f.default)) if _tuple_item(tp) else f.default
+            doc = f"default {default}"
+            if "help" in f.metadata:  # a None default is explained by the help itself
+                doc = f.metadata["help"] + ("" if default is None else f"; {doc}")
             if tp is bool:
-                fn = click.option(f"{name}/--no-{f.name.replace('_', '-')}", default=None, help=f"default {f.default}")(fn)
+                fn = click.option(f"{name}/--no-{name[2:]}", default=None, help=doc)(fn)
             else:
-                fn = click.option(name, type=tp, default=None, show_default=False, help=f"default {f.default}")(fn)
+                kind = (click.Choice(f.metadata["choices"]) if "choices" in f.metadata
+                        else str if _tuple_item(tp) else tp)
+                fn = click.option(name, type=kind, default=None, show_default=False, help=doc)(fn)
         return fn
 
     return deco
 
 
 def build_config(cls, values: dict):
-    """Instantiate ``cls`` from click values (None = keep the default), nested dataclasses included."""
+    """Instantiate ``cls`` from click values (None = keep the default), nested dataclasses included; a comma-separated
+    ``tuple[X, ...]`` option becomes a tuple of X (a one-line VaeganError naming the option otherwise)."""
     hints = typing.get_type_hints(cls)
     kw = {}
     for f in dataclasses.fields(cls):
         tp = _field_type(hints[f.name])
+        value = values.get(_dest(f))
         if dataclasses.is_dataclass(tp):
             kw[f.name] = build_config(tp, values)
-        elif values.get(f.name) is not None:
-            kw[f.name] = values[f.name]
+        elif value is not None:
+            item = _tuple_item(tp)
+            if item is str:
+                value = tuple(v.strip() for v in value.split(",") if v.strip())
+            elif item is not None:
+                value = parse_numbers(_option_name(f), value, item)
+            kw[f.name] = value
     return cls(**kw)
 
 
@@ -257,92 +292,3 @@ def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, de
     report = evaluate(checkpoint, classifier, cfg)
     click.echo(markdown_table(report))
     click.echo(f"wrote {out}/report.md, report.json, grid.png, accuracy_vs_eps.png")
-
-
-# -------------------------------------------------------------------------------------------- vaegan-eval-adaptive
-
-@click.command(help="Adaptive attacks on the whole defended pipeline classifier(purifier(x)): BPDA, BPDA+EOT, "
-                    "full-gradient PGD through the unrolled purifier, APGD-CE/APGD-T, FAB-T, Square on the deployed "
-                    "runtime, transfer from a surrogate, latent-space PGD; writes adaptive.md, adaptive.json, "
-                    "adaptive.png (beside OUT/report.json's oblivious numbers). Purifier options as vaegan-eval.")
-@click.version_option(__version__)
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="VAE-GAN (default: shipped)")
-@click.option("--classifier", type=click.Path(dir_okay=False), default=None, help="default: shipped weights")
-@click.option("--n", type=int, default=1000, show_default=True, help="first N test images")
-@click.option("--eps", "eps_list", default="0.05,0.1,0.2,0.3", show_default=True, help="comma-separated")
-@click.option("--attacks", "attack_list", default="bpda,bpda_eot,full,apgd,fab,square,transfer,latent",
-              show_default=True, help="comma-separated")
-@click.option("--attack-steps", type=int, default=100, show_default=True, help="PGD / APGD / FAB iterations")
-@click.option("--curve", "curve_list", default="10,20,50,100", show_default=True,
-              help="convergence check: accuracy after these steps")
-@click.option("--alpha-ratio", type=float, default=0.1, show_default=True, help="PGD step = ratio x eps")
-@click.option("--attack-restarts", type=int, default=1, show_default=True, help="PGD random restarts")
-@click.option("--loss", type=click.Choice(["ce", "margin"]), default="ce", show_default=True)
-@click.option("--eot-samples", type=int, default=20, show_default=True)
-@click.option("--eot-restarts", type=int, default=4, show_default=True, help="R of the randomized purifier")
-@click.option("--apgd-grad", type=click.Choice(["auto", "bpda", "full"]), default="auto", show_default=True)
-@click.option("--apgd-targets", type=int, default=9, show_default=True, help="APGD-T target classes")
-@click.option("--fab-targets", type=int, default=9, show_default=True, help="FAB-T target classes")
-@click.option("--square-queries", type=int, default=1000, show_default=True)
-@click.option("--artifacts", type=click.Path(file_okay=False), default=None,
-              help="exported artifacts for square (default: export to OUT/artifacts)")
-@click.option("--surrogate", type=click.Path(dir_okay=False), default=None,
-              help="surrogate classifier for transfer (default: train one in OUT/surrogate)")
-@click.option("--surrogate-epochs", type=int, default=2, show_default=True)
-@click.option("--surrogate-train-limit", type=int, default=None)
-@click.option("--attack-seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=int, default=100, show_default=True)
-@click.option("--threads", type=int, default=None, help="torch intra-op threads")
-@click.option("--device", default="cpu", show_default=True,
-              help="torch device of the attacks: cpu, cuda, cuda:N (square always queries the CPU runtime)")
-@dataclass_options(__import__("vaegan.train.config", fromlist=["PurifyConfig"]).PurifyConfig)
-@click.option("--merge", "merge_dirs", multiple=True, type=click.Path(file_okay=False),
-              help="instead of attacking: merge the adaptive.json of these earlier runs (same checkpoints and purifier; "
-                   "e.g. one run per eps, in parallel) into OUT; runs over more images than the smallest are cut to "
-                   "its first images by their per-image outcomes")
-@click.option("--out", default="reports", show_default=True)
-@click.option("--data-root", default=None)
-@friendly_errors
-def adaptive_cli(checkpoint, classifier, n, eps_list, attack_list, attack_steps, curve_list, alpha_ratio,
-                 attack_restarts, loss, eot_samples, eot_restarts, apgd_grad, apgd_targets, fab_targets, square_queries, artifacts,
-                 surrogate, surrogate_epochs, surrogate_train_limit, attack_seed, batch_size, threads, device, merge_dirs,
-                 out, data_root, **pvalues):
-    from .config import PurifyConfig
-
-    if merge_dirs:
-        import json
-
-        from .adaptive import merge_reports, write_adaptive
-
-        reports = []
-        for d in merge_dirs:
-            path = Path(d) / "adaptive.json"
-            try:
-                reports.append(json.loads(path.read_text()))
-            except (OSError, ValueError) as e:
-                raise VaeganError(f"{path}: not a readable adaptive report ({e})") from None
-            missing = [k for k in ("n", "eps", "clean", "attacks", "checkpoints", "config")
-                       if not isinstance(reports[-1], dict) or k not in reports[-1]]
-            if missing:
-                raise VaeganError(f"{path}: not an adaptive report (no {', '.join(missing)})")
-        merged = merge_reports(reports, [str(Path(d) / "adaptive.json") for d in merge_dirs])
-        write_adaptive(merged, Path(out))
-        cut = sorted({r["n"] for r in reports} - {merged["n"]})
-        click.echo(f"merged {len(reports)} reports" + (f" over the first {merged['n']} images (runs over "
-                                                       f"{', '.join(map(str, cut))} cut to them)" if cut else "")
-                   + f"; wrote {out}/adaptive.md, adaptive.json, adaptive.png")
-        return
-
-    eps = parse_eps(eps_list)
-    curve = parse_numbers("--curve", curve_list, int)
-    from .adaptive import AdaptiveConfig, evaluate_adaptive  # validates attack names, eps, ...
-
-    cfg = AdaptiveConfig(n=n, eps=eps, attacks=tuple(a.strip() for a in attack_list.split(",") if a.strip()),
-                         steps=attack_steps, checkpoints=curve, alpha_ratio=alpha_ratio, restarts=attack_restarts,
-                         loss=loss, eot_samples=eot_samples, eot_restarts=eot_restarts, apgd_grad=apgd_grad,
-                         apgd_targets=apgd_targets, fab_targets=fab_targets, square_queries=square_queries, artifacts=artifacts,
-                         surrogate=surrogate, surrogate_epochs=surrogate_epochs,
-                         surrogate_train_limit=surrogate_train_limit, seed=attack_seed, batch_size=batch_size,
-                         threads=threads, device=device, purify=build_config(PurifyConfig, pvalues), out=out, data_root=data_root)
-    evaluate_adaptive(checkpoint or _default("vaegan"), classifier or _default("classifier"), cfg, echo=click.echo)
-    click.echo(f"wrote {out}/adaptive.md, adaptive.json, adaptive.png")

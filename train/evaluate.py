@@ -55,6 +55,12 @@ def predict(clf, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
     return torch.cat([clf(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
 
 
+@torch.no_grad()
+def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
+    """Top-1 accuracy (%) of ``model`` on images ``x`` (N, C, H, W) with labels ``y`` (N,), in batches of ``batch``."""
+    return 100.0 * (predict(model, x, batch) == y).float().mean().item()
+
+
 def purify_batched(vg, x: torch.Tensor, cfg: PurifyConfig, batch: int = 250) -> tuple[torch.Tensor, float]:
     """Purify in batches; returns (purified, milliseconds per image)."""
     out = []
