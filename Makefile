@@ -13,7 +13,7 @@ ifeq ($(origin VAEGAN_DATA), undefined)
   endif
 endif
 
-.PHONY: demo test venv export bench eval adaptive adaptive-gpu adaptive-eot adaptive-fulleot retrain-gpu finetune-gpu adaptive-w48-gpu clean
+.PHONY: demo test venv export bench serve eval adaptive adaptive-gpu adaptive-eot adaptive-fulleot retrain-gpu finetune-gpu adaptive-w48-gpu clean
 
 venv: $(STAMP)
 
@@ -44,6 +44,10 @@ eval: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/latency.py
+
+# The shipped defense as an HTTP service on 127.0.0.1:8000 (Ray Serve; docs/serving.md), until Ctrl-C.
+serve: artifacts/manifest.json
+	$(BIN)/vaegan-serve --artifacts artifacts
 
 artifacts/manifest.json: | $(STAMP)
 	$(BIN)/vaegan-export --out artifacts
