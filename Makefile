@@ -20,7 +20,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[test,video,openvino,serve]'
+	$(BIN)/python -m pip install -e '.[train,test,video,openvino,serve]'
 	touch $(STAMP)
 
 # The main job on the shipped weights: export (validated against PyTorch), purify + classify the sample frames

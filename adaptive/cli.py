@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from vaegan import __version__
+from vaegan.extras import requires_extra
 from vaegan.train.cli import build_config, dataclass_options, friendly_errors
 from vaegan.train.errors import VaeganError
 
@@ -52,6 +53,7 @@ def _read_reports(dirs) -> list[dict]:
                    "e.g. one run per eps, in parallel) into OUT; runs over more images than the smallest are cut to "
                    "its first images by their per-image outcomes")
 @friendly_errors
+@requires_extra("train")
 def adaptive_cli(checkpoint, classifier, merge_dirs, **values):
     out = values["out"] or AdaptiveConfig.out
     if merge_dirs:

@@ -1,6 +1,7 @@
 """``vaegan-export``: a thin click command over ``vaegan.export.core.export_all``.
 
-Exit codes: 0 success; 1 bad input or a failed validation (one ``Error: ...`` message, no traceback);
+Exit codes: 0 success; 1 bad input or a failed validation (one ``Error: ...`` message, no traceback; a failed
+export leaves a previous export in --out as it was: the new one is swapped in whole only once it is complete);
 2 ``--trt`` asked for on a machine without TensorRT / an NVIDIA GPU (the ONNX files are still written and
 validated) -- and click's own usage errors. ``--help`` / ``--version`` import no torch.
 """
@@ -12,6 +13,7 @@ import sys
 import click
 
 from vaegan import __version__
+from vaegan.extras import requires_extra
 
 # Keep in sync with vaegan.export.core (not imported here: it would pull in nothing heavy, but keep the CLI lean).
 MIN_OPSET, MAX_OPSET = 18, 22
@@ -45,6 +47,7 @@ def _default(kind: str) -> str:
 @click.option("--eta", type=float, default=None, help="purify_defaults.eta (default: PurifyConfig)")
 @click.option("--lam", type=float, default=None, help="purify_defaults.lam (default: PurifyConfig)")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads")
+@requires_extra("train")
 def main(checkpoint, classifier, out, trt, fp16, max_batch, max_restarts, opset, steps, eta, lam, threads):
     from vaegan.train.errors import VaeganError
 

@@ -1,8 +1,16 @@
-"""``export_all``: checkpoints -> validated ONNX graphs (+ TensorRT engines) + manifest.json in one folder."""
+"""``export_all``: checkpoints -> validated ONNX graphs (+ TensorRT engines) + manifest.json in one folder.
+
+The export is written into a new sibling folder (``.NAME.export-XXXX``) and swapped in whole when it is complete
+(``publish``): an export that fails validation or is killed half-way leaves the previous export in ``--out`` as it
+was (a killed one leaves its staging folder behind, a hidden sibling to delete). ``--out`` must be absent, empty or
+a previous export (it holds manifest.json), since the swap replaces the whole folder.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -23,14 +31,63 @@ def check_opset(opset: int) -> None:
 
 
 def check_out_dir(out_dir: Path) -> None:
-    """Create ``out_dir`` and make sure a file can be written there, before any slow work."""
+    """Before any slow work: ``out_dir``'s parent exists (created) and takes new files, and ``out_dir`` is absent,
+    an empty folder or a previous export (the swap replaces it whole, so nothing else may live there)."""
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=out_dir.parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
         raise VaeganError(f"{out_dir}: output folder is not writable ({e.strerror or type(e).__name__})") from None
+    from .manifest import MANIFEST
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise VaeganError(f"{out_dir}: exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+        raise VaeganError(f"{out_dir}: not empty and not an artifacts folder (no {MANIFEST}); the export replaces "
+                          f"the whole folder, so give a new or empty one")
+
+
+def stage_dir(out_dir: Path) -> Path:
+    """A new empty sibling of ``out_dir`` to export into, with the mode a plain ``mkdir`` would give it (``mkdtemp``
+    gives 0700); a previous export's TensorRT timing cache is carried over."""
+    from .trt import TIMING_CACHE
+
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-", dir=out_dir.parent))
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(stage, 0o777 & ~mask)
+    if (out_dir / TIMING_CACHE).is_file():
+        shutil.copy2(out_dir / TIMING_CACHE, stage / TIMING_CACHE)
+    return stage
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def publish(stage: Path, out_dir: Path) -> None:
+    """Swap the finished export ``stage`` in as ``out_dir`` and delete the previous one. With an existing
+    ``out_dir`` the two are exchanged in one atomic rename where the OS has one (Linux); elsewhere the previous
+    export is first renamed aside (``.NAME.old-XXXX``, whole if the process dies before the second rename)."""
+    if not out_dir.exists():
+        os.rename(stage, out_dir)
+        return
+    if _exchange(stage, out_dir):
+        shutil.rmtree(stage)  # now the previous export
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    os.replace(out_dir, old)
+    os.rename(stage, out_dir)
+    shutil.rmtree(old)
 
 
 def _images(n: int):
@@ -101,7 +158,30 @@ def export_all(vaegan_ckpt, classifier_ckpt, out_dir, *, opset: int = 18, max_ba
 
     Raises ``VaeganError`` for bad input (before any slow work), ``ExportValidationError`` (a VaeganError) listing
     every failed check, and ``TensorRTUnavailable`` when ``trt=True`` on a machine without TensorRT / an NVIDIA
-    GPU (after the ONNX files and manifest are written)."""
+    GPU (after the ONNX files and manifest are written). Everything is written to a staging folder that replaces
+    ``out_dir`` whole when the export succeeds (or fails for want of TensorRT only, its ONNX part complete); on any
+    other failure it is deleted and ``out_dir`` is left as it was (module docstring)."""
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir)
+    stage = stage_dir(out_dir)
+    try:
+        man = _export_into(stage, out_dir, vaegan_ckpt, classifier_ckpt, opset=opset, max_batch=max_batch, trt=trt,
+                           fp16=fp16, purify_cfg=purify_cfg, max_restarts=max_restarts, echo=echo)
+    except TensorRTUnavailable:
+        publish(stage, out_dir)
+        raise
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    publish(stage, out_dir)
+    echo(f"wrote {out_dir / 'manifest.json'}")
+    return man
+
+
+def _export_into(out_dir: Path, final_dir: Path, vaegan_ckpt, classifier_ckpt, *, opset: int, max_batch: int,
+                 trt: bool, fp16: bool, purify_cfg, max_restarts: int, echo) -> dict:
+    """``export_all``'s work, writing into the staging folder ``out_dir`` (``final_dir``: where it will be, for
+    messages)."""
     import onnx
     import torch
 
@@ -129,8 +209,6 @@ def export_all(vaegan_ckpt, classifier_ckpt, out_dir, *, opset: int = 18, max_ba
         check_profile(max_restarts, cfg)
         if fp16:
             check_fp16()
-    out_dir = Path(out_dir)
-    check_out_dir(out_dir)
     vaegan_ckpt, classifier_ckpt = Path(vaegan_ckpt), Path(classifier_ckpt)
     vg, _ = load_model(vaegan_ckpt, "vaegan")
     clf, _ = load_model(classifier_ckpt, "classifier")
@@ -172,8 +250,8 @@ def export_all(vaegan_ckpt, classifier_ckpt, out_dir, *, opset: int = 18, max_ba
 
     def _make_manifest(engines: dict) -> dict:
         m = manifest.build(opset=opset, latent_dim=L, max_batch=max_batch,
-                           checkpoint=(str(vaegan_ckpt), file_sha256(vaegan_ckpt)),
-                           classifier_checkpoint=(str(classifier_ckpt), file_sha256(classifier_ckpt)),
+                           checkpoint=(vaegan_ckpt.name, file_sha256(vaegan_ckpt)),
+                           classifier_checkpoint=(classifier_ckpt.name, file_sha256(classifier_ckpt)),
                            graphs=graphs, engines=engines, purify_cfg=cfg)
         manifest.write(out_dir, m)
         return m
@@ -185,10 +263,10 @@ def export_all(vaegan_ckpt, classifier_ckpt, out_dir, *, opset: int = 18, max_ba
         missing = trt_mod.missing_requirements()
         if missing:
             raise TensorRTUnavailable(
-                f"TensorRT engines not built: {missing}. The ONNX files and manifest.json in {out_dir} are written "
+                f"TensorRT engines not built: {missing}. The ONNX files and manifest.json in {final_dir} are written "
                 "and validated; export with --trt again where TensorRT runs.")
         engines = trt_mod.build_engines(out_dir, gspecs, max_batch=max_batch, max_restarts=max_restarts,
                                         fp16=fp16, images=images, purify_cfg=cfg, echo=echo)
         man = _make_manifest(engines)
-    echo(f"export took {time.perf_counter() - t_start:.1f} s; wrote {out_dir / manifest.MANIFEST}")
+    echo(f"export took {time.perf_counter() - t_start:.1f} s")
     return man

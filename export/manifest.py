@@ -16,6 +16,8 @@ REQUIRED_KEYS = ("format_version", "vaegan_version", "torch_version", "onnx_vers
 
 def build(*, opset: int, latent_dim: int, max_batch: int, checkpoint: tuple[str, str],
           classifier_checkpoint: tuple[str, str], graphs: dict, engines: dict, purify_cfg) -> dict:
+    """The manifest. ``checkpoint`` / ``classifier_checkpoint``: (file name, sha256), no folder: the same weights
+    give the same manifest on every machine."""
     import onnx
     import torch
 
@@ -28,8 +30,8 @@ def build(*, opset: int, latent_dim: int, max_batch: int, checkpoint: tuple[str,
         "torch_version": torch.__version__,
         "onnx_version": onnx.__version__,
         "opset": opset,
-        "checkpoint": {"path": checkpoint[0], "sha256": checkpoint[1]},
-        "classifier_checkpoint": {"path": classifier_checkpoint[0], "sha256": classifier_checkpoint[1]},
+        "checkpoint": {"file": checkpoint[0], "sha256": checkpoint[1]},
+        "classifier_checkpoint": {"file": classifier_checkpoint[0], "sha256": classifier_checkpoint[1]},
         "latent_dim": latent_dim,
         "preprocess": dict(PREPROCESS),
         "classes": list(CLASSES),

@@ -18,14 +18,14 @@ Layout (Polygraphy style):
 - ``cli.py``                   -- ``vaegan-run``
 """
 
-from .errors import (ArtifactError, BackendUnavailableError, FeedError, InputError, RuntimeUsageError,
-                     VaeganRuntimeError)
+from .errors import (ArtifactError, BackendUnavailableError, FeedError, InputError, OutputError,
+                     RuntimeUsageError, VaeganRuntimeError)
 
 # the API, imported on first use: ``import vaegan.runtime.errors`` (the CLIs' error types) stays free of numpy
 _LAZY = {"Defense": "defense", "DefenseResult": "defense", "PurifyResult": "defense", "BackendOptions": "policy"}
 
 __all__ = ["ArtifactError", "BackendOptions", "BackendUnavailableError", "Defense", "DefenseResult", "FeedError",
-           "InputError", "PurifyResult", "RuntimeUsageError", "VaeganRuntimeError"]
+           "InputError", "OutputError", "PurifyResult", "RuntimeUsageError", "VaeganRuntimeError"]
 
 
 def __getattr__(name: str):

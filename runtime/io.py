@@ -10,9 +10,12 @@ a decoded video frame) becomes one ``C x H x W`` float32 array in [0, 1] as the 
    Downscaling uses a box (area-average) filter, upscaling bilinear interpolation, both on the float image.
 3. Values are clipped to [0, 1]; dtype float32.
 
-Sources yield ``Frame`` records (``source``: a stable id used by predictions.jsonl and --resume; ``relname``:
-where the purified PNG goes under OUT/purified/; ``array`` or ``error``). A bad file never stops a source: it
-becomes a Frame with ``error`` set.
+Sources yield ``Frame`` records (``source``: a stable id used by predictions.jsonl and --resume, for files the
+canonical path ``canonical_path`` gives, so a relative and an absolute spelling of one input are one source;
+``relname``: where the purified PNG goes under OUT/purified/, ``purified_name``; ``array`` or ``error``). A bad file
+never stops a source: it becomes a Frame with ``error`` set; so do a file that is not a regular file (a FIFO, a
+device, a socket: never opened) and an image whose header says it has more than ``max_pixels`` pixels (never
+decoded).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import glob
 import os
 import queue
+import re
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, RuntimeUsageError
+from .limits import DEFAULT_MAX_PIXELS
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -85,11 +91,20 @@ def from_model_output(x: np.ndarray):
     return Image.fromarray(np.clip(np.rint(x[0] * 255.0), 0, 255).astype(np.uint8), mode="L")
 
 
-def load_image(path: Path, preprocess: dict) -> np.ndarray:
-    """Decode an image file fully (a truncated file is an error, not a partial image) and preprocess it."""
+class TooLarge(ValueError):
+    """An image whose header gives more pixels than the run's limit."""
+
+
+def load_image(path: Path, preprocess: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file fully (a truncated file is an error, not a partial image) and preprocess it; an image
+    of more than ``max_pixels`` pixels (its header's size, read before any pixel is decoded) is ``TooLarge``."""
     from PIL import Image
 
     with Image.open(path) as im:
+        w, h = im.size
+        if w * h > max_pixels:
+            raise TooLarge(f"image is {w} x {h} = {w * h / 1e6:.1f} Mpx, above the limit of {max_pixels / 1e6:g} Mpx "
+                           f"(--max-pixels)")
         im.load()
         return to_model_input(im, preprocess)
 
@@ -110,26 +125,61 @@ def _error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
-def image_frame(path: Path, source: str, relname: str, preprocess: dict) -> Frame:
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+
+
+def not_regular(st: os.stat_result) -> str | None:
+    """None for a regular file, else the error text (opening a FIFO or a device for reading can block forever)."""
+    if stat.S_ISREG(st.st_mode):
+        return None
+    kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a regular file")
+    return f"not a regular file ({kind}); not opened"
+
+
+def image_frame(path: Path, source: str, relname: str, preprocess: dict,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
     from PIL import Image
 
+    try:
+        st = os.stat(path)  # follows symlinks; opens nothing
+    except OSError as e:
+        return Frame(source, relname, error=_error_text(e))
+    if not_regular(st):
+        return Frame(source, relname, error=not_regular(st))
     if path.suffix.lower() not in IMAGE_EXTS:
         return Frame(source, relname, error=f"not an image file (extension {path.suffix or 'none'!r}; "
                                             f"supported: {' '.join(IMAGE_EXTS)})")
     try:
-        if path.is_file() and path.stat().st_size == 0:
+        if st.st_size == 0:
             return Frame(source, relname, error="empty file (0 bytes)")
-        return Frame(source, relname, array=load_image(path, preprocess))
+        return Frame(source, relname, array=load_image(path, preprocess, max_pixels))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         # Pillow: UnidentifiedImageError (an OSError) for corrupt / non-image data, OSError "image file is
         # truncated", SyntaxError from some plugins on malformed headers; OSError for unreadable paths.
         return Frame(source, relname, error=_error_text(e))
 
 
+_DIR_PNG = re.compile(r"\.png_*$", re.IGNORECASE)
+
+
 def purified_name(rel: str) -> str:
-    """Relative name of the purified PNG: the input's relative path, ``.png`` appended unless it already ends so
-    (``a/b.png`` -> ``a/b.png``, ``a/b.jpg`` -> ``a/b.jpg.png``: no two inputs collide)."""
-    return rel if rel.lower().endswith(".png") else rel + ".png"
+    """Relative name of the purified PNG, a one-to-one map of the input's relative path: ``.png`` appended to the
+    file name (``a/b.jpg`` -> ``a/b.jpg.png``, ``a/b.png`` -> ``a/b.png.png``, ``a/b.jpg.png`` ->
+    ``a/b.jpg.png.png``), and one ``_`` to each folder name that ends in ``.png`` followed by zero or more ``_``
+    (``x.png/c.jpg`` -> ``x.png_/c.jpg.png``), so no folder of the output tree ends in ``.png`` and no file name
+    can clash with a folder name. Distinct inputs never share an output (up to letter case on a case-insensitive
+    file system)."""
+    *dirs, name = rel.split("/")
+    return "/".join([d + "_" if _DIR_PNG.search(d) else d for d in dirs] + [name + ".png"])
+
+
+def canonical_path(p) -> str:
+    """The ``source`` id of a file: absolute, with the folders' symlinks, ``.`` and ``..`` resolved, the file's own
+    name kept (a symlinked frame is recorded under its own name)."""
+    p = os.fspath(p)
+    head, name = os.path.split(os.path.abspath(p))
+    return os.path.join(os.path.realpath(head), name)
 
 
 class Source:
@@ -147,17 +197,19 @@ class Source:
 class FileListSource(Source):
     """Image files: a folder (sorted, optionally recursive), a glob pattern, or one file."""
 
-    def __init__(self, files: list[tuple[Path, str]], preprocess: dict, errors: list[tuple[Path, str, str]] = ()):
+    def __init__(self, files: list[tuple[Path, str]], preprocess: dict, errors: list[tuple[Path, str, str]] = (),
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         self.files = files
         self.errors = list(errors)  # (path, relname, message): entries that could not even be listed
         self.preprocess = preprocess
+        self.max_pixels = max_pixels
         self.total = len(files) + len(self.errors)
 
     def __iter__(self):
         for path, rel, msg in self.errors:
-            yield Frame(str(path), purified_name(rel), error=msg)
+            yield Frame(canonical_path(path), purified_name(rel), error=msg)
         for path, rel in self.files:
-            yield image_frame(path, str(path), purified_name(rel), self.preprocess)
+            yield image_frame(path, canonical_path(path), purified_name(rel), self.preprocess, self.max_pixels)
 
 
 def _is_hidden(rel: Path) -> bool:
@@ -236,8 +288,9 @@ def import_cv2():
 
 
 def open_source(input_: str, preprocess: dict, recursive: bool = False, exclude: Path | None = None,
-                max_frames: int | None = None) -> Source:
-    """``input_``: a folder, an image file, a glob pattern, a video file, or a camera index (digits)."""
+                max_frames: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Source:
+    """``input_``: a folder, an image file, a glob pattern, a video file, or a camera index (digits). A path that
+    is neither a folder nor a regular file (a FIFO, a device) is one error record, never opened."""
     p = Path(input_)
     if input_.isdigit() and not p.exists():
         import_cv2()
@@ -247,12 +300,12 @@ def open_source(input_: str, preprocess: dict, recursive: bool = False, exclude:
             files, errors = list_folder(p, recursive, exclude=exclude.resolve() if exclude else None)
         except OSError as e:
             raise RuntimeUsageError(f"{p}: cannot list the folder ({_error_text(e)})") from None
-        return FileListSource(files, preprocess, errors)
-    if p.suffix.lower() in VIDEO_EXTS and p.exists():
+        return FileListSource(files, preprocess, errors, max_pixels)
+    if p.suffix.lower() in VIDEO_EXTS and p.is_file():
         import_cv2()
-        return VideoSource(str(p), str(p), p.name, preprocess, max_frames)
+        return VideoSource(str(p), canonical_path(p), p.name, preprocess, max_frames)
     if p.exists() or p.is_symlink():
-        return FileListSource([(p, p.name)], preprocess)
+        return FileListSource([(p, p.name)], preprocess, max_pixels=max_pixels)
     if glob.has_magic(input_):
         matches = sorted(glob.glob(input_, recursive=True))
         base = Path(os.path.commonpath(matches)) if matches else Path(".")
@@ -261,7 +314,7 @@ def open_source(input_: str, preprocess: dict, recursive: bool = False, exclude:
         files = [(Path(m), Path(os.path.relpath(m, base)).as_posix()) for m in matches if not Path(m).is_dir()]
         if not files:
             raise RuntimeUsageError(f"{input_}: the pattern matches no file")
-        return FileListSource(files, preprocess)
+        return FileListSource(files, preprocess, max_pixels=max_pixels)
     raise RuntimeUsageError(f"{input_}: no such file, folder, glob match or camera index")
 
 

@@ -76,6 +76,12 @@ def trt_usable(artifacts: Artifacts) -> tuple[bool, str]:
     return trt_status()
 
 
+def check_threads(threads: int | None) -> None:
+    """``threads``: None (the CPU count) or an integer >= 1."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise RuntimeUsageError(f"threads must be an integer >= 1 (got {threads!r}); leave it out for the CPU count")
+
+
 def resolve_backend(backend: str, artifacts: Artifacts) -> str:
     if backend not in BACKENDS:
         raise RuntimeUsageError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
@@ -117,6 +123,7 @@ def resolve_plan(artifacts: Artifacts, backend: str, restarts: int, options: Bac
     or the engine is missing."""
     o = options
     precision, engine, fast_path, shard = o.precision, o.fast_path_engine, o.fast_path, o.shard
+    check_threads(o.threads)
     check_precision(precision)
     backend = resolve_backend(backend, artifacts)
     if precision != "fp32":

@@ -14,7 +14,7 @@ Backends (exactly one definition of the algorithm each):
   sharding); a single image runs on one session with ``threads`` intra-op threads. Rows are independent, so the
   shards give the same rows as one call; onnxruntime's intra-op threading of these small convolutions scaled 1.2x
   from 1 to 2 threads at batch 64 where sharding scales 1.25x more (bench/README.md). CPU fast path: a call with
-  one restart runs ``purify.onnx`` with its Loop unrolled at that call's T (``backend/onnxrt/unroll.py``) on
+  one restart and T <= ``limits.FAST_PATH_MAX_STEPS`` runs ``purify.onnx`` with its Loop unrolled at that call's T (``backend/onnxrt/unroll.py``) on
   OpenVINO's CPU plugin when the ``openvino`` package is installed (one compiled model per batch size, no
   sharding), else under onnxruntime's ``all`` level (NCHWc kernels), built once per T (the configured T at
   activation, up to ``FAST_PATH_CACHE`` of them); the same function, validated by ``vaegan-export`` at the shipped T
@@ -29,6 +29,7 @@ Backends (exactly one definition of the algorithm each):
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 
@@ -39,9 +40,10 @@ from .backend.base import Activatable, BaseRunner
 from .backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 from .backend.onnxrt.loader import SessionOptionsFromConfig
 from .errors import RuntimeUsageError
+from .limits import FAST_PATH_MAX_STEPS, MAX_RESTARTS, MAX_STEPS
 from .names import FAST_PATH_ENGINE_LABELS
-from .policy import (AUTO_OPENVINO_MAX_STEPS, BackendOptions, Plan, check_precision, resolve_backend,  # noqa: F401
-                     resolve_fast_path_engine, resolve_plan, trt_usable)
+from .policy import (AUTO_OPENVINO_MAX_STEPS, BackendOptions, Plan, check_precision, check_threads,  # noqa: F401
+                     resolve_backend, resolve_fast_path_engine, resolve_plan, trt_usable)
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,11 @@ class PurifyParams:
         if d.get("mode", "latent") != "latent" or d.get("init", "encoder") != "encoder":
             raise RuntimeUsageError(f"purify_defaults mode={d.get('mode')!r} init={d.get('init')!r}: the runtime "
                                     f"implements mode 'latent' with init 'encoder' only (the contract)")
-        p = cls(steps=int(d["steps"]), eta=float(d["eta"]), lam=float(d["lam"]), momentum=float(d["momentum"]),
-                restarts=int(d["restarts"]), noise=float(d["noise"]), seed=int(d["seed"]))
+        try:
+            p = cls(steps=int(d["steps"]), eta=float(d["eta"]), lam=float(d["lam"]), momentum=float(d["momentum"]),
+                    restarts=int(d["restarts"]), noise=float(d["noise"]), seed=int(d["seed"]))
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise RuntimeUsageError(f"purify settings {d!r}: {type(e).__name__}: {e}") from None
         p = replace(p, **{k: v for k, v in overrides.items() if v is not None})
         p.check()
         return p
@@ -75,9 +80,21 @@ class PurifyParams:
         return cls.from_settings(artifacts.purify_defaults, **overrides)
 
     def check(self) -> None:
-        if self.steps < 0 or self.restarts < 1:
-            raise RuntimeUsageError(f"steps must be >= 0 and restarts >= 1 (got steps={self.steps}, "
-                                    f"restarts={self.restarts})")
+        """Every setting finite and in range (``limits.py`` states the bounds on T and R); a ``RuntimeUsageError``
+        naming the first one that is not. This is the one check: the CLI, the library and the manifest's
+        ``purify_defaults`` all go through it."""
+        for name, lo, hi in (("steps", 0, MAX_STEPS), ("restarts", 1, MAX_RESTARTS), ("seed", 0, 2 ** 63 - 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+                raise RuntimeUsageError(f"{name} must be an integer in {lo}..{hi} (got {v!r})")
+        # eta > 0 (a zero step leaves the encoder's guess), lam >= 0 (a negative weight rewards unrealistic
+        # images), 0 <= momentum < 1 (heavy ball diverges at 1), noise >= 0 (a standard deviation)
+        for name, ok, rule in (("eta", lambda v: v > 0, "> 0"), ("lam", lambda v: v >= 0, ">= 0"),
+                               ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"), ("noise", lambda v: v >= 0, ">= 0")):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) \
+                    or not math.isfinite(v) or not ok(v):
+                raise RuntimeUsageError(f"{name} must be a finite number {rule} (got {v!r})")
 
 
 def restart_noise(params: PurifyParams, n: int, latent_dim: int) -> np.ndarray:
@@ -134,8 +151,8 @@ class Purifier(Activatable):
             r.deactivate()
 
     def rows_per_call(self, restarts: int) -> int:
-        """Most images per graph call (the graphs' batch dimension is limited to ``max_batch`` for TensorRT)."""
-        return self.artifacts.max_batch
+        """Most images per graph call: a call runs R x N rows, at most ``max_batch`` of them (at least one image)."""
+        return max(1, self.artifacts.max_batch // restarts)
 
     def purify(self, x: np.ndarray, noise: np.ndarray | None = None, params: PurifyParams | None = None) -> PurifyOutput:
         """Purify N x 1 x 28 x 28 float32 images. ``noise`` (R x N x L) overrides ``restart_noise``; ``params``
@@ -176,6 +193,7 @@ class GraphPurifier(Purifier):
 
     ``fast_path(T, shard, bind)`` (fused on the CPU): returns (runner, shard runner or None) of the same function with
     T fixed and the scalar settings ``bind`` (eta, lam, momentum) bound as constants, for calls with one restart
+    and T <= ``FAST_PATH_MAX_STEPS``
     (``UnrolledFastPath``, the Loop unrolled). Built for the configured settings at activation and on first use for
     others (``FAST_PATH_CACHE`` kept, least recently used dropped); its runners are ``runners["purify_fast_T<T>"]``
     (and ``..._shard``) for the configured eta, lam and momentum, ``purify_fast_T<T>_eta<eta>_lam<lam>_mom<m>``
@@ -205,11 +223,15 @@ class GraphPurifier(Purifier):
         try:
             if self.shards > 1 and self._pool is None:
                 self._pool = ThreadPoolExecutor(self.shards, thread_name_prefix="vaegan-shard")
-            if self.fast_path is not None:
+            if self.fast_path is not None and self.params.steps <= FAST_PATH_MAX_STEPS:
                 self._fast_runners(self.params)
         except BaseException:
             self.deactivate()
             raise
+
+    def rows_per_call(self, restarts: int) -> int:
+        """A TensorRT engine's profile bounds N (``max_batch``) and R separately; onnxruntime: R x N rows a call."""
+        return self.artifacts.max_batch if self.limits else super().rows_per_call(restarts)
 
     def _loop_runners(self) -> tuple[BaseRunner, BaseRunner | None]:
         pair = (self.runners["purify"], self.runners.get("purify_shard"))
@@ -277,11 +299,12 @@ class GraphPurifier(Purifier):
             if what in self.limits and value > self.limits[what]:
                 raise RuntimeUsageError(f"{self.name}: {what} {value} is above the engine's profile maximum "
                                         f"({self.limits[what]}); export the engines again with a larger one")
-        fast = self.fast_path is not None and noise.shape[0] == 1
+        fast = self.fast_path is not None and noise.shape[0] == 1 and params.steps <= FAST_PATH_MAX_STEPS
         precision = getattr(self.fast_path, "precision", "fp32")
         if precision != "fp32" and not fast:
             raise RuntimeUsageError(f"{self.name}: precision {precision} runs on the fast path, which takes one "
-                                    f"restart (this call: {noise.shape[0]})")
+                                    f"restart and steps <= {FAST_PATH_MAX_STEPS} (this call: restarts "
+                                    f"{noise.shape[0]}, steps {params.steps})")
         main, shard = self._fast_runners(params) if fast else self._loop_runners()
         k = min(self.shards, x.shape[0])
         if k < 2 or self._pool is None or shard is None:
@@ -421,7 +444,8 @@ class UnrolledFastPath:
         if self.openvino_max_steps is not None:
             where += f" (T <= {self.openvino_max_steps}; {FAST_PATH_ENGINE_LABELS['onnxruntime']} above)"
         self.bind_settings = True
-        self.description = f"purify.onnx unrolled at the call's T (eta, lam, momentum bound) on {where}, one restart"
+        self.description = (f"purify.onnx unrolled at the call's T (eta, lam, momentum bound) on {where}, one restart, "
+                            f"T <= {FAST_PATH_MAX_STEPS}")
 
     def engine_for(self, steps: int) -> str:
         cap = self.openvino_max_steps
@@ -487,6 +511,7 @@ def make_classifier(artifacts: Artifacts, backend: str, providers=("cpu",), thre
                     cuda_graph: bool = True) -> Classifier:
     """The classifier on the same kind of backend: a TensorRT engine when ``backend == 'trt'`` and the manifest has
     one, else onnxruntime with ``providers``."""
+    check_threads(threads)
     if backend == "trt" and artifacts.has_engine("classifier"):
         from .backend.trt import EngineFromPath, TrtRunner
 

@@ -15,6 +15,7 @@ import click
 
 from vaegan import __version__
 from vaegan.errors import UserError
+from vaegan.extras import requires_extra
 
 from .errors import VaeganError
 
@@ -161,6 +162,7 @@ def _train_command(name: str, cfg_name: str, fn_name: str, doc: str):
     @click.option("--resume", is_flag=True, help="continue from OUT/ckpt.pt if it exists")
     @click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     @friendly_errors
+    @requires_extra("train")
     def cmd(resume, threads, **values):
         import torch
 
@@ -213,6 +215,7 @@ def _default(kind: str) -> str:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-root", default=None)
 @friendly_errors
+@requires_extra("train")
 def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defended, out, seed, data_root):
     from .attacks import AttackSpec  # validates name and eps before anything heavy
 
@@ -266,6 +269,7 @@ def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defend
 @click.option("--out", default="reports", show_default=True)
 @click.option("--data-root", default=None)
 @friendly_errors
+@requires_extra("train")
 def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, defense_gan_steps,
              defense_gan_restarts, quick, do_sweep, grid, adv_dir, out, data_root, **pvalues):
     from .config import PurifyConfig

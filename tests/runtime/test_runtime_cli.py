@@ -41,7 +41,7 @@ def test_run_folder_writes_outputs(artifacts_dir, frames_dir, tmp_path):
     assert [Path(r["source"]).name for r in recs] == names  # one line per input, sorted input order
     assert all(r["status"] == "ok" and 0 <= r["class_id"] < 10 and 0 < r["confidence"] <= 1 for r in recs)
     assert {r["class_name"] for r in recs} <= set(json.loads((artifacts_dir / "manifest.json").read_text())["classes"])
-    assert (out / "purified" / "clean_0000_9.png").exists()
+    assert (out / "purified" / "clean_0000_9.png.png").exists()
     assert (out / "purified" / "rgb_200x160.jpg.png").exists()
     img = Image.open(out / "purified" / "rgb_200x160.jpg.png")
     assert img.size == (28, 28) and img.mode == "L"
@@ -79,7 +79,7 @@ def test_bad_inputs_become_error_records(artifacts_dir, frames_dir, tmp_path):
     for name, msg in bad.items():
         assert recs[name]["status"] == "error" and msg in recs[name]["error"], recs[name]
         assert "class_id" not in recs[name]
-        assert not (out / "purified" / (name if name.endswith(".png") else name + ".png")).exists()
+        assert not (out / "purified" / (name + ".png")).exists()
     assert sum(r["status"] == "ok" for r in recs.values()) == len(list(frames_dir.iterdir()))
     s = json.loads((out / "summary.json").read_text())
     assert s["errors"] == len(bad) and s["ok"] == len(list(frames_dir.iterdir()))
@@ -127,7 +127,7 @@ def test_video_frames_match_the_same_frames_as_images(artifacts_dir, fmnist64, t
     np.testing.assert_allclose([r["confidence"] for r in rv], [r["confidence"] for r in rf], rtol=1e-6)
     for i in range(8):
         a = np.asarray(Image.open(tmp_path / "ov" / "purified" / "clip.avi" / f"frame_{i:06d}.png"))
-        b = np.asarray(Image.open(tmp_path / "of" / "purified" / f"frame_{i:06d}.png"))
+        b = np.asarray(Image.open(tmp_path / "of" / "purified" / f"frame_{i:06d}.png.png"))
         assert a.shape == (28, 28) and np.array_equal(a, b)
     assert json.loads((tmp_path / "ov" / "summary.json").read_text())["frames"] == 8
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ...errors import BackendUnavailableError
+from ...errors import ArtifactError, BackendUnavailableError
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -56,6 +56,15 @@ def _ort_version() -> str:
     import onnxruntime as ort
 
     return ort.__version__
+
+
+def unloadable(path: Path, who: str, e: BaseException) -> ArtifactError:
+    """The one-line error for a graph whose sha256 matched but that ``who`` cannot parse or load."""
+    from ...artifacts import how_to_create
+
+    msg = (str(e).strip().splitlines() or [""])[0][:200]
+    return ArtifactError(f"{path}: {who} cannot load this graph ({type(e).__name__}: {msg}); "
+                         f"{how_to_create(Path(path).parent)}")
 
 
 class SessionOptionsFromConfig:
@@ -118,7 +127,10 @@ class SessionFromOnnx:
             raise FileNotFoundError(f"{self.path}: ONNX file not found")
         so = self.session_options() if callable(self.session_options) else self.session_options
         src = self.model() if self.model is not None else str(self.path)
-        sess = ort.InferenceSession(src, sess_options=so, providers=providers)
+        try:
+            sess = ort.InferenceSession(src, sess_options=so, providers=providers)
+        except Exception as e:  # onnxruntime's InvalidProtobuf, InvalidGraph, Fail...: the file, not the caller
+            raise unloadable(self.path, "onnxruntime", e) from None
         got = sess.get_providers()
         lost = [p for p in providers if p not in got]
         if lost:

@@ -107,7 +107,12 @@ class UnrolledFromOnnx:
 
     def __call__(self) -> bytes:
         if self._bytes is None:  # several sessions (the shards') share one loader
-            m = unroll_loop(onnx.load(str(self.path)), self.steps)
+            try:
+                m = unroll_loop(onnx.load(str(self.path)), self.steps)
+            except Exception as e:  # protobuf DecodeError, a graph without the Loop...: the file is not purify.onnx
+                from .loader import unloadable
+
+                raise unloadable(self.path, "the fast path's unroller", e) from None
             if self.bind:
                 m = bind_inputs(m, self.bind, inplace=True)  # unroll_loop's copy: no second one
             self._bytes = m.SerializeToString()
