@@ -31,12 +31,12 @@ def test_without_ray_says_how_to_install(monkeypatch, tiny_artifacts):
     (["--min-replicas", "1"], r"min_replicas and max_replicas go together"),
     (["--min-replicas", "3", "--max-replicas", "2"], r"min_replicas 3 is above max_replicas 2"),
 ])
-def test_usage_errors_are_one_line(tiny_artifacts, argv, pattern):
+def test_usage_errors_are_one_line(tmp_path, argv, pattern):
     import re
 
     pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'vaegan[serve]')")
     if "--artifacts" not in argv:
-        argv = ["--artifacts", str(tiny_artifacts)] + argv
+        argv = ["--artifacts", str(tmp_path)] + argv  # the options are checked before the artifacts
     res = CliRunner().invoke(main, argv)
     assert res.exit_code == 2, res.output
     lines = res.output.strip().splitlines()
