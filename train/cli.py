@@ -152,6 +152,50 @@ def train_cli():
     pass
 
 
+def load_config_file(path: str) -> dict:
+    """Option values from a TOML config file (``configs/*.toml``): top-level keys, and the keys of any table (e.g.
+    ``[model]``) flattened, named as the command's options (``lr_decay_epochs`` or ``lr-decay-epochs``)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise VaeganError(f"config {path}: {e}") from None
+    values = {}
+    for key, value in data.items():
+        items = value.items() if isinstance(value, dict) else [(key, value)]
+        for k, v in items:
+            k = k.replace("-", "_")
+            if k in values:
+                raise VaeganError(f"config {path}: {k!r} given twice")
+            values[k] = v
+    return values
+
+
+def apply_config_file(ctx: click.Context, path: str | None, values: dict) -> dict:
+    """``values`` (the command's click parameters) with those not given on the command line taken from ``path``."""
+    if path is None:
+        return values
+    from click.core import ParameterSource
+
+    params = {p.name: p for p in ctx.command.params if p.name != "config_file"}
+    out = dict(values)
+    for key, value in load_config_file(path).items():
+        if key not in params:
+            raise VaeganError(f"config {path}: unknown option {key!r} for {ctx.command_path} (see --help)")
+        if ctx.get_parameter_source(key) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            continue
+        try:
+            out[key] = params[key].type_cast_value(ctx, value)
+        except click.BadParameter as e:
+            raise VaeganError(f"config {path}: {key} = {value!r}: {e.message}") from None
+    return out
+
+
 def _train_command(name: str, cfg_name: str, fn_name: str, doc: str):
     from . import config
 
@@ -161,9 +205,13 @@ def _train_command(name: str, cfg_name: str, fn_name: str, doc: str):
     @dataclass_options(cfg_cls)
     @click.option("--resume", is_flag=True, help="continue from OUT/ckpt.pt if it exists")
     @click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+                  help="TOML file of this command's options (configs/); options on the command line override it")
     @friendly_errors
     @requires_extra("train")
-    def cmd(resume, threads, **values):
+    def cmd(config_file, **values):
+        values = apply_config_file(click.get_current_context(), config_file, values)
+        resume, threads = values.pop("resume"), values.pop("threads")
         import torch
 
         if threads:

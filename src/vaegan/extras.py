@@ -29,9 +29,24 @@ def extra_requirements(extra: str) -> list[str]:
     names = []
     for req in reqs:
         spec, _, marker = req.partition(";")
-        if re.search(r"""extra\s*==\s*["']%s["']""" % re.escape(extra), marker):
-            names.append(re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", spec).group(1))
+        if not re.search(r"""extra\s*==\s*["']%s["']""" % re.escape(extra), marker):
+            continue
+        if not _applies(req, extra):
+            continue  # e.g. a backport for older Pythons
+        names.append(re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", spec).group(1))
     return names
+
+
+def _applies(req: str, extra: str) -> bool:
+    """Whether ``req``'s environment marker holds here with ``extra`` asked for (``packaging``, which onnxruntime
+    depends on, evaluates it; without it only a marker that is the extra clause alone counts)."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:
+        marker = req.partition(";")[2]
+        return re.fullmatch(r"""\s*extra\s*==\s*["']%s["']\s*""" % re.escape(extra), marker) is not None
+    r = Requirement(req)
+    return r.marker is None or r.marker.evaluate({"extra": extra})
 
 
 def missing_packages(extra: str) -> list[str]:
