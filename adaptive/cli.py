@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 
 from vaegan import __version__
+from vaegan.errors import friendly_errors
 from vaegan.extras import requires_extra
-from vaegan.train.cli import build_config, dataclass_options, friendly_errors
+from vaegan.train.cli import build_config, dataclass_options
 from vaegan.train.errors import VaeganError
 
 from .config import AdaptiveConfig

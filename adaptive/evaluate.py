@@ -18,6 +18,7 @@ import torch
 from vaegan.train import checkpoint as ckpt_io
 from vaegan.train.evaluate import accuracy
 from vaegan.train.purifier import Defended, Purifier
+from vaegan.util import file_sha256
 
 from .attacks.bpda import StraightThrough
 from .attacks.eot import RandomizedPurifier
@@ -105,7 +106,7 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
         setup_latent(ctx, data)
 
     ctx.cache = BatchCache(Path(cfg.out) / "partial",
-                           {"checkpoints": [ckpt_io.file_sha256(vaegan_path), ckpt_io.file_sha256(classifier_path)],
+                           {"checkpoints": [file_sha256(vaegan_path), file_sha256(classifier_path)],
                             "purify": asdict(pcfg), "seed": cfg.seed, "device": dev.type},
                            echo)
     for name in [a for a in ATTACKS if a in cfg.attacks]:
@@ -132,8 +133,8 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
         res["any"] = {str(e): 100.0 * (1 - f.float().mean().item()) for e, f in fooled_any.items()}
     report = {"n": len(x), "eps": list(cfg.eps), "config": json.loads(json.dumps(asdict(cfg), default=list)),
               **res, **ctx.extras,
-              "checkpoints": {"vaegan": ckpt_io.file_sha256(vaegan_path),
-                              "classifier": ckpt_io.file_sha256(classifier_path)},
+              "checkpoints": {"vaegan": file_sha256(vaegan_path),
+                              "classifier": file_sha256(classifier_path)},
               "threads": torch.get_num_threads(), "device": device_name,
               "oblivious": oblivious_numbers(Path(cfg.out) / "report.json")}
     if "runtime" in ctx.state:

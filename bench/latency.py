@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing as mp
 import os
 import platform
-import resource
 import shutil
 import sys
 import tempfile
@@ -39,12 +37,16 @@ from pathlib import Path
 import click
 import numpy as np
 
+from vaegan.errors import friendly_errors
 from vaegan.runtime.names import FAST_PATH_ENGINES
-from vaegan.train.cli import friendly_errors
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
+
+# a sibling module, importable once HERE is on the path
+from common import (_peak_rss_mb, call_isolated, export_if_needed, format_rounds, load_images,  # noqa: E402
+                    model_options, percentiles, round_ratios, time_runs)
 
 BACKENDS = ("eager", "compile", "modular", "fused", "trt")
 REFERENCE = "eager"
@@ -176,42 +178,13 @@ def make_backend(name: str, opts: dict) -> Backend:
 # ----------------------------------------------------------------------------------------------- measurement
 
 def agreement(got: np.ndarray, ref: np.ndarray, tol: dict) -> dict:
-    """|got - ref| <= atol + rtol * |ref| elementwise (the export's rule)."""
+    """The export's one tolerance rule (``vaegan.export.validate.compare``: |got - ref| <= atol + rtol * max|ref|)."""
+    from vaegan.export.validate import compare
+
     if got.shape != ref.shape:
         return {"ok": False, "max_abs": float("inf"), "why": f"shape {list(got.shape)} vs {list(ref.shape)}"}
-    diff = np.abs(got.astype(np.float64) - ref)
-    ok = bool(np.isfinite(got).all() and np.all(diff <= tol["atol"] + tol["rtol"] * np.abs(ref)))
-    return {"ok": ok, "max_abs": float(diff.max())}
-
-
-def time_runs(fn, min_runs: int, max_time: float) -> list[float]:
-    """Seconds per call of ``fn()``: at least 3 calls, then until ``min_runs`` calls or ``max_time`` seconds,
-    whichever comes first (the timing rule of every bench script)."""
-    ts: list[float] = []
-    start = time.perf_counter()
-    while len(ts) < 3 or (len(ts) < min_runs and time.perf_counter() - start < max_time):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return ts
-
-
-def percentiles(ts: list[float]) -> dict:
-    a = np.asarray(ts) * 1e3
-    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
-            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "runs": len(ts)}
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident set (VmHWM: per address space, reset by exec -- unlike ru_maxrss, which a
-    spawned child inherits from its parent on Linux)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    c = compare("purify", "purified", got, ref, tol, len(got))
+    return {"ok": c.ok, "max_abs": c.max_abs}
 
 
 def run_backend(name: str, opts: dict, cells: list[tuple[int, int]], images: np.ndarray, refs: dict,
@@ -253,34 +226,6 @@ def run_backend(name: str, opts: dict, cells: list[tuple[int, int]], images: np.
         res["compile_s"] = b.compile_s
     res["peak_rss_mb"] = _peak_rss_mb()
     return res
-
-
-def _spawned(conn, fn, args):
-    try:
-        conn.send(("ok", fn(*args)))
-    except Exception as e:  # noqa: BLE001 - reported by the caller, the other backends / variants still run
-        import traceback
-
-        conn.send(("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                   traceback.format_exc()))
-    finally:
-        conn.close()
-
-
-def call_isolated(fn, *args) -> tuple:
-    """``fn(*args)`` in a fresh spawned process (its own thread pools and peak RSS): ("ok", result) or
-    ("error", one-line reason, traceback). ``fn`` must be a module-level function (pickled by name)."""
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_spawned, args=(child, fn, args))
-    p.start()
-    child.close()
-    try:
-        msg = parent.recv()
-    except EOFError:
-        msg = ("error", f"process died (exit code {p.exitcode})", "")
-    p.join()
-    return msg
 
 
 def _run_backend_spawned(name, opts, cells, images, refs, noise_all):
@@ -350,23 +295,6 @@ def measure_peak_gflops(threads: int, seconds: float = 1.0) -> dict:
 
 # ----------------------------------------------------------------------------------------------- orchestration
 
-def export_if_needed(checkpoint, classifier, artifacts, echo) -> Path:
-    artifacts = Path(artifacts)
-    if not (artifacts / "manifest.json").exists():
-        from vaegan.export import export_all
-
-        echo(f"exporting {checkpoint} to {artifacts} ...")
-        export_all(checkpoint, classifier, artifacts, echo=lambda *_: None)
-    return artifacts
-
-
-def load_images(n: int) -> tuple[np.ndarray, str]:
-    from vaegan.train.data import test_subset
-
-    x = test_subset(n)[0].numpy().astype(np.float32)
-    return np.ascontiguousarray(x), f"Fashion-MNIST test images 0..{n - 1}"
-
-
 def speedups(results: dict) -> None:
     """Each timed cell against the eager reference's same cell: ``vs_eager``, best round over best round (the
     table's "vs eager"), and ``vs_eager_rounds``, round r over round r. The backends take turns, so the two p50s of
@@ -383,20 +311,6 @@ def speedups(results: dict) -> None:
             per = round_ratios(e, c)
             if per is not None:
                 c["vs_eager_rounds"] = per
-
-
-def round_ratios(ref: dict, cell: dict) -> list[float] | None:
-    """``ref``'s p50 over ``cell``'s, round r over round r (``p50_rounds_ms``; a cell without it counts as one
-    round); None when their round counts differ: a round that did not time one of them would break the pairing."""
-    a, b = ref.get("p50_rounds_ms", [ref["p50_ms"]]), cell.get("p50_rounds_ms", [cell["p50_ms"]])
-    return [x / y for x, y in zip(a, b)] if len(a) == len(b) else None
-
-
-def format_rounds(per: list[float] | None) -> str:
-    """Per-round speed ratios as ``median (min-max)``, one round as itself, none as ``-``."""
-    if not per:
-        return "-"
-    return f"{np.median(per):.2f}x ({min(per):.2f}-{max(per):.2f})" if len(per) > 1 else f"{per[0]:.2f}x"
 
 
 def markdown(results: dict) -> str:
@@ -447,20 +361,6 @@ def plot(results: dict, path: Path, steps: int) -> None:
 
 def _ints(s: str) -> list[int]:
     return [int(v) for v in s.split(",") if v.strip()]
-
-
-def model_options(f):
-    """``--checkpoint``, ``--classifier`` and ``--artifacts``: the weights a bench script runs, the same three options
-    in every script (``latency``, ``levers``, ``precision``)."""
-    for opt in reversed([
-        click.option("--checkpoint", type=click.Path(dir_okay=False), default="models/vaegan.pt", show_default=True),
-        click.option("--classifier", type=click.Path(dir_okay=False), default="models/classifier.pt",
-                     show_default=True),
-        click.option("--artifacts", type=click.Path(file_okay=False), default="artifacts", show_default=True,
-                     help="exported artifacts (exported from --checkpoint/--classifier if the folder has no manifest)"),
-    ]):
-        f = opt(f)
-    return f
 
 
 @click.command(help=__doc__.split("\n\n")[0])
@@ -528,14 +428,13 @@ def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_co
     arts = export_if_needed(checkpoint, classifier, artifacts, echo)
     from vaegan.runtime.artifacts import load_artifacts
     from vaegan.runtime.backend.openvino import openvino_version
+    from vaegan.runtime.purify import PurifyParams, restart_noise
 
     man = load_artifacts(arts)
     L = man.latent_dim
     images, image_source = load_images(max(batches))
-    rng = np.random.default_rng(cfg.seed)
-    noise_all = np.zeros((cfg.restarts, max(batches), L), np.float32)  # R = 1 at the shipped default: zeros
-    if cfg.restarts > 1:
-        noise_all[1:] = rng.standard_normal((cfg.restarts - 1, max(batches), L), dtype=np.float32) * cfg.noise
+    # the runtime's restart noise, fed to every backend alike (R = 1 at the shipped default: zeros)
+    noise_all = restart_noise(PurifyParams.from_settings(dataclasses.asdict(cfg)), max(batches), L)
     cells = [(n, t) for n in batches for t in steps_list]
     opts = {"checkpoint": str(checkpoint), "artifacts": str(arts), "threads": threads, "cfg": cfg, "tol": TOL_LOOP,
             "min_runs": min_runs, "max_time": max_time, "warmup": warmup, "perturb": perturb, "shard": shard,

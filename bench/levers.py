@@ -6,7 +6,7 @@ variant steals the cores), the variants take turns for ``--rounds`` rounds, and 
 p50 and, beside the ratio of best rounds, the shipped variant's p50 over the variant's round by round ("per round":
 median and range): on a shared VM the speed drifts by up to ~1.6x over minutes, and interleaving makes the drift hit
 every variant alike. Every variant's output is compared with the shipped graph's (max abs diff in the table, marked DISAGREES
-above the fused loop's export tolerance, 1e-4) before it is timed.
+outside the fused loop's export tolerance, ``TOL_LOOP`` under the export's rule ``validate.compare``) before it is timed.
 
 Levers, each against the shipped configuration (export: stride-1 ConvTranspose rewritten as Conv; runtime: the
 CPU fast path -- one-restart calls run the Loop unrolled at T on OpenVINO's CPU plugin when installed, else on
@@ -43,10 +43,10 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 # a sibling script, importable once HERE is on the path
-from latency import (call_isolated, export_if_needed, format_rounds, load_images, model_options,  # noqa: E402
-                     percentiles, round_ratios, time_runs)
+from common import (call_isolated, export_if_needed, format_rounds, load_images, model_options,  # noqa: E402
+                    percentiles, round_ratios, time_runs)
 
-from vaegan.train.cli import friendly_errors  # noqa: E402
+from vaegan.errors import friendly_errors  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,8 @@ def time_variant(v: Variant, opts: dict, x: np.ndarray, ref: dict | None) -> dic
     """In the variant's own process: build, check against ``ref`` (batch -> output), warm up, time each batch."""
     from dataclasses import replace as dc_replace
 
+    from vaegan.export.validate import compare  # torch-free, unlike export.specs: opts["tol"] is its TOL_LOOP
+
     pur = build_purifier(v, opts["artifacts"], opts["threads"])
     pur.activate()
     res: dict = {"variant": v.name, "describe": pur.describe(), "cells": {}, "outputs": {}}
@@ -163,7 +165,8 @@ def time_variant(v: Variant, opts: dict, x: np.ndarray, ref: dict | None) -> dic
             if ref is None:
                 res["outputs"][n] = out
             else:
-                cell["max_abs_diff"] = float(np.abs(out.astype(np.float64) - ref[n]).max())
+                check = compare("purify", "purified", out, ref[n], opts["tol"], n)  # the export's one rule
+                cell.update(max_abs_diff=check.max_abs, agrees=check.ok)
             for _ in range(opts["warmup"]):
                 pur.purify(xb, params=p)
             ts = time_runs(lambda: pur.purify(xb, params=p), opts["min_runs"], opts["max_time"])
@@ -229,7 +232,7 @@ def make_variants(artifacts: Path, checkpoint, classifier, steps: int, tmp: Path
 
 def paired_with_shipped(variants: list[dict], batches: list[int]) -> None:
     """Each variant's cells get ``vs_shipped_rounds``: the shipped variant's p50 over the variant's, round r over
-    round r (``latency.round_ratios``). The variants take turns within a round, so a drift of the machine's speed
+    round r (``common.round_ratios``). The variants take turns within a round, so a drift of the machine's speed
     between rounds hits both sides of one ratio, where the best rounds ("vs shipped") may come from different
     minutes; within a round the variants still run minutes apart, so the pairing narrows the spread, not removes it."""
     base = variants[0]
@@ -312,8 +315,6 @@ def markdown_interleaved(res: dict, batches: list[int]) -> str:
 
 
 def markdown(results: dict) -> str:
-    from vaegan.export.specs import TOL_LOOP
-
     batches = results["settings"]["batches"]
     rows = ["| variant | " + " | ".join(f"batch {n} ms | vs shipped | per round" for n in batches) + " | max abs diff |",
             "|---|" + "---:|---:|---:|" * len(batches) + "---:|"]
@@ -328,7 +329,8 @@ def markdown(results: dict) -> str:
             cells.append(f"{c['p50_ms']:.2f} | {base[n]['p50_ms'] / c['p50_ms']:.2f}x | "
                          f"{format_rounds(c.get('vs_shipped_rounds'))}")
         diff = max((c.get("max_abs_diff", 0.0) for c in r["cells"].values()), default=0.0)
-        flag = " DISAGREES" if diff > TOL_LOOP["atol"] else ""  # timed anyway: the number says how far it is
+        # timed anyway: the number says how far it is
+        flag = "" if all(c.get("agrees", True) for c in r["cells"].values()) else " DISAGREES"
         rows.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {diff:.1e}{flag} |")
     return "\n".join(rows)
 
@@ -365,8 +367,10 @@ def main(artifacts, checkpoint, classifier, steps, batches, threads, rounds, min
         echo(f"note: timing on random images ({e})")
         x = np.random.default_rng(0).random((max(batch_list), 1, 28, 28), dtype=np.float32)
         source = "uniform random images"
+    from vaegan.export.specs import TOL_LOOP
+
     opts = {"artifacts": str(arts), "threads": threads, "steps": steps, "batches": batch_list, "warmup": warmup,
-            "min_runs": min_runs, "max_time": max_time, "interleave_s": interleave_time}
+            "min_runs": min_runs, "max_time": max_time, "interleave_s": interleave_time, "tol": TOL_LOOP}
     with tempfile.TemporaryDirectory(prefix="levers-") as tmp:
         variants = make_variants(arts, checkpoint, classifier, steps, Path(tmp), echo)
         echo("reference outputs (the shipped configuration) ...")

@@ -31,11 +31,11 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 # a sibling script, importable once HERE is on the path
-from latency import (export_if_needed, format_rounds, model_options, percentiles, round_ratios,  # noqa: E402
-                     time_runs)
+from common import (export_if_needed, format_rounds, model_options, percentiles, round_ratios,  # noqa: E402
+                    time_runs)
 
 from vaegan.runtime.names import PRECISIONS  # noqa: E402 - fp32, bf16
-from vaegan.train.cli import friendly_errors  # noqa: E402
+from vaegan.errors import friendly_errors  # noqa: E402
 
 
 def labelled_sets(n: int, adv: list[str], classifier_sha: str, echo) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -1,22 +1,21 @@
 """``vaegan-export``: a thin click command over ``vaegan.export.core.export_all``.
 
-Exit codes: 0 success; 1 bad input or a failed validation (one ``Error: ...`` message, no traceback; a failed
-export leaves a previous export in --out as it was: the new one is swapped in whole only once it is complete);
-2 ``--trt`` asked for on a machine without TensorRT / an NVIDIA GPU (the ONNX files are still written and
-validated) -- and click's own usage errors. ``--help`` / ``--version`` import no torch.
+Exit codes (``vaegan.errors``, as every vaegan CLI): 0 success; 1 a graph failed validation (every failure listed
+with its numbers); 2 bad input (an option, a checkpoint, the output folder), or ``--trt`` asked for on a machine
+without TensorRT / an NVIDIA GPU (the ONNX files are still written and validated): one ``Error: ...`` line, no
+traceback. A failed export leaves a previous export in --out as it was: the new one is swapped in whole only once it
+is complete. ``--help`` / ``--version`` import no torch.
 """
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from vaegan import __version__
+from vaegan.errors import friendly_errors
 from vaegan.extras import requires_extra
 
-# Keep in sync with vaegan.export.core (not imported here: it would pull in nothing heavy, but keep the CLI lean).
-MIN_OPSET, MAX_OPSET = 18, 22
+from .core import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET  # core imports nothing heavy at module level
 
 
 def _default(kind: str) -> str:
@@ -41,36 +40,28 @@ def _default(kind: str) -> str:
               help="largest batch (validation and TensorRT profile)")
 @click.option("--max-restarts", type=click.IntRange(1, 256), default=8, show_default=True,
               help="largest R in the TensorRT profile of purify")
-@click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=18, show_default=True,
+@click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET, show_default=True,
               help="ONNX opset")
 @click.option("--steps", type=click.IntRange(min=0), default=None, help="purify_defaults.steps (default: PurifyConfig)")
 @click.option("--eta", type=float, default=None, help="purify_defaults.eta (default: PurifyConfig)")
 @click.option("--lam", type=float, default=None, help="purify_defaults.lam (default: PurifyConfig)")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads")
+@friendly_errors
 @requires_extra("train")
 def main(checkpoint, classifier, out, trt, fp16, max_batch, max_restarts, opset, steps, eta, lam, threads):
-    from vaegan.train.errors import VaeganError
-
     if fp16 and not trt:
         raise click.UsageError("--fp16 applies to TensorRT engines: add --trt")
-    try:
-        import dataclasses
+    import dataclasses
 
-        import torch
+    import torch
 
-        from vaegan.train.config import PurifyConfig
+    from vaegan.train.config import PurifyConfig
 
-        from .core import TensorRTUnavailable, export_all
+    from .core import export_all
 
-        if threads:
-            torch.set_num_threads(threads)
-        over = {k: v for k, v in (("steps", steps), ("eta", eta), ("lam", lam)) if v is not None}
-        cfg = dataclasses.replace(PurifyConfig(), **over)
-        export_all(checkpoint or _default("vaegan"), classifier or _default("classifier"), out, opset=opset,
-                   max_batch=max_batch, trt=trt, fp16=fp16, purify_cfg=cfg, max_restarts=max_restarts,
-                   echo=click.echo)
-    except TensorRTUnavailable as e:
-        click.echo(f"Error: {e}", err=True)
-        sys.exit(2)
-    except VaeganError as e:
-        raise click.ClickException(str(e)) from None
+    if threads:
+        torch.set_num_threads(threads)
+    over = {k: v for k, v in (("steps", steps), ("eta", eta), ("lam", lam)) if v is not None}
+    cfg = dataclasses.replace(PurifyConfig(), **over)
+    export_all(checkpoint or _default("vaegan"), classifier or _default("classifier"), out, opset=opset,
+               max_batch=max_batch, trt=trt, fp16=fp16, purify_cfg=cfg, max_restarts=max_restarts, echo=click.echo)

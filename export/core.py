@@ -19,6 +19,7 @@ from vaegan.train.errors import VaeganError
 
 MIN_OPSET = 18   # torch.onnx's dynamo exporter emits opset 18 and newer
 MAX_OPSET = 22   # newest opset the TensorRT 10 ONNX parser accepts
+DEFAULT_OPSET = MIN_OPSET
 
 
 class TensorRTUnavailable(VaeganError):
@@ -131,7 +132,7 @@ def export_graphs(nets, cfg, opset: int, images, gen, names=None, stride1_as_con
     return models
 
 
-def purify_graph(vaegan_ckpt, classifier_ckpt, *, opset: int = 18, purify_cfg=None, stride1_as_conv: bool = True):
+def purify_graph(vaegan_ckpt, classifier_ckpt, *, opset: int = DEFAULT_OPSET, purify_cfg=None, stride1_as_conv: bool = True):
     """The fused ``purify`` ModelProto of a checkpoint, exported as ``export_all`` does but not validated nor
     written (``bench/levers.py`` builds its variants from it)."""
     import torch
@@ -152,7 +153,7 @@ def purify_graph(vaegan_ckpt, classifier_ckpt, *, opset: int = 18, purify_cfg=No
     return models["purify"]
 
 
-def export_all(vaegan_ckpt, classifier_ckpt, out_dir, *, opset: int = 18, max_batch: int = 64, trt: bool = False,
+def export_all(vaegan_ckpt, classifier_ckpt, out_dir, *, opset: int = DEFAULT_OPSET, max_batch: int = 64, trt: bool = False,
                fp16: bool = False, purify_cfg=None, max_restarts: int = 8, echo=print) -> dict:
     """Export, validate and describe every graph of docs/ARTIFACTS.md; returns the manifest (also written).
 
@@ -185,7 +186,9 @@ def _export_into(out_dir: Path, final_dir: Path, vaegan_ckpt, classifier_ckpt, *
     import onnx
     import torch
 
-    from vaegan.train.checkpoint import file_sha256, load_model
+    from vaegan.runtime.names import unsupported_purifier
+    from vaegan.train.checkpoint import load_model
+    from vaegan.util import file_sha256
     from vaegan.train.config import PurifyConfig
     from vaegan.train.purifier import check_config
 
@@ -201,8 +204,9 @@ def _export_into(out_dir: Path, final_dir: Path, vaegan_ckpt, classifier_ckpt, *
         check_config(cfg)
     except ValueError as e:
         raise VaeganError(str(e)) from None
-    if cfg.mode != "latent" or cfg.init != "encoder":
-        raise VaeganError(f"purify.onnx implements mode=latent, init=encoder (got mode={cfg.mode}, init={cfg.init})")
+    why = unsupported_purifier(cfg.mode, cfg.init)
+    if why:
+        raise VaeganError(why)
     if trt:
         from .trt import check_fp16, check_profile
 

@@ -122,7 +122,7 @@ def build_engines(out_dir: Path, gspecs: dict, *, max_batch: int, max_restarts: 
     import torch
 
     from vaegan.runtime.backend.trt import EngineFromBytes, TrtRunner
-    from vaegan.train.checkpoint import file_sha256
+    from vaegan.util import file_sha256
 
     from .specs import dummy_inputs
     from .validate import ExportValidationError, Report, compare, ort_session

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from vaegan.errors import EXIT_FAILED
 from vaegan.train.errors import VaeganError
 
 # Ops of the default ONNX domain that the TensorRT ONNX parser supports (onnx-tensorrt docs/operators.md, TRT 10)
@@ -34,6 +35,8 @@ MAX_CONSTANT_ELEMENTS = 64   # larger constants must be initializers
 
 class ExportValidationError(VaeganError):
     """One or more exported graphs failed validation; the message lists every failure with its numbers."""
+
+    exit_code = EXIT_FAILED  # the export ran; some of its outputs failed (vaegan.errors)
 
 
 @dataclass

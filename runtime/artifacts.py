@@ -9,13 +9,14 @@ anything loads it. Every failure is an ``ArtifactError`` whose message ends with
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from vaegan.util import file_sha256
 
 from .errors import ArtifactError
 
@@ -136,14 +137,6 @@ def check_manifest(manifest: dict, where: str) -> None:
 
 def how_to_create(root) -> str:
     return f"create it with `vaegan-export --out {root}` (add --trt for TensorRT engines)"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

@@ -11,8 +11,9 @@ Outputs under ``--out``:
 - ``summary.json``                   counts, backend, batch size, throughput, latency percentiles
 - ``.lock``                          held (flock) while a run writes here: a second run on the folder is refused
 
-Exit codes: 0 every input ok; 1 some inputs failed (see their error records); 2 usage, artifact or backend error,
-or a failed write under --out such as a full disk (one line on stderr, no traceback); 130 interrupted.
+Exit codes (``vaegan.errors``, as every vaegan CLI): 0 every input ok; 1 some inputs failed (see their error
+records); 2 usage, artifact or backend error, or a failed write under --out such as a full disk (one ``Error: ...``
+line on stderr, no traceback); 130 interrupted.
 
 PNG and summary.json are written atomically (temp file + rename), with the umask's mode. predictions.jsonl is
 appended whole records per batch (cut back to the last whole record if a write fails); ``--resume`` skips every
@@ -32,10 +33,9 @@ import sys
 import click
 
 from vaegan import __version__
+from vaegan.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, friendly_errors
 from vaegan.runtime.limits import DEFAULT_MAX_PIXELS, FAST_PATH_MAX_STEPS, MAX_RESTARTS, MAX_STEPS
 from vaegan.runtime.names import BACKENDS, FAST_PATH_ENGINES, PRECISIONS
-
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 @click.command(help="Purify (and classify) frames with the exported artifacts: a folder of images, a glob, a video "
@@ -83,10 +83,10 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 @click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="largest image (width x height, from its header); larger ones are error records, never decoded")
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@friendly_errors
 def main(input_, artifacts, out, backend, providers, threads, shard, fast_path, fast_path_engine, precision, batch_size,
          steps, eta, lam, momentum, restarts,
          classify, save_purified, resume, recursive, max_frames, prefetch, max_pixels, quiet):
-    from .errors import VaeganRuntimeError
     from .policy import BackendOptions
     from .run import RunOptions, run
 
@@ -99,16 +99,13 @@ def main(input_, artifacts, out, backend, providers, threads, shard, fast_path, 
                       quiet=quiet)
     try:
         summary = run(opts)
-    except VaeganRuntimeError as e:
-        click.echo(f"vaegan-run: error: {e}", err=True)
-        sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         click.echo("vaegan-run: interrupted (rerun with --resume to continue)", err=True)
         sys.exit(EXIT_INTERRUPTED)
     if not quiet:
         click.echo(f"{summary['frames']} frames ({summary['errors']} errors, {summary['skipped']} skipped) "
                    f"-> {out}; {summary['throughput_fps']:.1f} frames/s on {summary['backend']}", err=True)
-    sys.exit(EXIT_SOME_FAILED if summary["errors"] else EXIT_OK)
+    sys.exit(EXIT_FAILED if summary["errors"] else EXIT_OK)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -41,7 +41,7 @@ from .backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 from .backend.onnxrt.loader import SessionOptionsFromConfig
 from .errors import RuntimeUsageError
 from .limits import FAST_PATH_MAX_STEPS, MAX_RESTARTS, MAX_STEPS
-from .names import FAST_PATH_ENGINE_LABELS
+from .names import FAST_PATH_ENGINE_LABELS, unsupported_purifier
 from .policy import (AUTO_OPENVINO_MAX_STEPS, BackendOptions, Plan, check_precision, check_threads,  # noqa: F401
                      resolve_backend, resolve_fast_path_engine, resolve_plan, trt_usable)
 
@@ -63,9 +63,9 @@ class PurifyParams:
     def from_settings(cls, d: dict, **overrides) -> "PurifyParams":
         """From a ``PurifyConfig`` as a dict (a manifest's ``purify_defaults``, or ``dataclasses.asdict`` of one);
         ``overrides`` that are not None replace fields."""
-        if d.get("mode", "latent") != "latent" or d.get("init", "encoder") != "encoder":
-            raise RuntimeUsageError(f"purify_defaults mode={d.get('mode')!r} init={d.get('init')!r}: the runtime "
-                                    f"implements mode 'latent' with init 'encoder' only (the contract)")
+        why = unsupported_purifier(d.get("mode", "latent"), d.get("init", "encoder"))
+        if why:
+            raise RuntimeUsageError(f"purify_defaults: {why}")
         try:
             p = cls(steps=int(d["steps"]), eta=float(d["eta"]), lam=float(d["lam"]), momentum=float(d["momentum"]),
                     restarts=int(d["restarts"]), noise=float(d["noise"]), seed=int(d["seed"]))
@@ -100,7 +100,9 @@ class PurifyParams:
 def restart_noise(params: PurifyParams, n: int, latent_dim: int) -> np.ndarray:
     """R x N x L float32 restart noise: restart 0 is zero, the others ``params.noise * N(0, I)`` from a numpy
     generator seeded with ``params.seed`` (a fresh generator per call, so a batch's result does not depend on what
-    was purified before it)."""
+    was purified before it). The torch reference (``vaegan.train.purifier.restart_noise``) draws the same
+    distribution from torch's generator, which the runtime cannot import: other values, so comparisons feed one
+    noise to both; at R = 1 (the shipped default) both are zero."""
     noise = np.zeros((params.restarts, n, latent_dim), dtype=np.float32)
     if params.restarts > 1:
         rng = np.random.default_rng(params.seed)

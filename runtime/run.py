@@ -218,13 +218,11 @@ def read_recorded(pred_path: Path) -> tuple[set[str], dict]:
     return seen, counts
 
 
-def percentiles(values: list[float]) -> dict:
-    if not values:
-        return {"p50": None, "p90": None, "p99": None, "mean": None, "n": 0}
-    a = np.asarray(values, dtype=np.float64) * 1e3
-    p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return {"p50": round(float(p50), 4), "p90": round(float(p90), 4), "p99": round(float(p99), 4),
-            "mean": round(float(a.mean()), 4), "n": int(a.size)}
+def percentiles(values) -> dict:
+    """summary.json's latency record: ``vaegan.util.percentiles`` in ms, to 4 decimals."""
+    from vaegan.util import percentiles as latency_percentiles
+
+    return latency_percentiles(values, digits=4)
 
 
 class _Stats:

@@ -8,12 +8,13 @@ Loaded with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import zipfile
 from pathlib import Path
 
 import torch
+
+from vaegan.util import file_sha256  # noqa: F401 - defined once in vaegan.util; this name stays importable
 
 from .errors import VaeganError
 from .config import ClassifierArgs, VAEGANArgs
@@ -60,14 +61,6 @@ def load_model(path: str | Path, kind: str) -> tuple[torch.nn.Module, dict]:
     except RuntimeError as e:
         raise VaeganError(f"{path}: weights do not match the {kind} architecture ({str(e).splitlines()[0]})") from None
     return model.eval(), ckpt
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def slim(ckpt: dict) -> dict:

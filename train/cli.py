@@ -1,38 +1,22 @@
 """Thin click commands over the library: ``vaegan-train``, ``vaegan-attack``, ``vaegan-eval``.
 
-User errors (``VaeganError``, bad options) print one line and exit non-zero; nothing heavy is imported for
-``--help`` / ``--version``.
+User errors (``VaeganError``, bad options) print one ``Error: ...`` line and exit 2, as in every vaegan CLI
+(``vaegan.errors``); nothing heavy is imported for ``--help`` / ``--version``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import typing
 from pathlib import Path
 
 import click
 
 from vaegan import __version__
-from vaegan.errors import UserError
+from vaegan.errors import friendly_errors
 from vaegan.extras import requires_extra
 
 from .errors import VaeganError
-
-
-def friendly_errors(fn):
-    """Turn a user error (``vaegan.errors.UserError``: the training side's ``VaeganError``, the runtime's
-    ``VaeganRuntimeError``, e.g. unusable artifacts) into a one-line ``Error: ...`` and exit code 1 (click prints it,
-    no traceback). Also the adaptive and bench CLIs'."""
-
-    @functools.wraps(fn)
-    def wrapper(*a, **k):
-        try:
-            return fn(*a, **k)
-        except UserError as e:
-            raise click.ClickException(str(e)) from None
-
-    return wrapper
 
 
 def _field_type(tp):
@@ -273,7 +257,9 @@ def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defend
     from . import checkpoint as ckpt_io
     from .attacks import run_attack, save_adversarial
     from .data import test_subset, train_subset
-    from .evaluate import predict
+    from vaegan.util import file_sha256
+
+    from .evaluate import accuracy
 
     classifier = classifier or _default("classifier")
     clf, _ = ckpt_io.load_model(classifier, "classifier")
@@ -287,10 +273,10 @@ def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defend
                                                                     data_root)
     x_adv, targets = run_attack(model, x, y, spec, progress=True)
     with torch.no_grad():
-        acc = (predict(model, x_adv) == y).float().mean().item() * 100
+        acc = accuracy(model, x_adv, y)
     path = save_adversarial(Path(out) / f"{split}_{spec.tag}{'_defended' if defended else ''}_seed{seed}.npz",
                             x_adv, y, idx, spec, targets,
-                            {"split": split, "classifier_sha256": ckpt_io.file_sha256(classifier),
+                            {"split": split, "classifier_sha256": file_sha256(classifier),
                              "defended": defended, "attacked_accuracy": acc})
     click.echo(f"{path}: {len(x)} images, {spec.tag}, accuracy of the attacked model {acc:.2f}%")
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from vaegan.util import file_sha256
+
 from . import checkpoint as ckpt_io
 from .attacks import AttackSpec, load_adversarial, run_attack, save_adversarial
 from .config import PurifyConfig
@@ -73,7 +75,7 @@ def purify_batched(vg, x: torch.Tensor, cfg: PurifyConfig, batch: int = 250) -> 
 def adversarial_set(clf, classifier_path, x, y, idx, spec: AttackSpec, adv_dir: str | None, batch: int = 250,
                     progress: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Craft (or reuse from ``adv_dir``) the adversarial test set for ``spec`` against ``clf``."""
-    sha = ckpt_io.file_sha256(classifier_path)
+    sha = file_sha256(classifier_path)
     path = Path(adv_dir) / f"test_{spec.tag}_seed{spec.seed}.npz" if adv_dir else None
     if path is not None and path.exists():
         d = load_adversarial(path)
@@ -82,7 +84,7 @@ def adversarial_set(clf, classifier_path, x, y, idx, spec: AttackSpec, adv_dir: 
             return torch.from_numpy(d["x_adv"][: len(x)]), (t if spec.name == "tpgd" else None)
     x_adv, targets = run_attack(clf, x, y, spec, batch_size=batch, progress=progress)
     if path is not None:
-        acc = (predict(clf, x_adv) == y).float().mean().item() * 100
+        acc = accuracy(clf, x_adv, y)
         save_adversarial(path, x_adv, y, idx, spec, targets, {"split": "test", "classifier_sha256": sha,
                                                               "attacked_accuracy": acc})
     return x_adv, targets
@@ -147,11 +149,11 @@ def evaluate(vaegan_path, classifier_path, cfg: EvalConfig, progress: bool = Tru
         xp, _ = purify_batched(vg, xa, cfg.purify, cfg.batch_size)
         targeted_res[tag] = {"success_before": (predict(clf, xa) == t).float().mean().item() * 100,
                              "success_after": (predict(clf, xp) == t).float().mean().item() * 100,
-                             "accuracy_after": (predict(clf, xp) == y).float().mean().item() * 100}
+                             "accuracy_after": accuracy(clf, xp, y)}
     report = {
         "n": cfg.n, "config": _jsonable(asdict(cfg)), "table": table, "ms_per_image": timing,
         "per_class_clean": per_class, "targeted": targeted_res,
-        "checkpoints": {"vaegan": ckpt_io.file_sha256(vaegan_path), "classifier": ckpt_io.file_sha256(classifier_path)},
+        "checkpoints": {"vaegan": file_sha256(vaegan_path), "classifier": file_sha256(classifier_path)},
         "threads": torch.get_num_threads(),
     }
     write_report(report, cfg, x, sets, purified_examples)
@@ -257,7 +259,7 @@ def sweep(vaegan_path, classifier_path, grid: dict, n: int = 500, adv_dir: str |
         res = {"config": asdict(pcfg)}
         for name, xs in sets.items():
             xp, ms = purify_batched(vg, xs, pcfg)
-            res[name] = (predict(clf, xp) == y).float().mean().item() * 100
+            res[name] = accuracy(clf, xp, y)
             res["ms_per_image"] = ms
         res["mean"] = sum(res[k] for k in sets) / len(sets)
         results.append(res)

@@ -65,7 +65,10 @@ def pixel_loss(vg: VAEGAN, xp: torch.Tensor, lam: float) -> torch.Tensor:
 
 
 def restart_noise(cfg: PurifyConfig, n: int, latent_dim: int) -> torch.Tensor:
-    """R x N x latent_dim noise drawn from ``cfg.seed``; restart 0 is zero unless init is random."""
+    """R x N x latent_dim noise drawn from ``cfg.seed`` by torch's generator; restart 0 is zero unless init is random.
+
+    The torch-free runtime cannot draw torch's stream, so it has its own (``vaegan.runtime.purify.restart_noise``,
+    numpy): the same distribution, other values. The two are compared by feeding one noise to both."""
     g = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn(cfg.restarts, n, latent_dim, generator=g) * cfg.noise
     if cfg.init == "encoder":

@@ -113,9 +113,11 @@ def _resume_state(out: Path, resume: bool, kind: str) -> dict | None:
 
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
+    """``evaluate.accuracy`` with ``model`` put in eval mode first (the training loops hand it over in train mode)."""
+    from .evaluate import accuracy as top1
+
     model.eval()
-    correct = sum((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum().item() for i in range(0, len(x), batch))
-    return 100.0 * correct / len(x)
+    return top1(model, x, y, batch)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vaegan.train.checkpoint import file_sha256
 from vaegan.train.config import PurifyConfig
 from vaegan.train.errors import VaeganError
 from vaegan.train.evaluate import accuracy, predict
+from vaegan.util import file_sha256
 
 from ..config import SCORE_BATCH, AdaptiveConfig
 
@@ -30,14 +30,15 @@ class RuntimeModel(nn.Module):
                  threads: int | None = None):
         super().__init__()
         from vaegan.runtime.artifacts import load_artifacts
+        from vaegan.runtime.names import unsupported_purifier
         from vaegan.runtime.purify import PurifyParams, make_classifier, make_purifier
 
         self.artifacts = load_artifacts(artifacts_dir)
         params = None
         if purify_cfg is not None:
-            if purify_cfg.mode != "latent" or purify_cfg.init != "encoder":
-                raise VaeganError(f"the runtime implements mode=latent, init=encoder only (got mode={purify_cfg.mode}"
-                                  f", init={purify_cfg.init}): square cannot attack this purifier")
+            why = unsupported_purifier(purify_cfg.mode, purify_cfg.init)
+            if why:
+                raise VaeganError(f"{why}: square cannot attack this purifier")
             params = PurifyParams.from_settings(asdict(purify_cfg))
         self.purifier = make_purifier(self.artifacts, backend, params, threads=threads)
         self.classifier = make_classifier(self.artifacts, backend, threads=threads)

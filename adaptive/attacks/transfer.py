@@ -9,6 +9,7 @@ import torch
 
 from vaegan.train import checkpoint as ckpt_io
 from vaegan.train.evaluate import accuracy, predict
+from vaegan.util import file_sha256
 
 from ..config import SCORE_BATCH, AdaptiveConfig
 from .pgd import pgd_over
@@ -37,7 +38,7 @@ def setup_transfer(ctx, echo=print) -> None:
     surrogate, _ = ckpt_io.load_model(sp, "classifier")
     surrogate = surrogate.to(ctx.x.device)
     ctx.state["surrogate"] = surrogate
-    ctx.extras["surrogate"] = {"path": str(sp), "sha256": ckpt_io.file_sha256(sp),
+    ctx.extras["surrogate"] = {"path": str(sp), "sha256": file_sha256(sp),
                                "clean_accuracy": accuracy(surrogate, ctx.x, ctx.y, SCORE_BATCH)}
 
 

@@ -46,19 +46,19 @@ def test_bad_input_is_a_one_line_error():
     with pytest.raises(VaeganError, match="eps 1.5 out of range"):
         AdaptiveConfig(eps=(0.1, 1.5))
     r = CliRunner().invoke(adaptive_cli, ["--attacks", "bpda,deepfool"])
-    assert r.exit_code == 1 and r.output.strip() == (
+    assert r.exit_code == 2 and r.output.strip() == (
         "Error: unknown adaptive attack 'deepfool' (expected one of bpda, bpda_eot, full, full_eot, apgd, fab, square, "
         "transfer, latent)")
     for bad in ("-0.1", "0.1,2"):
         r = CliRunner().invoke(adaptive_cli, ["--eps", bad])
-        assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1 and "out of range" in r.output
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "out of range" in r.output
     r = CliRunner().invoke(adaptive_cli, ["--eps", "a"])
-    assert r.exit_code == 1 and "expected comma-separated numbers" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "expected comma-separated numbers" in r.output and "Traceback" not in r.output
     with pytest.raises(VaeganError, match="unknown device 'gpu0'"):
         AdaptiveConfig(device="gpu0")
     if not torch.cuda.is_available():
         r = CliRunner().invoke(adaptive_cli, ["--device", "cuda"])
-        assert r.exit_code == 1 and r.output.startswith("Error: device 'cuda': torch sees no CUDA device")
+        assert r.exit_code == 2 and r.output.startswith("Error: device 'cuda': torch sees no CUDA device")
 
 
 @requires_data
@@ -79,7 +79,7 @@ def test_cli_writes_the_report_on_4_images(live_ckpts, tiny_vaegan_ckpt, artifac
     r2 = CliRunner().invoke(adaptive_cli, ["--checkpoint", str(tiny_vaegan_ckpt), "--classifier", str(live_ckpts[1]),
                                            "--n", "4", "--attacks", "square", "--artifacts", str(artifacts),
                                            "--out", str(tmp_path / "other")])
-    assert r2.exit_code == 1 and "exported from another checkpoint" in r2.output
+    assert r2.exit_code == 2 and "exported from another checkpoint" in r2.output
     rep = json.loads((out / "adaptive.json").read_text())
     assert rep["n"] == 4 and set(rep["attacks"]) == {"bpda", "bpda_eot", "full", "full_eot", "apgd", "fab", "square",
                                                      "transfer", "latent"}

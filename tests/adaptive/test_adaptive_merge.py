@@ -103,11 +103,11 @@ def test_merge_joins_runs_split_by_eps_and_attack(tmp_path):
     m6 = merge_reports([u1, u2, b])  # b recorded no masks: its apgd 58.0 at eps 0.1 is lower than the union
     assert m6["any"]["0.1"] == 58.0 and m6["any_kind"] == "union+min"
     r2 = CliRunner().invoke(adaptive_cli, ["--merge", str(tmp_path / "missing"), "--out", str(out)])
-    assert r2.exit_code == 1 and "missing/adaptive.json: not a readable adaptive report" in r2.output
+    assert r2.exit_code == 2 and "missing/adaptive.json: not a readable adaptive report" in r2.output
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "adaptive.json").write_text(json.dumps({"n": 8, "table": {}}))
     r3 = CliRunner().invoke(adaptive_cli, ["--merge", str(tmp_path / "other"), "--out", str(out)])
-    assert r3.exit_code == 1 and "other/adaptive.json: not an adaptive report (no eps, clean, attacks" in r3.output
+    assert r3.exit_code == 2 and "other/adaptive.json: not an adaptive report (no eps, clean, attacks" in r3.output
 
 
 def test_merge_cuts_runs_over_more_images_to_the_common_first_images(tmp_path):
@@ -150,6 +150,6 @@ def test_merge_cuts_runs_over_more_images_to_the_common_first_images(tmp_path):
     (tmp_path / "old" / "adaptive.json").write_text(json.dumps(old))
     r = CliRunner().invoke(adaptive_cli, ["--merge", str(tmp_path / "small"), "--merge", str(tmp_path / "old"),
                                           "--out", str(tmp_path / "refused")])
-    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.exit_code == 2 and "Traceback" not in r.output
     assert f"merge: {tmp_path / 'old' / 'adaptive.json'}: full at eps 0.1 over 8 images recorded no per-image" in r.output
     assert merge_reports([old, old | {"attacks": {}}])["n"] == 8  # same n: nothing is cut, masks not needed

@@ -57,7 +57,7 @@ def test_levers_quick(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt, tiny_art
             c = x["cells"][n]
             assert c["p50_ms"] > 0 and c["runs"] >= 3
             # every variant computes the same purification (the export's loop tolerance)
-            assert x is shipped or c["max_abs_diff"] < 1e-4, (x["variant"], c)
+            assert x is shipped or (c["max_abs_diff"] < 1e-4 and c["agrees"]), (x["variant"], c)
             assert c["vs_shipped_rounds"] == [shipped["cells"][n]["p50_ms"] / c["p50_ms"]]  # one round (--quick)
 
 

@@ -23,7 +23,7 @@ def test_precision_quick(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt, tiny_
     import torch
 
     from vaegan.train.attacks import AttackSpec, save_adversarial
-    from vaegan.train.checkpoint import file_sha256
+    from vaegan.util import file_sha256
     from vaegan.train.data import test_subset
 
     x, y, _ = test_subset(64)

@@ -37,7 +37,7 @@ def test_help_and_version_do_not_import_torch(flag):
 def test_missing_checkpoint(tmp_path, tiny_classifier_ckpt):
     res = _run("--checkpoint", str(tmp_path / "nope.pt"), "--classifier", str(tiny_classifier_ckpt),
                "--out", str(tmp_path / "a"))
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "nope.pt: checkpoint not found" in _error_line(res)
 
 
@@ -45,21 +45,21 @@ def test_corrupt_checkpoint(tmp_path, tiny_classifier_ckpt):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a zip file at all")
     res = _run("--checkpoint", str(bad), "--classifier", str(tiny_classifier_ckpt), "--out", str(tmp_path / "a"))
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "bad.pt: not a readable checkpoint" in _error_line(res)
 
 
 def test_classifier_passed_as_vaegan(tmp_path, tiny_classifier_ckpt):
     res = _run("--checkpoint", str(tiny_classifier_ckpt), "--classifier", str(tiny_classifier_ckpt),
                "--out", str(tmp_path / "a"))
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "is a classifier checkpoint, expected a vaegan checkpoint" in _error_line(res)
 
 
 def test_vaegan_passed_as_classifier(tmp_path, tiny_vaegan_ckpt):
     res = _run("--checkpoint", str(tiny_vaegan_ckpt), "--classifier", str(tiny_vaegan_ckpt),
                "--out", str(tmp_path / "a"))
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "is a vaegan checkpoint, expected a classifier checkpoint" in _error_line(res)
 
 
@@ -68,7 +68,7 @@ def test_unwritable_output_dir(tmp_path, tiny_vaegan_ckpt, tiny_classifier_ckpt)
     blocker.write_text("x")
     res = _run("--checkpoint", str(tiny_vaegan_ckpt), "--classifier", str(tiny_classifier_ckpt),
                "--out", str(blocker / "out"))
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "output folder is not writable" in _error_line(res)
 
 
@@ -89,7 +89,8 @@ def test_library_rejects_bad_input_before_work(tmp_path, tiny_vaegan_ckpt, tiny_
         export_all(tiny_vaegan_ckpt, tiny_classifier_ckpt, tmp_path / "a", opset=30)
     with pytest.raises(VaeganError, match=r"max-batch must be >= 1"):
         export_all(tiny_vaegan_ckpt, tiny_classifier_ckpt, tmp_path / "a", max_batch=0)
-    with pytest.raises(VaeganError, match=r"purify.onnx implements mode=latent"):
+    with pytest.raises(VaeganError,
+                       match=r"purify.onnx and the runtime implement mode=latent, init=encoder only \(got mode=pixel"):
         export_all(tiny_vaegan_ckpt, tiny_classifier_ckpt, tmp_path / "a", purify_cfg=PurifyConfig(mode="pixel"))
     with pytest.raises(VaeganError, match=r"checkpoint not found"):
         export_all(tmp_path / "missing.pt", tiny_classifier_ckpt, tmp_path / "a")

@@ -50,7 +50,7 @@ def test_cli_exit_code_and_trt_message(tiny_export):
 
 
 def test_files_and_manifest(tiny_export):
-    from vaegan.train.checkpoint import file_sha256
+    from vaegan.util import file_sha256
     from vaegan.train.config import PurifyConfig
     from vaegan.train.data import CLASSES
 

@@ -54,7 +54,7 @@ def test_bf16_runs_in_bf16_close_to_fp32(artifacts_dir, fmnist64):
         assert 0 < float(np.median(diff)) < 0.02  # bf16's ~3 significant digits, through T steps: not fp32, not off
         # a call with two restarts would leave the fast path: refused, not run in fp32
         with pytest.raises(RuntimeUsageError,
-                           match=r"takes one restart and steps <= \d+ \(this call: restarts 2, steps"):
+                           match=r"takes one restart and steps <= \d+ \(this call: restarts 2, steps 3\)"):
             bf.purify(x[:2], params=PurifyParams.from_manifest(arts, restarts=2))
 
 
@@ -72,7 +72,7 @@ def test_vaegan_run_refuses_bf16_with_restarts_in_one_line(artifacts_dir, frames
     res = CliRunner().invoke(main, ["--input", str(frames_dir), "--artifacts", str(artifacts_dir),
                                     "--out", str(tmp_path / "out"), "--precision", "bf16", "--restarts", "2"])
     assert res.exit_code == 2
-    assert res.output.strip() == ("vaegan-run: error: precision bf16 runs on the fast path, which takes one restart "
+    assert res.output.strip() == ("Error: precision bf16 runs on the fast path, which takes one restart "
                                   "(restarts 2)")
 
 

@@ -49,26 +49,26 @@ def test_adversarial_file_roundtrip(clf, tmp_path):
 
 def test_bad_attack_options_are_one_line_errors():
     r = CliRunner().invoke(attack_cli, ["--attack", "deepfool"])
-    assert r.exit_code == 1 and r.output.strip() == "Error: unknown attack 'deepfool' (expected one of fgsm, pgd, tpgd, cw)"
+    assert r.exit_code == 2 and r.output.strip() == "Error: unknown attack 'deepfool' (expected one of fgsm, pgd, tpgd, cw)"
     r = CliRunner().invoke(attack_cli, ["--attack", "pgd", "--eps", "1.5"])
-    assert r.exit_code == 1 and "eps 1.5 out of range" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "eps 1.5 out of range" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(eval_cli, ["--eps", "0.1,-0.2"])
-    assert r.exit_code == 1 and "eps -0.2 out of range" in r.output
+    assert r.exit_code == 2 and "eps -0.2 out of range" in r.output
 
 
 def test_wrong_and_corrupt_checkpoints_are_one_line_errors(tiny_vaegan_ckpt, tiny_classifier_ckpt, tmp_path):
     r = CliRunner().invoke(attack_cli, ["--attack", "fgsm", "--classifier", str(tiny_vaegan_ckpt), "--n", "4"])
-    assert r.exit_code == 1 and "is a vaegan checkpoint, expected a classifier checkpoint" in r.output
+    assert r.exit_code == 2 and "is a vaegan checkpoint, expected a classifier checkpoint" in r.output
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(b"\x00" * 100)
     r = CliRunner().invoke(eval_cli, ["--checkpoint", str(bad), "--classifier", str(tiny_classifier_ckpt), "--quick"])
-    assert r.exit_code == 1 and "corrupt.pt: not a readable checkpoint" in r.output
+    assert r.exit_code == 2 and "corrupt.pt: not a readable checkpoint" in r.output
     assert len(r.output.strip().splitlines()) == 1
 
 
 def test_wrong_data_root_is_one_line_error(tmp_path):
     r = CliRunner().invoke(train_cli, ["classifier", "--data-root", str(tmp_path), "--out", str(tmp_path / "o")])
-    assert r.exit_code == 1 and "no Fashion-MNIST there" in r.output and len(r.output.strip().splitlines()) == 1
+    assert r.exit_code == 2 and "no Fashion-MNIST there" in r.output and len(r.output.strip().splitlines()) == 1
 
 
 @requires_data
@@ -115,4 +115,4 @@ def test_sweep_grid_parsing():
         with pytest.raises(VaeganError, match="--grid"):
             parse_grid(bad)
     res = CliRunner().invoke(eval_cli, ["--sweep", "--grid", "T=1"])
-    assert res.exit_code != 0 and "--grid" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "--grid" in res.output and "Traceback" not in res.output

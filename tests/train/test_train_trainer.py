@@ -168,10 +168,10 @@ def test_training_on_a_bad_device_is_a_one_line_error(tmp_path):
     from vaegan.train.cli import train_cli
 
     r = CliRunner().invoke(train_cli, ["vaegan", "--out", str(tmp_path / "v"), "--device", "gpu0"])
-    assert r.exit_code == 1 and r.output.strip() == "Error: unknown device 'gpu0' (expected cpu, cuda or cuda:N)"
+    assert r.exit_code == 2 and r.output.strip() == "Error: unknown device 'gpu0' (expected cpu, cuda or cuda:N)"
     if not torch.cuda.is_available():
         r = CliRunner().invoke(train_cli, ["classifier", "--out", str(tmp_path / "c"), "--device", "cuda"])
-        assert r.exit_code == 1 and "torch sees no CUDA device" in r.output and "Traceback" not in r.output
+        assert r.exit_code == 2 and "torch sees no CUDA device" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "v").exists() and not (tmp_path / "c").exists()  # refused before anything was written
 
 
