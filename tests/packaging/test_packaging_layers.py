@@ -1,6 +1,6 @@
 """The packages form layers, read from their import statements (ast, nothing imported): vaegan.runtime and
-vaegan.train import none of the others, vaegan.export builds on both, vaegan.adaptive on all three, and nothing
-imports vaegan.adaptive; so no import cycle between the packages."""
+vaegan.train import none of the others, vaegan.export builds on both, vaegan.adaptive on all three, vaegan.serve on
+vaegan.runtime, and nothing imports vaegan.adaptive or vaegan.serve; so no import cycle between the packages."""
 
 import ast
 from pathlib import Path
@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = {"vaegan": "src/vaegan", "train": "train", "runtime": "runtime", "export": "export", "adaptive": "adaptive"}
+FOLDERS = {"vaegan": "src/vaegan", "train": "train", "runtime": "runtime", "export": "export", "adaptive": "adaptive",
+           "serve": "serve"}
 MAY_IMPORT = {"vaegan": set(), "runtime": set(), "train": set(), "export": {"train", "runtime"},
-              "adaptive": {"train", "export", "runtime"}}
+              "adaptive": {"train", "export", "runtime"}, "serve": {"runtime"}}
 
 
 def imported_packages(path: Path, package: str) -> set[str]:
