@@ -14,14 +14,14 @@ ifeq ($(origin VAEGAN_DATA), undefined)
   endif
 endif
 
-.PHONY: demo test venv export eval bench adaptive train clean
+.PHONY: demo test venv export eval bench serve adaptive train clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[test,video,openvino]'
+	$(BIN)/python -m pip install -e '.[train,test,video,openvino,serve]'
 	touch $(STAMP)
 
 # The main job on the shipped weights: export (validated against PyTorch), purify + classify the sample frames
@@ -50,6 +50,10 @@ eval: $(STAMP)
 # Latency of every backend (docs/benchmarks.md has the command of its table).
 bench: $(STAMP)
 	$(BIN)/python bench/latency.py
+
+# The shipped defense as an HTTP service on 127.0.0.1:8000 (Ray Serve; docs/serving.md), until Ctrl-C.
+serve: artifacts/manifest.json
+	$(BIN)/vaegan-serve --artifacts artifacts
 
 # The adaptive-attack suite of configs/adaptive.toml (docs/results.md): the runs not done yet, ADV_JOBS at once,
 # then the per-image merge into reports/adaptive/ and docs/adaptive.png. ADV_TIERS adds `long` (hours per run on

@@ -10,6 +10,7 @@ import click
 
 from vaegan import __version__
 from vaegan.errors import friendly_errors
+from vaegan.extras import requires_extra
 from vaegan.train.cli import build_config, dataclass_options
 from vaegan.train.errors import VaeganError
 
@@ -54,6 +55,7 @@ def _read_reports(dirs) -> list[dict]:
                    "e.g. one run per eps, in parallel) into OUT; runs over more images than the smallest are cut to "
                    "its first images by their per-image outcomes")
 @friendly_errors
+@requires_extra("train")
 def adaptive_cli(checkpoint, classifier, merge_dirs, **values):
     out = values["out"] or AdaptiveConfig.out
     if merge_dirs:
@@ -75,11 +77,13 @@ def adaptive_cli(checkpoint, classifier, merge_dirs, **values):
     from vaegan.train.config import PurifyConfig
 
     cfg = build_config(AdaptiveConfig, values)  # validates attack names, eps, ...
-    checkpoint = checkpoint or _default("vaegan")
-    # the purifier's operating point: the checkpoint's, the purifier options given on top
-    pvalues = {f.name: values.get(f.name) for f in dataclasses.fields(PurifyConfig)}
-    cfg = dataclasses.replace(cfg, purify=operating_point(checkpoint, pvalues))
+    if checkpoint and not cfg.purifier:
+        raise VaeganError("--checkpoint and --no-purifier: the classifier alone has no VAE-GAN; pass one of them")
     from .evaluate import evaluate_adaptive
 
-    evaluate_adaptive(checkpoint, classifier or _default("classifier"), cfg, echo=click.echo)
+    vaegan = (checkpoint or _default("vaegan")) if cfg.purifier else None
+    if vaegan is not None:  # the purifier's operating point: the checkpoint's, the purifier options given on top
+        pvalues = {f.name: values.get(f.name) for f in dataclasses.fields(PurifyConfig)}
+        cfg = dataclasses.replace(cfg, purify=operating_point(vaegan, pvalues))
+    evaluate_adaptive(vaegan, classifier or _default("classifier"), cfg, echo=click.echo)
     click.echo(f"wrote {out}/adaptive.md, adaptive.json, adaptive.png")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from vaegan.train.config import PurifyConfig, check_eps, resolve_device
 from vaegan.train.errors import VaeganError
 
-from .registry import ATTACKS, DEFAULT_ATTACKS
+from .registry import ATTACKS, DEFAULT_ATTACKS, WITHOUT_PURIFIER
 
 LOSSES = ("ce", "margin")
 APGD_GRADIENTS = ("auto", "bpda", "full")
@@ -59,6 +59,9 @@ class AdaptiveConfig:
     threads: int | None = field(default=None, metadata=_opt("torch intra-op threads (default: torch's)"))
     device: str = field(default="cpu", metadata=_opt(
         "torch device of the attacks: cpu, cuda, cuda:N (square always queries the CPU runtime)"))
+    purifier: bool = field(default=True, metadata=_opt(
+        "--no-purifier: attack the classifier alone (the baseline without a purifier; --checkpoint is then not read)",
+        "--purifier"))
     purify: PurifyConfig = field(default_factory=PurifyConfig)
     out: str = field(default="reports", metadata=_opt("output folder"))
     data_root: str | None = field(default=None, metadata=_opt("Fashion-MNIST root (default: $VAEGAN_DATA, else the system's copy)"))
@@ -77,6 +80,10 @@ class AdaptiveConfig:
             raise VaeganError(f"unknown adaptive attack {bad[0]!r} (expected one of {', '.join(ATTACKS)})")
         if not self.attacks:
             raise VaeganError("no attack selected")
+        if not self.purifier and any(a not in WITHOUT_PURIFIER for a in self.attacks):
+            bad = [a for a in self.attacks if a not in WITHOUT_PURIFIER]
+            raise VaeganError(f"--no-purifier: {', '.join(bad)} attack{'s' * (len(bad) == 1)} the purifier; choose "
+                              f"--attacks from {', '.join(WITHOUT_PURIFIER)}")
         for e in self.eps:
             check_eps(e)
         if self.n < 1 or self.steps < 1 or self.restarts < 1 or self.eot_samples < 1 or self.batch_size < 1:

@@ -46,7 +46,8 @@ def _full_fp32(dev: torch.device):
 
 def evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, data=None, echo=print) -> dict:
     """Run ``cfg.attacks`` at every ``cfg.eps`` on the first ``cfg.n`` test images; write OUT/adaptive.{md,json,png}.
-    ``data`` = (x, y) overrides the test subset (tests); the latent-target pool is then x itself."""
+    ``data`` = (x, y) overrides the test subset (tests); the latent-target pool is then x itself. With
+    ``cfg.purifier`` False the defended model is the classifier alone (``vaegan_path`` is not read: None)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dev = torch.device(cfg.device)
@@ -64,12 +65,13 @@ def _device_name(dev: torch.device) -> str:
 def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: torch.device, data, echo) -> dict:
     from vaegan.train.data import data_kwargs, dataset_contract, test_subset
 
-    vg, _ = ckpt_io.load_model(vaegan_path, "vaegan")
-    clf, _ = ckpt_io.load_model(classifier_path, "classifier")
-    ckpt_io.check_pair(vg, clf, vaegan_path, classifier_path)
-    vg, clf = vg.to(dev), clf.to(dev)
+    vg = ckpt_io.load_model(vaegan_path, "vaegan")[0].to(dev) if cfg.purifier else None
+    clf = ckpt_io.load_model(classifier_path, "classifier")[0].to(dev)
+    if vg is not None:
+        ckpt_io.check_pair(vg, clf, vaegan_path, classifier_path)
     if data is None:
-        ckpt_io.check_data(vg.contract, dataset_contract(**data_kwargs(cfg)), vaegan_path, cfg.dataset)
+        ckpt_io.check_data(clf.contract if vg is None else vg.contract, dataset_contract(**data_kwargs(cfg)),
+                           classifier_path if vg is None else vaegan_path, cfg.dataset)
         x, y, _ = test_subset(cfg.n, **data_kwargs(cfg))
     else:
         x, y = data[0][: cfg.n], data[1][: cfg.n]
@@ -79,12 +81,20 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
     # .eval() on every wrapper: nn.Module starts in training mode, and torchattacks restores the mode it found
     # after each attack (``_recover_model_mode``), which would leave the shared classifier in training mode
     # (dropout, batch-statistics BatchNorm) for everything scored afterwards.
-    ctx = Context(cfg=cfg, x=x, y=y, vg=vg, clf=clf,
-                  defended=Defended(Purifier(vg, pcfg), clf).eval(),
-                  bpda=Defended(StraightThrough(Purifier(vg, pcfg)), clf).eval(),
-                  full=Defended(Purifier(vg, pcfg, differentiable=True), clf).eval(),
-                  rcfg=rcfg, rand_eval=Defended(RandomizedPurifier(vg, rcfg, seed=cfg.seed + 1_000_003), clf).eval(),
-                  cache=None)
+    if cfg.purifier:
+        ctx = Context(cfg=cfg, x=x, y=y, vg=vg, clf=clf,
+                      defended=Defended(Purifier(vg, pcfg), clf).eval(),
+                      bpda=Defended(StraightThrough(Purifier(vg, pcfg)), clf).eval(),
+                      full=Defended(Purifier(vg, pcfg, differentiable=True), clf).eval(),
+                      rcfg=rcfg, rand_eval=Defended(RandomizedPurifier(vg, rcfg, seed=cfg.seed + 1_000_003),
+                                                    clf).eval(),
+                      cache=None)
+    else:  # the classifier alone: every gradient is its own (the attacks that need a purifier are refused)
+        clf.eval()
+        ctx = Context(cfg=cfg, x=x, y=y, vg=None, clf=clf, defended=clf, bpda=clf, full=clf, rcfg=rcfg,
+                      rand_eval=None, cache=None)
+    shas = {"vaegan": file_sha256(vaegan_path) if cfg.purifier else None,
+            "classifier": file_sha256(classifier_path)}
     res: dict = {"clean": {"classifier": accuracy(clf, x, y, SCORE_BATCH),
                            "defended": accuracy(ctx.defended, x, y, SCORE_BATCH)},
                  "attacks": ctx.results, "any": {}}
@@ -108,7 +118,7 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
         setup_latent(ctx, data)
 
     ctx.cache = BatchCache(Path(cfg.out) / "partial",
-                           {"checkpoints": [file_sha256(vaegan_path), file_sha256(classifier_path)],
+                           {"checkpoints": [shas["vaegan"], shas["classifier"]],
                             "purify": asdict(pcfg), "seed": cfg.seed, "device": dev.type},
                            echo)
     for name in [a for a in ATTACKS if a in cfg.attacks]:
@@ -118,7 +128,7 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
             t0 = time.perf_counter()
             ctx.cache.reused = 0
             xa, fooled, rec = run(ctx, eps)
-            assert not clf.training and not vg.training, f"{name}: a net was left in training mode"
+            assert not clf.training and not (vg is not None and vg.training), f"{name}: a net was left in training mode"
             linf = (xa - x).abs().amax().item()
             if linf > eps + 1e-5:  # a bug, not a user error
                 raise AssertionError(f"{name} eps {eps}: perturbation {linf} exceeds the budget")
@@ -135,8 +145,7 @@ def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: t
         res["any"] = {str(e): 100.0 * (1 - f.float().mean().item()) for e, f in fooled_any.items()}
     report = {"n": len(x), "eps": list(cfg.eps), "config": json.loads(json.dumps(asdict(cfg), default=list)),
               **res, **ctx.extras,
-              "checkpoints": {"vaegan": file_sha256(vaegan_path),
-                              "classifier": file_sha256(classifier_path)},
+              "checkpoints": shas,
               "threads": torch.get_num_threads(), "device": device_name,
               "oblivious": oblivious_numbers(Path(cfg.out) / "report.json")}
     if "runtime" in ctx.state:

@@ -19,6 +19,7 @@ class AttackInfo:
     runner: str           # "module:function" under vaegan.adaptive.attacks
     randomized: bool = False  # attacked and scored on the randomized purifier: not in the worst-case row
     default: bool = True      # run when --attacks is not given
+    needs_purifier: bool = False  # attacks the purifier itself: refused with --no-purifier
 
 
 _PGD = ("steps", "restarts", "alpha_ratio", "loss")
@@ -26,16 +27,17 @@ _EOT = ("steps", "alpha_ratio", "loss", "eot_samples", "eot_restarts")
 
 REGISTRY: dict[str, AttackInfo] = {a.name: a for a in (
     AttackInfo("bpda", "BPDA + PGD", _PGD, "bpda:run_bpda"),
-    AttackInfo("bpda_eot", "BPDA + EOT + PGD (randomized purifier)", _EOT, "bpda:run_bpda_eot", randomized=True),
+    AttackInfo("bpda_eot", "BPDA + EOT + PGD (randomized purifier)", _EOT, "bpda:run_bpda_eot", randomized=True,
+               needs_purifier=True),
     AttackInfo("full", "full-gradient PGD (unrolled T steps)", _PGD, "full:run_full"),
     # opt-in: eot_samples times the cost of ``full`` per step
     AttackInfo("full_eot", "full-gradient EOT + PGD (randomized purifier)", _EOT, "full:run_full_eot",
-               randomized=True, default=False),
+               randomized=True, default=False, needs_purifier=True),
     AttackInfo("apgd", "APGD-CE + APGD-T", ("steps", "apgd_targets"), "apgd:run_apgd"),
     AttackInfo("fab", "FAB-T", ("steps", "fab_targets"), "fab:run_fab"),
     AttackInfo("square", "Square (runtime, scores)", ("square_queries",), "square:run_square"),
     AttackInfo("transfer", "transfer from surrogate", ("steps", "alpha_ratio", "loss"), "transfer:run_transfer"),
-    AttackInfo("latent", "latent-space PGD", ("steps", "alpha_ratio"), "latent:run_latent"),
+    AttackInfo("latent", "latent-space PGD", ("steps", "alpha_ratio"), "latent:run_latent", needs_purifier=True),
 )}
 
 ATTACKS = tuple(REGISTRY)  # the order of the report's rows
@@ -45,6 +47,8 @@ RANDOMIZED = tuple(a for a, info in REGISTRY.items() if info.randomized)
 # scored on the deterministic defense: the "any" (worst-case) row
 WORST_CASE = tuple(a for a, info in REGISTRY.items() if not info.randomized)
 BUDGET = {a: info.budget for a, info in REGISTRY.items()}
+# what --no-purifier (the classifier alone) can run: the attacks that do not reach into the purifier
+WITHOUT_PURIFIER = tuple(a for a, info in REGISTRY.items() if not info.needs_purifier)
 LABELS = {a: info.label for a, info in REGISTRY.items()}
 
 

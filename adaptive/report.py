@@ -70,7 +70,8 @@ def write_adaptive(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     eps = [str(e) for e in report["eps"]]
     c = report["clean"]
-    md = [f"# Adaptive attacks on classifier(purifier(x)) (first {report['n']} test images, L-inf)", "",
+    model = "classifier(purifier(x))" if report["config"].get("purifier", True) else "the classifier alone (no purifier)"
+    md = [f"# Adaptive attacks on {model} (first {report['n']} test images, L-inf)", "",
           f"Clean accuracy: classifier {c['classifier']:.2f}%, defended {c['defended']:.2f}%"
           + (f", defended with the randomized purifier {c['defended_randomized']:.2f}%"
              if "defended_randomized" in c else "") + ".", "",
@@ -132,7 +133,9 @@ def write_adaptive(report: dict, out: Path) -> None:
         rt = report.get("runtime", {})
         about = [f"{rt['backend']} backend"] if "backend" in rt else []
         about += [f"clean accuracy {rt['clean_accuracy']:.2f}%"] if "clean_accuracy" in rt else []
-        notes.append("- square queried the runtime" + (f" ({', '.join(about)})" if about else "")
+        queried = "the runtime" if report["config"].get("purifier", True) else "the classifier alone (torch, scores only)"
+        about = about if report["config"].get("purifier", True) else about[1:]
+        notes.append(f"- square queried {queried}" + (f" ({', '.join(about)})" if about else "")
                      + "; torch reference accuracy on its outputs: "
                      + _per_eps(report["attacks"]["square"], "torch_reference_accuracy", "{:.2f}"))
     if "transfer" in report["attacks"]:
@@ -163,8 +166,9 @@ def write_adaptive(report: dict, out: Path) -> None:
     md += ["", "## Notes", ""] + notes + [
         "- budget of each result in the table: " + "; ".join(budgets) + f". PGD step {cfgd['alpha_ratio']:g} x eps, "
         f"loss {cfgd['loss']}; purifier {cfgd['purify']}.",
-        f"- Threads: {report['threads']}. Checkpoints: vaegan `{report['checkpoints']['vaegan'][:12]}`, classifier "
-        f"`{report['checkpoints']['classifier'][:12]}`.", "", "![accuracy vs eps](adaptive.png)", ""]
+        f"- Threads: {report['threads']}. Checkpoints: vaegan "
+        + (f"`{report['checkpoints']['vaegan'][:12]}`" if report["checkpoints"]["vaegan"] else "none (no purifier)")
+        + f", classifier `{report['checkpoints']['classifier'][:12]}`.", "", "![accuracy vs eps](adaptive.png)", ""]
     (out / "adaptive.md").write_text("\n".join(md))
     (out / "adaptive.json").write_text(json.dumps(report, indent=2))
     from .plot import plot_adaptive

@@ -13,6 +13,7 @@ import click
 
 from vaegan import __version__
 from vaegan.errors import friendly_errors
+from vaegan.extras import requires_extra
 
 from .core import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET  # core imports nothing heavy at module level
 
@@ -54,6 +55,7 @@ def _default(kind: str) -> str:
 @click.option("--data-root", default=None, help="with --dataset: as vaegan-train")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads")
 @friendly_errors
+@requires_extra("train")
 def main(checkpoint, classifier, out, trt, fp16, max_batch, max_restarts, opset, steps, eta, lam, dataset, image_size,
          channels, data_root, threads):
     if fp16 and not trt:

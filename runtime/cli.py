@@ -87,11 +87,12 @@ from vaegan.runtime.names import BACKENDS, FAST_PATH_ENGINES, PRECISIONS
 def main(input_, artifacts, out, backend, providers, threads, shard, fast_path, fast_path_engine, precision, batch_size,
          steps, eta, lam, momentum, restarts,
          classify, save_purified, resume, recursive, max_frames, prefetch, max_pixels, quiet):
+    from .policy import BackendOptions
     from .run import RunOptions, run
 
-    opts = RunOptions(input=input_, artifacts=artifacts, out=out, backend=backend, providers=providers,
-                      threads=threads, shard=shard, fast_path=fast_path, fast_path_engine=fast_path_engine,
-                      precision=precision,
+    knobs = BackendOptions(providers=providers, threads=threads, shard=shard, fast_path=fast_path,
+                           fast_path_engine=fast_path_engine, precision=precision)
+    opts = RunOptions(input=input_, artifacts=artifacts, out=out, backend=backend, options=knobs,
                       batch_size=batch_size, steps=steps, eta=eta, lam=lam, momentum=momentum,
                       restarts=restarts, classify=classify, save_purified=save_purified, resume=resume,
                       recursive=recursive, max_frames=max_frames, prefetch=prefetch, max_pixels=max_pixels,

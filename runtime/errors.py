@@ -26,3 +26,9 @@ class FeedError(VaeganRuntimeError, ValueError):
 class OutputError(VaeganRuntimeError):
     """Writing under ``--out`` failed (disk full, a file-size limit, permissions); the records already written are
     whole."""
+
+
+class InputError(VaeganRuntimeError, ValueError):
+    """Frames given to the API (``Defense``) in a form it does not take: a wrong dtype, rank, shape or channel count,
+    an empty batch, or values outside the contract (NaN, inf, out of range). The message says what was expected
+    and what came."""

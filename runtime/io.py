@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import RuntimeUsageError
+from .errors import InputError, RuntimeUsageError
 from .limits import DEFAULT_MAX_PIXELS
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -69,6 +69,28 @@ def to_model_input(image, preprocess: dict) -> np.ndarray:
             img = img.resize((w, h), Image.Resampling.BOX if down else Image.Resampling.BILINEAR)
         out[k] = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
     return out
+
+
+def array_to_model_input(a: np.ndarray, preprocess: dict, bgr: bool = False) -> np.ndarray:
+    """A decoded frame as a numpy array -> ``to_model_input``: uint8 ``H x W`` (grayscale) or ``H x W x C`` with C
+    1 (grayscale), 3 (RGB; BGR with ``bgr``, as OpenCV decodes) or 4 (RGBA / BGRA), any size. Anything else is an
+    ``InputError`` naming what came: other dtypes are not guessed at (a float array's range is unknown)."""
+    from PIL import Image
+
+    if not isinstance(a, np.ndarray):
+        raise InputError(f"a frame is a {type(a).__name__}: expected a uint8 numpy array (H x W or H x W x C)")
+    if a.dtype != np.uint8:
+        raise InputError(f"a frame has dtype {a.dtype.name}: expected uint8 H x W or H x W x C (already in the "
+                         f"contract: one float32 N x C x H x W array)")
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+        raise InputError(f"a uint8 frame of shape {list(a.shape)}: expected H x W or H x W x C with C 1, 3 or 4")
+    if a.size == 0:
+        raise InputError(f"a uint8 frame of shape {list(a.shape)} is empty")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    elif a.ndim == 3 and bgr:
+        a = a[..., [2, 1, 0, 3][:a.shape[2]]]
+    return to_model_input(Image.fromarray(np.ascontiguousarray(a)), preprocess)
 
 
 def from_model_output(x: np.ndarray):
@@ -246,8 +268,6 @@ class VideoSource(Source):
         self.max_frames = max_frames
 
     def __iter__(self):
-        from PIL import Image
-
         cv2 = import_cv2()
         cap = cv2.VideoCapture(self.target)
         try:
@@ -261,11 +281,7 @@ class VideoSource(Source):
                     break
                 src, rel = f"{self.source}#frame={i}", f"{self.relbase}/frame_{i:06d}.png"
                 try:
-                    if bgr.ndim == 3:
-                        rgb = np.ascontiguousarray(bgr[..., 2::-1] if bgr.shape[2] >= 3 else bgr[..., 0])
-                    else:
-                        rgb = bgr
-                    yield Frame(src, rel, array=to_model_input(Image.fromarray(rgb), self.preprocess))
+                    yield Frame(src, rel, array=array_to_model_input(bgr, self.preprocess, bgr=True))
                 except (ValueError, TypeError) as e:
                     yield Frame(src, rel, error=_error_text(e))
                 i += 1

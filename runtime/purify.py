@@ -30,7 +30,6 @@ Backends (exactly one definition of the algorithm each):
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 
@@ -39,14 +38,12 @@ import numpy as np
 from .artifacts import Artifacts
 from .backend.base import Activatable, BaseRunner
 from .backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-from .backend.onnxrt.loader import SessionOptionsFromConfig, resolve_providers
-from .errors import BackendUnavailableError, RuntimeUsageError
+from .backend.onnxrt.loader import SessionOptionsFromConfig
+from .errors import RuntimeUsageError
 from .limits import FAST_PATH_MAX_STEPS, MAX_RESTARTS, MAX_STEPS
-from .names import BACKENDS, FAST_PATH_ENGINE_LABELS, FAST_PATH_ENGINES, PRECISIONS, unsupported_purifier
-
-# auto's OpenVINO fast path up to this T: compiling the unrolled graph grows with T (T = 50: ~14 s and ~420 MB
-# resident, against 0.2 s / 120 MB on onnxruntime; bench/README.md), so longer loops take onnxruntime's
-AUTO_OPENVINO_MAX_STEPS = 10
+from .names import FAST_PATH_ENGINE_LABELS, unsupported_purifier
+from .policy import (AUTO_OPENVINO_MAX_STEPS, BackendOptions, Plan, check_precision, check_threads,  # noqa: F401
+                     resolve_backend, resolve_fast_path_engine, resolve_plan, trt_usable)
 
 
 @dataclass(frozen=True)
@@ -403,34 +400,8 @@ def fast_path_session(path, steps: int, providers=("cpu",), threads: int | None 
                            model=model if model is not None else UnrolledFromOnnx(path, steps))
 
 
-def resolve_fast_path_engine(engine: str) -> str:
-    """``auto`` -> ``openvino`` when OpenVINO is usable, else ``onnxruntime``; an explicit ``openvino`` that is not
-    usable is a ``BackendUnavailableError`` with the install hint. (``make_purifier``'s ``auto`` also caps
-    OpenVINO's T at ``AUTO_OPENVINO_MAX_STEPS``.)"""
-    if engine not in FAST_PATH_ENGINES:
-        raise RuntimeUsageError(f"unknown fast path engine {engine!r} (choose from {', '.join(FAST_PATH_ENGINES)})")
-    if engine == "onnxruntime":
-        return engine
-    from .backend.openvino import openvino_status
-
-    ok, why = openvino_status()
-    if engine == "openvino" and not ok:
-        raise BackendUnavailableError(f"fast path engine 'openvino' is not usable: {why}")
-    return "openvino" if ok else "onnxruntime"
-
-
 def fast_path_label(steps: int, engine: str, precision: str = "fp32") -> str:
     return f"unrolled T={steps}, {FAST_PATH_ENGINE_LABELS[engine]}" + ("" if precision == "fp32" else f" {precision}")
-
-
-def check_precision(precision: str, engine: str | None = None) -> None:
-    """``precision`` is one of ``PRECISIONS`` and ``engine`` (resolved; None: not checked) computes in it: bf16 on
-    OpenVINO only."""
-    if precision not in PRECISIONS:
-        raise RuntimeUsageError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
-    if precision != "fp32" and engine is not None and engine != "openvino":
-        raise RuntimeUsageError(f"precision {precision} runs on OpenVINO's fast path only, not on {engine} "
-                                "(--fast-path-engine openvino; `pip install 'vaegan[openvino]'`)")
 
 
 def fast_path_runner(path, steps: int, engine: str = "onnxruntime", threads: int | None = None,
@@ -505,91 +476,36 @@ def engine_limits(artifacts: Artifacts, graph: str = "purify") -> dict[str, int]
     return {k: int(entry[f"{k}_profile"]["max"]) for k in ("steps", "restarts") if f"{k}_profile" in entry}
 
 
-def trt_usable(artifacts: Artifacts) -> tuple[bool, str]:
-    if not artifacts.has_engine("purify"):
-        return False, "the artifacts have no TensorRT purify engine (export with --trt)"
-    from .backend.trt import trt_status
-
-    return trt_status()
-
-
-def check_threads(threads: int | None) -> None:
-    """``threads``: None (the CPU count) or an integer >= 1."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise RuntimeUsageError(f"threads must be an integer >= 1 (got {threads!r}); leave it out for the CPU count")
-
-
-def resolve_backend(backend: str, artifacts: Artifacts) -> str:
-    if backend not in BACKENDS:
-        raise RuntimeUsageError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
-    if backend == "auto":
-        return "trt" if trt_usable(artifacts)[0] else "fused"
-    return backend
-
-
 def make_purifier(artifacts: Artifacts, backend: str = "auto", params: PurifyParams | None = None,
-                  providers=("cpu",), threads: int | None = None, allow_spinning: bool | None = None,
-                  cuda_graph: bool = True, shard: bool | None = None, fast_path: bool | None = None,
-                  fast_path_engine: str = "auto", precision: str = "fp32") -> Purifier:
-    """Build (not activate) the purifier ``backend``; the graphs it needs are sha256-checked here.
-
-    ``allow_spinning`` defaults to off for ``modular`` (four sessions run in turn; spinning threads of the idle
-    ones compete for the cores) and on for ``fused``. ``shard`` (fused only): batch sharding over ``threads``
-    one-thread sessions (see ``GraphPurifier``); default on when the providers are the CPU alone and ``threads``
-    (default: the CPU count) is above 1. ``fast_path`` (fused only): one-restart calls run the Loop unrolled at
-    their T (``UnrolledFastPath``) on ``fast_path_engine`` (``FAST_PATH_ENGINES``; ``auto``: OpenVINO when
-    installed for T <= ``AUTO_OPENVINO_MAX_STEPS``, else onnxruntime at ``all``); default on when the providers are
-    the CPU alone. ``precision`` (``PRECISIONS``): ``bf16`` runs the fast path on OpenVINO in bf16 (fused on the CPU,
-    one restart, OpenVINO installed, a CPU with bf16 arithmetic; opt-in: it does not meet the export's fp32
-    tolerances, bench/precision.py measures its accuracy); anything else is refused here, not silently run in fp32."""
+                  options: BackendOptions | None = None, **knobs) -> Purifier:
+    """Build (not activate) the purifier ``backend`` with ``options`` (``BackendOptions``; ``knobs``: its fields,
+    replacing the options' ones); the graphs it needs are sha256-checked here. ``policy.resolve_plan`` makes the
+    choices (see ``BackendOptions`` for the defaults) and refuses what cannot run, e.g. ``precision="bf16"`` off the
+    fused CPU fast path, rather than silently running fp32; ``build_purifier`` builds the plan."""
     params = params or PurifyParams.from_manifest(artifacts)
-    check_threads(threads)
-    check_precision(precision)
-    backend = resolve_backend(backend, artifacts)
-    if precision != "fp32":
-        if backend != "fused" or fast_path is False:
-            raise RuntimeUsageError(f"precision {precision} runs on the fused backend's CPU fast path only "
-                                    f"(here: backend {backend}{', fast path off' if fast_path is False else ''})")
-        if params.restarts > 1:
-            raise RuntimeUsageError(f"precision {precision} runs on the fast path, which takes one restart "
-                                    f"(restarts {params.restarts})")
-        if fast_path_engine == "auto":
-            fast_path_engine = "openvino"  # bf16 needs it: resolving it refuses with the install hint if missing
-    if backend == "fused":
-        spin = True if allow_spinning is None else allow_spinning
-        n_threads = int(threads or os.cpu_count() or 1)
-        cpu_only = resolve_providers(providers) == ["CPUExecutionProvider"]
-        if shard is None:
-            shard = cpu_only and n_threads > 1
-        elif shard and not cpu_only:
-            raise RuntimeUsageError("batch sharding runs one-thread CPU sessions: use it with --providers cpu")
-        if fast_path is None:
-            fast_path = cpu_only
-        elif fast_path and not cpu_only:
-            raise RuntimeUsageError("the fast path runs on CPU kernels (OpenVINO's or onnxruntime's): use it with "
-                                    "--providers cpu")
+    options = replace(options or BackendOptions(), **knobs)
+    return build_purifier(artifacts, params, resolve_plan(artifacts, backend, params.restarts, options))
+
+
+def build_purifier(artifacts: Artifacts, params: PurifyParams, plan: Plan) -> Purifier:
+    """The purifier ``plan`` describes (``policy.resolve_plan``), not activated."""
+    if plan.backend == "fused":
         fast = None
-        if fast_path:
-            cap = AUTO_OPENVINO_MAX_STEPS if fast_path_engine == "auto" else None
-            fast = UnrolledFastPath(artifacts, providers, threads, spin, resolve_fast_path_engine(fast_path_engine), cap,
-                                    precision)
-        elif precision != "fp32":
-            raise RuntimeUsageError(f"precision {precision} runs on the CPU fast path: use it with --providers cpu")
-        main = ort_runner(artifacts, "purify", providers, threads, spin)
-        if not shard or n_threads < 2:
+        if plan.fast_path_engine is not None:
+            fast = UnrolledFastPath(artifacts, plan.providers, plan.threads, plan.spin, plan.fast_path_engine,
+                                    plan.openvino_max_steps, plan.precision)
+        main = ort_runner(artifacts, "purify", plan.providers, plan.threads, plan.spin)
+        if plan.shards < 2:
             return GraphPurifier(artifacts, params, main, "fused", fast_path=fast)
-        return GraphPurifier(artifacts, params, main, "fused", ort_runner(artifacts, "purify", providers, 1, spin),
-                             shards=n_threads, fast_path=fast)
-    if backend == "modular":
-        spin = False if allow_spinning is None else allow_spinning
-        runners = {g: ort_runner(artifacts, g, providers, threads, spin) for g in ModularPurifier.GRAPHS}
+        return GraphPurifier(artifacts, params, main, "fused", ort_runner(artifacts, "purify", plan.providers, 1,
+                                                                          plan.spin),
+                             shards=plan.shards, fast_path=fast)
+    if plan.backend == "modular":
+        runners = {g: ort_runner(artifacts, g, plan.providers, plan.threads, plan.spin) for g in ModularPurifier.GRAPHS}
         return ModularPurifier(artifacts, params, runners)
-    ok, why = trt_usable(artifacts)
-    if not ok:
-        raise BackendUnavailableError(f"backend 'trt' is not usable: {why}")
     from .backend.trt import EngineFromPath, TrtRunner
 
-    runner = TrtRunner(EngineFromPath(artifacts.engine_path("purify")), name="trt:purify", cuda_graph=cuda_graph)
+    runner = TrtRunner(EngineFromPath(artifacts.engine_path("purify")), name="trt:purify", cuda_graph=plan.cuda_graph)
     return GraphPurifier(artifacts, params, runner, "trt", limits=engine_limits(artifacts))
 
 

@@ -30,16 +30,17 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .artifacts import load_artifacts
+from .defense import Defense
 from .errors import OutputError, RuntimeUsageError
 from .io import Frame, Prefetcher, canonical_path, from_model_output, open_source
 from .limits import DEFAULT_MAX_PIXELS
-from .purify import PurifyParams, make_classifier, make_purifier, resolve_backend
+from .policy import BackendOptions
 
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
@@ -53,12 +54,7 @@ class RunOptions:
     artifacts: str = "artifacts"
     out: str = "out"
     backend: str = "auto"
-    providers: str = "cpu"
-    threads: int | None = None
-    shard: bool | None = None            # fused on the CPU: batch sharding (None: on when threads > 1)
-    fast_path: bool | None = None        # fused on the CPU: the Loop unrolled at T (None: on for cpu)
-    fast_path_engine: str = "auto"       # its engine: openvino (when installed) or onnxruntime at opt 'all'
-    precision: str = "fp32"              # the fast path's arithmetic: fp32, or bf16 (OpenVINO on a bf16 CPU)
+    options: BackendOptions = field(default_factory=BackendOptions)  # providers, threads, shard, fast path, ...
     batch_size: int = 16
     steps: int | None = None
     eta: float | None = None
@@ -248,22 +244,18 @@ def run(opts: RunOptions) -> dict:
         raise RuntimeUsageError(f"max_pixels must be an integer >= 1 (got {opts.max_pixels!r})")
     file_mode()
     arts = load_artifacts(opts.artifacts)
-    params = PurifyParams.from_manifest(arts, steps=opts.steps, eta=opts.eta, lam=opts.lam, momentum=opts.momentum,
-                                        restarts=opts.restarts)
-    backend = resolve_backend(opts.backend, arts)
-    purifier = make_purifier(arts, backend, params, providers=opts.providers, threads=opts.threads, shard=opts.shard,
-                             fast_path=opts.fast_path, fast_path_engine=opts.fast_path_engine, precision=opts.precision)
-    classifier = make_classifier(arts, backend, providers=opts.providers, threads=opts.threads) if opts.classify else None
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RuntimeUsageError(f"{out}: cannot create the output folder ({e})") from None
-    with lock_output(out):
-        return _locked_run(opts, out, arts, purifier, classifier)
+    defense = Defense.load(arts, opts.backend, options=opts.options, classify=opts.classify, steps=opts.steps,
+                           eta=opts.eta, lam=opts.lam, momentum=opts.momentum, restarts=opts.restarts)
+    with defense:  # closed however the run ends
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RuntimeUsageError(f"{out}: cannot create the output folder ({e})") from None
+        with lock_output(out):
+            return _locked_run(opts, out, arts, defense)
 
 
-def _locked_run(opts: RunOptions, out: Path, arts, purifier, classifier) -> dict:
+def _locked_run(opts: RunOptions, out: Path, arts, defense: Defense) -> dict:
     """The run proper, with ``out``'s lock held."""
     pred_path = out / PREDICTIONS
     if opts.resume:
@@ -278,7 +270,6 @@ def _locked_run(opts: RunOptions, out: Path, arts, purifier, classifier) -> dict
 
     stats = _Stats()
     counts = {"ok": 0, "error": 0, "skipped": 0}
-    classes = arts.classes
     t_start = time.perf_counter()
     compute_s = 0.0
 
@@ -289,16 +280,14 @@ def _locked_run(opts: RunOptions, out: Path, arts, purifier, classifier) -> dict
         if ok:
             x = np.stack([f.array for f in ok])
             t0 = time.perf_counter()
-            res = purifier.purify(x)
-            if classifier is not None:
-                ids, conf, _ = classifier(res.purified, arts.max_batch)
+            res = defense(x) if opts.classify else defense.purify(x)
             dt = time.perf_counter() - t0
             compute_s += dt
             for j, f in enumerate(ok):
                 rec = {"source": f.source, "status": "ok", "loss": round(float(res.loss[j]), 6)}
-                if classifier is not None:
-                    rec.update(class_id=int(ids[j]), class_name=classes[int(ids[j])],
-                               confidence=round(float(conf[j]), 6))
+                if opts.classify:
+                    rec.update(class_id=int(res.labels[j]), class_name=res.class_names[j],
+                               confidence=round(float(res.confidence[j]), 6))
                 results[id(f)] = rec = finite_record(rec)
                 if opts.save_purified and rec["status"] == "ok":
                     save_png_atomic(out / PURIFIED / f.relname, res.purified[j])
@@ -312,7 +301,7 @@ def _locked_run(opts: RunOptions, out: Path, arts, purifier, classifier) -> dict
             counts[r["status"]] += 1
         bar.update(len(pending))
 
-    with purifier, (classifier.runner if classifier is not None else _Null()):
+    with defense:  # closed here; run() closes it too when anything before this fails
         with RecordWriter(pred_path) as pred_file, \
                 tqdm(total=source.total, unit="frame", file=sys.stderr, disable=opts.quiet,
                      dynamic_ncols=True) as bar, Prefetcher(source, depth=opts.prefetch) as frames:
@@ -338,11 +327,11 @@ def _locked_run(opts: RunOptions, out: Path, arts, purifier, classifier) -> dict
         "errors": counts["error"],
         "skipped": counts["skipped"],
         "previously_recorded": prev,
-        "backend": purifier.name,
-        "providers": opts.providers if purifier.name != "trt" else "tensorrt-engine",
+        "backend": defense.backend,
+        "providers": opts.options.providers if defense.backend != "trt" else "tensorrt-engine",
         "batch_size": opts.batch_size,
         "batches": len(stats.batch),
-        "purify": purifier.describe(),
+        "purify": defense.describe(),
         "classify": opts.classify,
         "wall_s": round(wall, 4),
         "compute_s": round(compute_s, 4),
@@ -361,10 +350,3 @@ def _locked_run(opts: RunOptions, out: Path, arts, purifier, classifier) -> dict
     atomic_write_bytes(out / SUMMARY, (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
     return summary
 
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

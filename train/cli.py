@@ -15,6 +15,7 @@ import click
 
 from vaegan import __version__
 from vaegan.errors import friendly_errors
+from vaegan.extras import requires_extra
 
 from .errors import VaeganError
 
@@ -223,6 +224,7 @@ def _train_command(name: str, cfg_name: str, fn_name: str, doc: str):
     @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
                   help="TOML file of this command's options (configs/); options on the command line override it")
     @friendly_errors
+    @requires_extra("train")
     def cmd(config_file, **values):
         values = apply_config_file(click.get_current_context(), config_file, values)
         resume, threads = values.pop("resume"), values.pop("threads")
@@ -278,6 +280,7 @@ def _default(kind: str) -> str:
 @click.option("--data-root", default=None)
 @data_options
 @friendly_errors
+@requires_extra("train")
 def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defended, out, seed, data_root, data):
     from .attacks import AttackSpec  # validates name and eps before anything heavy
 
@@ -341,6 +344,7 @@ def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defend
 @click.option("--data-root", default=None)
 @data_options
 @friendly_errors
+@requires_extra("train")
 def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, defense_gan_steps,
              defense_gan_restarts, quick, do_sweep, grid, adv_dir, out, data_root, data, **pvalues):
     eps = parse_eps(eps_list)

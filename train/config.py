@@ -69,6 +69,14 @@ class ClassifierConfig:
     init: str | None = None        # start from this classifier checkpoint's weights (fine-tuning)
     purifier: str | None = None    # VAE-GAN checkpoint: train on its reconstructions too (see trainer.py)
     purifier_prob: float = 0.5     # fraction of each batch replaced by G(mu_E(x~)), x~ = x with sign noise
+    adversarial: str = "none"      # adversarial training: "none", "pgd" (Madry et al. 2018), "trades" (Zhang et al.
+                                   # 2019); trainer.ADVERSARIAL
+    eps: float = 0.1               # L-inf budget of the training attack (and of the per-epoch PGD check)
+    adv_steps: int = 7             # PGD / TRADES inner steps
+    adv_alpha: float | None = None  # inner step size; None: 2.5 * eps / adv_steps
+    trades_beta: float = 6.0       # TRADES weight of KL(f(x) || f(x_adv))
+    eps_ramp_epochs: float = 0.0   # ramp the training eps linearly from 0 over the first N epochs (per step)
+    adv_eval_limit: int = 500      # the per-epoch PGD-10 check runs on the first N eval images
     model: ClassifierArgs = field(default_factory=ClassifierArgs)
 
 

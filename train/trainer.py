@@ -156,7 +156,74 @@ def _mix_reconstructions(vg, x: torch.Tensor, prob: float, gen: torch.Generator)
     return x
 
 
+ADVERSARIAL = ("none", "pgd", "trades")
+
+
+def _check_adversarial(cfg: ClassifierConfig) -> None:
+    """The adversarial-training options, each bad one a one-line VaeganError naming it."""
+    if cfg.adversarial not in ADVERSARIAL:
+        raise VaeganError(f"--adversarial {cfg.adversarial!r}: choose from {', '.join(ADVERSARIAL)}")
+    if cfg.adversarial == "none":
+        return
+    if not 0.0 < cfg.eps <= 1.0:
+        raise VaeganError(f"--eps {cfg.eps:g}: adversarial training needs a budget in (0, 1] (pixels are in [0, 1])")
+    if cfg.adv_steps < 1:
+        raise VaeganError(f"--adv-steps {cfg.adv_steps}: must be at least 1")
+    if cfg.adv_alpha is not None and not cfg.adv_alpha > 0:
+        raise VaeganError(f"--adv-alpha {cfg.adv_alpha:g}: must be positive")
+    if cfg.trades_beta < 0:
+        raise VaeganError(f"--trades-beta {cfg.trades_beta:g}: must be >= 0")
+    if cfg.eps_ramp_epochs < 0:
+        raise VaeganError(f"--eps-ramp-epochs {cfg.eps_ramp_epochs:g}: must be >= 0")
+    if cfg.adv_eval_limit < 1:
+        raise VaeganError(f"--adv-eval-limit {cfg.adv_eval_limit}: must be at least 1")
+
+
+def _adversarial_loss(model, dmodel, x: torch.Tensor, y: torch.Tensor, cfg: ClassifierConfig, eps: float,
+                      gen: torch.Generator) -> torch.Tensor:
+    """The training loss on one batch under ``cfg.adversarial``, at budget ``eps``:
+
+    pgd:    CE(f(x_adv), y), x_adv = PGD-k on CE with a random start (Madry et al. 2018, "Towards deep learning
+            models resistant to adversarial attacks");
+    trades: CE(f(x), y) + trades_beta * KL(f(x) || f(x_adv)), x_adv = PGD-k on that KL from x + 0.001 N(0, I)
+            (Zhang et al. 2019, "Theoretically principled trade-off between robustness and accuracy").
+
+    x_adv is crafted with eval-mode BatchNorm (on ``model``, the module without DDP): against the function the test-time
+    attacker faces, without the k extra running-statistics updates per step that train-mode crafting would make,
+    and per image rather than through batch statistics (as TRADES's reference code does). The update itself runs in
+    train mode. No label smoothing on this path: it flattens the logits and can inflate PGD accuracy without
+    robustness."""
+    alpha = cfg.adv_alpha if cfg.adv_alpha is not None else 2.5 * eps / cfg.adv_steps
+    model.eval()
+    if cfg.adversarial == "pgd":
+        x_adv = _pgd(model, x, y, torch.full((x.shape[0], 1, 1, 1), eps), cfg.adv_steps, gen, alpha=alpha)
+        model.train()
+        return F.cross_entropy(dmodel(x_adv), y)
+    with torch.no_grad():
+        p_clean = F.softmax(model(x), 1)
+    x_adv = (x + 0.001 * torch.randn(x.shape, generator=gen).to(x.device)).clamp(0, 1)
+    for _ in range(cfg.adv_steps):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            kl = F.kl_div(F.log_softmax(model(x_adv), 1), p_clean, reduction="sum")
+            g, = torch.autograd.grad(kl, x_adv)
+        x_adv = torch.min(torch.max(x_adv.detach() + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
+    model.train()
+    logits, logits_adv = dmodel(x), dmodel(x_adv.detach())
+    kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
+    return F.cross_entropy(logits, y) + cfg.trades_beta * kl
+
+
+def _pgd_accuracy(model, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int, steps: int = 10) -> float:
+    """Accuracy under PGD-``steps`` (random start, step 2.5 eps / steps) with eval-mode BatchNorm: the per-epoch
+    robustness check of adversarial training (the adaptive suite gives the real numbers)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    return accuracy(model, _pgd(model, x, y, torch.full((len(x), 1, 1, 1), eps), steps, gen), y)
+
+
 def train_classifier(cfg: ClassifierConfig, resume: bool = False) -> dict:
+    _check_adversarial(cfg)
     rank, world, dev = _dist_setup(cfg.device)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
@@ -205,7 +272,12 @@ def train_classifier(cfg: ClassifierConfig, resume: bool = False) -> dict:
                 x = _augment(x, gen)
             if vg is not None:
                 x = _mix_reconstructions(vg, x, cfg.purifier_prob, gen)
-            loss = F.cross_entropy(dmodel(x), y, label_smoothing=0.05)
+            if cfg.adversarial == "none":
+                loss = F.cross_entropy(dmodel(x), y, label_smoothing=0.05)
+            else:
+                ramp = cfg.eps_ramp_epochs * steps_per_epoch
+                eps = cfg.eps * min(1.0, (step + 1) / ramp) if ramp > 0 else cfg.eps
+                loss = _adversarial_loss(model, dmodel, x, y, cfg, eps, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -216,13 +288,17 @@ def train_classifier(cfg: ClassifierConfig, resume: bool = False) -> dict:
             acc = accuracy(model, xe, ye)
             best = max(best, acc)
             metrics = {"train_loss": tot / max(n, 1), "test_acc": acc, "epoch_seconds": time.time() - t0}
-            rec = ""
+            rec = adv = ""
             if vg is not None:
                 with torch.no_grad():
                     metrics["test_acc_reconstructed"] = accuracy(model, vg.reconstruct(xe), ye)
                 rec = f", on reconstructions {metrics['test_acc_reconstructed']:.2f}%"
+            if cfg.adversarial != "none":
+                k = min(cfg.adv_eval_limit, len(xe))
+                metrics["test_pgd_acc"] = _pgd_accuracy(model, xe[:k], ye[:k], cfg.eps, cfg.seed)
+                adv = f", PGD-10 eps {cfg.eps:g} {metrics['test_pgd_acc']:.2f}% (first {k})"
             print(f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f}, test acc {acc:.2f}%{rec} "
-                  f"(first {len(xe)}), {metrics['epoch_seconds']:.0f}s", flush=True)
+                  f"(first {len(xe)}){adv}, {metrics['epoch_seconds']:.0f}s", flush=True)
             ckpt = {"kind": "classifier", "model": _cpu_tree(model.state_dict()), "model_args": asdict(cfg.model),
                     "contract": contract.to_dict(), "config": asdict(cfg), "epoch": epoch + 1, "step": step, "metrics": metrics, "best_metric": best,
                     "world_size": world, "optimizer": {"opt": _cpu_tree(opt.state_dict()), "sched": sched.state_dict()}}
@@ -417,10 +493,12 @@ def _fgsm_rs(clf, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, gen: torc
     return (x + delta).clamp(0, 1).detach()
 
 
-def _pgd(model, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, steps: int, gen: torch.Generator) -> torch.Tensor:
-    """L-inf PGD with a random start and step 2.5 eps / steps (Madry et al. 2018) on ``model``'s cross-entropy."""
+def _pgd(model, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, steps: int, gen: torch.Generator,
+         alpha: float | None = None) -> torch.Tensor:
+    """L-inf PGD with a random start and step ``alpha`` (default 2.5 eps / steps, Madry et al. 2018) on ``model``'s
+    cross-entropy."""
     eps = eps.to(x.device)
-    alpha = 2.5 * eps / max(steps, 1)
+    alpha = 2.5 * eps / max(steps, 1) if alpha is None else alpha
     xa = (x + (torch.rand(x.shape, generator=gen).to(x.device) * 2 - 1) * eps).clamp(0, 1)
     for _ in range(steps):
         xa.requires_grad_(True)

@@ -72,6 +72,26 @@ class RuntimeModel(nn.Module):
         return torch.from_numpy(logits.copy()).to(x.device)
 
 
+class ScoresOnly(nn.Module):
+    """The classifier alone (``--no-purifier``) as Square's black box: logits without autograd, a fresh leaf tensor,
+    and the same query count as ``RuntimeModel``."""
+
+    def __init__(self, clf: nn.Module):
+        super().__init__()
+        self.clf = clf.eval()
+        self.queries = 0
+        self.calls = 0
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.queries += x.shape[0]
+        return self.clf(x.detach()).detach()
+
+    def close(self):
+        pass
+
+
 def ensure_artifacts(cfg: AdaptiveConfig, vaegan_path, classifier_path, echo=print) -> Path:
     """The artifacts Square queries: ``cfg.artifacts``, else OUT/artifacts (exported there on first use). Refuses
     artifacts exported from other checkpoints."""
@@ -93,11 +113,16 @@ def ensure_artifacts(cfg: AdaptiveConfig, vaegan_path, classifier_path, echo=pri
 
 
 def setup_square(ctx, vaegan_path, classifier_path, echo=print) -> None:
-    """The runtime over the artifacts under test, and its clean accuracy (the report's ``runtime``)."""
-    runtime = RuntimeModel(ensure_artifacts(ctx.cfg, vaegan_path, classifier_path, echo), ctx.cfg.purify,
-                           threads=ctx.cfg.threads).eval()
+    """The runtime over the artifacts under test, and its clean accuracy (the report's ``runtime``); without a
+    purifier, the torch classifier's scores (``ScoresOnly``)."""
+    if not ctx.cfg.purifier:
+        runtime, backend = ScoresOnly(ctx.clf).eval(), "torch classifier (no purifier)"
+    else:
+        runtime = RuntimeModel(ensure_artifacts(ctx.cfg, vaegan_path, classifier_path, echo), ctx.cfg.purify,
+                               threads=ctx.cfg.threads).eval()
+        backend = runtime.purifier.name
     ctx.state["runtime"] = runtime
-    ctx.extras["runtime"] = {"backend": runtime.purifier.name,
+    ctx.extras["runtime"] = {"backend": backend,
                              "clean_accuracy": accuracy(runtime, ctx.x, ctx.y, SCORE_BATCH)}
 
 

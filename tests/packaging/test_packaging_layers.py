@@ -1,7 +1,7 @@
 """The packages form layers, read from their import statements (ast, nothing imported): vaegan.runtime imports none
 of the others, vaegan.train only the torch-free runtime (the image contract, runtime/contract.py, and the one
-preprocessing function, runtime/io.py), vaegan.export builds on both, vaegan.adaptive on all three, and nothing
-imports vaegan.adaptive; so no import cycle between the packages."""
+preprocessing function, runtime/io.py), vaegan.export builds on both, vaegan.adaptive on all three, vaegan.serve on
+vaegan.runtime, and nothing imports vaegan.adaptive or vaegan.serve; so no import cycle between the packages."""
 
 import ast
 from pathlib import Path
@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = {"vaegan": "src/vaegan", "train": "train", "runtime": "runtime", "export": "export", "adaptive": "adaptive"}
+FOLDERS = {"vaegan": "src/vaegan", "train": "train", "runtime": "runtime", "export": "export", "adaptive": "adaptive",
+           "serve": "serve"}
 MAY_IMPORT = {"vaegan": set(), "runtime": set(), "train": {"runtime"}, "export": {"train", "runtime"},
-              "adaptive": {"train", "export", "runtime"}}
+              "adaptive": {"train", "export", "runtime"}, "serve": {"runtime"}}
 
 
 def imported_packages(path: Path, package: str) -> set[str]:

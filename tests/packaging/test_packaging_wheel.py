@@ -21,11 +21,12 @@ def test_wheel_layout_and_imports(tmp_path):
                  "vaegan/runtime/__init__.py", "vaegan/models/__init__.py"):
         assert must in names
     # every package folder of the source tree (e.g. a new runtime backend) is in the wheel, not only the top ones
-    for top in ("train", "adaptive", "export", "runtime", "models"):
+    for top in ("train", "adaptive", "export", "runtime", "models", "serve"):
         for init in (ROOT / top).rglob("__init__.py"):
             assert f"vaegan/{init.relative_to(ROOT).as_posix()}" in names, f"{init.relative_to(ROOT)} missing from the wheel"
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    for cli in ("vaegan-train", "vaegan-attack", "vaegan-eval", "vaegan-eval-adaptive", "vaegan-export", "vaegan-run"):
+    for cli in ("vaegan-train", "vaegan-attack", "vaegan-eval", "vaegan-eval-adaptive", "vaegan-export", "vaegan-run",
+                "vaegan-serve"):
         assert cli in entry
     # import from the unpacked wheel (ahead of the editable install on sys.path)
     site = tmp_path / "site"
