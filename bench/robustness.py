@@ -199,7 +199,6 @@ def clean(defense, threads, data_root, out, at_classifier, at_purifier):
     torch.set_num_threads(threads)
     x, y = load_split(False, data_root).tensors
     path = Path(out) / "clean.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
     for d in _parse_list("--defense", defense, DEFENSES):
         clf_path, pur_path = defense_paths(d, at_classifier, at_purifier)
         if not Path(clf_path).is_file() or (pur_path and not Path(pur_path).is_file()):
@@ -211,13 +210,14 @@ def clean(defense, threads, data_root, out, at_classifier, at_purifier):
             vg, _ = ckpt_io.load_model(pur_path, "vaegan")
             model = Defended(Purifier(vg, PurifyConfig()), clf).eval()
         acc = 100.0 * (predict(model, x, 500) == y).float().mean().item()
+        results = json.loads(path.read_text()) if path.is_file() else {}  # re-read: another run may have written
         results[d] = {"accuracy": acc, "n": len(x), "classifier": clf_path, "purifier": pur_path,
                       "classifier_sha256": ckpt_io.file_sha256(clf_path),
                       "purifier_sha256": ckpt_io.file_sha256(pur_path) if pur_path else None,
                       "purify": vars(PurifyConfig()) if pur_path else None}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2))
         click.echo(f"{d}: {acc:.2f}% clean on all {len(x)} test images")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
 
 
 def cell(out: Path, defense: str, eps: float) -> dict | None:

@@ -44,7 +44,7 @@ def test_commands_list_every_cell_with_its_pipeline():
 ])
 def test_bad_input_is_one_line(args, message):
     r = _run(*args)
-    assert r.returncode == 1 and r.stderr.strip() == message and "Traceback" not in r.stderr
+    assert r.returncode == 2 and r.stderr.strip() == message and "Traceback" not in r.stderr
 
 
 @requires_data
