@@ -12,6 +12,7 @@ the whole 10,000-image test set. ``table`` writes the markdown table and the plo
     python bench/robustness.py commands                                  # the command list, nothing run
     python bench/robustness.py run --defense at --eps 0.1 --threads 1   # the missing runs of one cell, then merge
     python bench/robustness.py clean --threads 1                         # full test set, every defense
+    python bench/robustness.py merge                                     # every cell's finished runs, per image
     python bench/robustness.py table --plot docs/robustness.png          # markdown on stdout
 
 Paths of the adversarially trained classifier and its purifier are the ``vaegan-train`` outputs named in
@@ -174,6 +175,18 @@ def run(defense, eps_text, attacks, n, threads, out, at_classifier, at_purifier)
                 _run(cmd)
 
 
+@main.command(help="Merge the finished runs of every cell (the table's input), whether or not the cell is complete.")
+@common
+@friendly_errors
+def merge(out, at_classifier, at_purifier):
+    out = Path(out)
+    for d in DEFENSES:
+        for e in EPS:
+            cmd = merge_command(d, e, out)
+            if cmd:
+                _run(cmd)
+
+
 def _run(cmd: list[str]) -> None:
     click.echo(f"$ {_shell(cmd)}", err=True)
     r = subprocess.run(cmd)
@@ -270,7 +283,7 @@ def table(plot, out, at_classifier, at_purifier):
         ax.set_xlabel("eps (L-inf); eps 0: clean on the same images")
         ax.set_ylabel("accuracy (%), per-image worst case over the suite")
         ax.set_ylim(0, 100)
-        ax.set_title("adaptive suite, first 1,000 test images (fewer where marked in docs/robustness.md)")
+        ax.set_title("adaptive suite, first test images (n per cell: docs/robustness.md)", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
