@@ -1,4 +1,4 @@
-"""Adaptive attacks on the whole defended pipeline ``classifier(purifier(x))`` (L-inf, images Nx1x28x28 in [0, 1]).
+"""Adaptive attacks on the whole defended pipeline ``classifier(purifier(x))`` (L-inf, images N x C x H x W in [0, 1], the image contract).
 
 Purification defenses look strong against attackers who ignore them (``vaegan.train.evaluate``: the oblivious
 attacker) and often fall to attackers who do not (Athalye, Carlini & Wagner 2018, "Obfuscated gradients give a false

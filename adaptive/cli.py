@@ -44,7 +44,8 @@ def _read_reports(dirs) -> list[dict]:
 @click.command(help="Adaptive attacks on the whole defended pipeline classifier(purifier(x)): BPDA, BPDA+EOT, "
                     "full-gradient PGD through the unrolled purifier, APGD-CE/APGD-T, FAB-T, Square on the deployed "
                     "runtime, transfer from a surrogate, latent-space PGD; writes adaptive.md, adaptive.json, "
-                    "adaptive.png (beside OUT/report.json's oblivious numbers). Purifier options as vaegan-eval.")
+                    "adaptive.png (beside OUT/report.json's oblivious numbers). Purifier options as vaegan-eval (default: the "
+                    "checkpoint's operating point).")
 @click.version_option(__version__)
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="VAE-GAN (default: shipped)")
 @click.option("--classifier", type=click.Path(dir_okay=False), default=None, help="default: shipped weights")
@@ -70,11 +71,19 @@ def adaptive_cli(checkpoint, classifier, merge_dirs, **values):
                    + f"; wrote {out}/adaptive.md, adaptive.json, adaptive.png")
         return
 
+    import dataclasses
+
+    from vaegan.train.cli import operating_point
+    from vaegan.train.config import PurifyConfig
+
     cfg = build_config(AdaptiveConfig, values)  # validates attack names, eps, ...
     if checkpoint and not cfg.purifier:
         raise VaeganError("--checkpoint and --no-purifier: the classifier alone has no VAE-GAN; pass one of them")
     from .evaluate import evaluate_adaptive
 
     vaegan = (checkpoint or _default("vaegan")) if cfg.purifier else None
+    if vaegan is not None:  # the purifier's operating point: the checkpoint's, the purifier options given on top
+        pvalues = {f.name: values.get(f.name) for f in dataclasses.fields(PurifyConfig)}
+        cfg = dataclasses.replace(cfg, purify=operating_point(vaegan, pvalues))
     evaluate_adaptive(vaegan, classifier or _default("classifier"), cfg, echo=click.echo)
     click.echo(f"wrote {out}/adaptive.md, adaptive.json, adaptive.png")

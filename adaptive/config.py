@@ -65,6 +65,11 @@ class AdaptiveConfig:
     purify: PurifyConfig = field(default_factory=PurifyConfig)
     out: str = field(default="reports", metadata=_opt("output folder"))
     data_root: str | None = field(default=None, metadata=_opt("Fashion-MNIST root (default: $VAEGAN_DATA, else the system's copy)"))
+    dataset: str = field(default="fashion-mnist", metadata=_opt(
+        "fashion-mnist, mnist, cifar10, svhn, or a folder PATH with train/<class>/* and test/<class>/*"))
+    image_size: int | None = field(default=None, metadata=_opt("resize every image to S x S (default: the set's own)"))
+    channels: int | None = field(default=None, metadata=_opt("convert to 1 or 3 channels (default: the set's own)"))
+    download: bool = field(default=False, metadata=_opt("let torchvision download a missing data set"))
 
     def __post_init__(self):
         self.eps = tuple(float(e) for e in self.eps)
@@ -94,8 +99,8 @@ class AdaptiveConfig:
         if not 0 < self.alpha_ratio <= 1:
             raise VaeganError(f"alpha-ratio must be in (0, 1] (got {self.alpha_ratio})")
         for flag, v in (("apgd-targets", self.apgd_targets), ("fab-targets", self.fab_targets)):
-            if not 1 <= v <= 9:
-                raise VaeganError(f"{flag} must be in 1..9 (got {v})")
+            if v < 1:
+                raise VaeganError(f"{flag} must be >= 1 (got {v}; at most the class count - 1 are used)")
         resolve_device(self.device)
         try:
             from vaegan.train.purifier import check_config  # torch: only when a config is built

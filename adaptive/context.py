@@ -13,7 +13,7 @@ from .registry import attack_budget
 @dataclass
 class Context:
     cfg: AdaptiveConfig
-    x: Any                # (N, 1, 28, 28) images in [0, 1], on the attack device
+    x: Any                # (N, C, H, W) images in [0, 1] (the image contract), on the attack device
     y: Any                # (N,) labels
     vg: Any               # the VAE-GAN
     clf: Any              # the classifier
@@ -26,6 +26,11 @@ class Context:
     results: dict = field(default_factory=dict)  # {attack: {str(eps): record}} so far (apgd's "auto" gradient)
     extras: dict = field(default_factory=dict)   # what the report records beside the table (surrogate, runtime)
     state: dict = field(default_factory=dict)    # what an attack's setup prepared for its runs (models, targets)
+
+    @property
+    def num_classes(self) -> int:
+        """The class count of the image contract (the classifier's outputs)."""
+        return self.vg.contract.num_classes
 
     def budget(self, name: str) -> dict:
         return attack_budget(name, asdict(self.cfg))

@@ -63,12 +63,16 @@ def _device_name(dev: torch.device) -> str:
 
 
 def _evaluate_adaptive(vaegan_path, classifier_path, cfg: AdaptiveConfig, dev: torch.device, data, echo) -> dict:
-    from vaegan.train.data import test_subset
+    from vaegan.train.data import data_kwargs, dataset_contract, test_subset
 
     vg = ckpt_io.load_model(vaegan_path, "vaegan")[0].to(dev) if cfg.purifier else None
     clf = ckpt_io.load_model(classifier_path, "classifier")[0].to(dev)
+    if vg is not None:
+        ckpt_io.check_pair(vg, clf, vaegan_path, classifier_path)
     if data is None:
-        x, y, _ = test_subset(cfg.n, cfg.data_root)
+        ckpt_io.check_data(clf.contract if vg is None else vg.contract, dataset_contract(**data_kwargs(cfg)),
+                           classifier_path if vg is None else vaegan_path, cfg.dataset)
+        x, y, _ = test_subset(cfg.n, **data_kwargs(cfg))
     else:
         x, y = data[0][: cfg.n], data[1][: cfg.n]
     x, y = x.to(dev), y.to(dev)

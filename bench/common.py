@@ -82,11 +82,19 @@ def export_if_needed(checkpoint, classifier, artifacts, echo) -> Path:
     return artifacts
 
 
-def load_images(n: int) -> tuple[np.ndarray, str]:
-    from vaegan.train.data import test_subset
+def load_images(n: int, contract=None) -> tuple[np.ndarray, str]:
+    """``n`` images of the artifacts' image contract: Fashion-MNIST's test images for its contract, else uniform
+    random images (the purifier's cost does not depend on the pixels)."""
+    from vaegan.export.core import _images
+    from vaegan.runtime.contract import FASHION_MNIST
 
-    x = test_subset(n)[0].numpy().astype(np.float32)
-    return np.ascontiguousarray(x), f"Fashion-MNIST test images 0..{n - 1}"
+    if contract is None or contract == FASHION_MNIST:  # its test images, or the data-root error
+        from vaegan.train.data import test_subset
+
+        return np.ascontiguousarray(test_subset(n)[0].numpy().astype(np.float32)), \
+            f"Fashion-MNIST test images 0..{n - 1}"
+    x, source = _images(n, contract)
+    return np.ascontiguousarray(x.numpy().astype(np.float32)), f"{source} 0..{n - 1}"
 
 
 def round_ratios(ref: dict, cell: dict) -> list[float] | None:

@@ -99,9 +99,16 @@ def profile_macs(path, feed: dict) -> dict[str, int]:
     return macs
 
 
-def purify_feed(n: int, latent: int, steps: int, restarts: int = 1) -> dict:
+def image_shape(artifacts_dir) -> tuple:
+    """(C, H, W) of the artifacts' image contract (manifest ``preprocess``)."""
+    from vaegan.runtime.artifacts import load_artifacts
+
+    return load_artifacts(artifacts_dir).contract.shape
+
+
+def purify_feed(n: int, latent: int, steps: int, restarts: int = 1, image: tuple = (1, 28, 28)) -> dict:
     rng = np.random.default_rng(0)
-    return {"x": rng.random((n, 1, 28, 28), dtype=np.float32), "noise": np.zeros((restarts, n, latent), np.float32),
+    return {"x": rng.random((n, *image), dtype=np.float32), "noise": np.zeros((restarts, n, latent), np.float32),
             "steps": np.array(steps, np.int64), "eta": np.array(0.02, np.float32),
             "lam": np.array(1.0, np.float32), "momentum": np.array(0.0, np.float32)}
 
@@ -109,8 +116,9 @@ def purify_feed(n: int, latent: int, steps: int, restarts: int = 1) -> dict:
 def purify_flops(artifacts_dir, latent: int, batch: int = 1) -> dict:
     """FLOPs of ``purify.onnx`` per call at ``batch`` images, R = 1: ``{"fixed": F(0), "per_step": F(1) - F(0)}``."""
     path = Path(artifacts_dir) / "purify.onnx"
-    f0 = 2 * sum(profile_macs(path, purify_feed(batch, latent, 0)).values())
-    f1 = 2 * sum(profile_macs(path, purify_feed(batch, latent, 1)).values())
+    image = image_shape(artifacts_dir)
+    f0 = 2 * sum(profile_macs(path, purify_feed(batch, latent, 0, image=image)).values())
+    f1 = 2 * sum(profile_macs(path, purify_feed(batch, latent, 1, image=image)).values())
     return {"fixed": f0, "per_step": f1 - f0}
 
 
@@ -131,7 +139,7 @@ def defense_gan_flops(artifacts_dir, latent: int, steps: int, restarts: int) -> 
     d = Path(artifacts_dir)
     rng = np.random.default_rng(0)
     z = rng.standard_normal((1, latent), dtype=np.float32)
-    v = rng.standard_normal((1, 1, 28, 28), dtype=np.float32)
+    v = rng.standard_normal((1, *image_shape(artifacts_dir)), dtype=np.float32)
     f_vjp = graph_flops(d / "decoder_vjp.onnx", {"z": z, "v": v})
     f_dec = graph_flops(d / "decoder.onnx", {"z": z})
     return {"per_step": f_vjp, "decode": f_dec, "total": int(restarts * (steps * f_vjp + f_dec))}

@@ -9,7 +9,7 @@ Per cell (batch size x steps T): the first run's output is checked against the e
 tolerance of the fused loop (``vaegan.export.specs.TOL_LOOP``); a backend that disagrees is reported, not timed. Then
 warm-up, then timed runs until 20 runs or 5 s (whichever first; at least 3). The backends take turns for
 ``--rounds`` rounds (default 3) and each cell reports its best round (lowest p50): on a shared VM the speed of the
-same process drifts by up to ~1.6x over minutes, and interleaving makes that drift hit every backend alike. The
+same process drifts over minutes, and interleaving makes that drift hit every backend alike. The
 speed against eager is reported both ways: best round over best round, and per round (``speedups``). Each backend
 runs in its own process (spawned), so peak RSS is the backend's own and no idle thread pool of another backend
 competes for the cores; the torch-free runtime backends do not import torch there.
@@ -298,8 +298,8 @@ def measure_peak_gflops(threads: int, seconds: float = 1.0) -> dict:
 def speedups(results: dict) -> None:
     """Each timed cell against the eager reference's same cell: ``vs_eager``, best round over best round (the
     table's "vs eager"), and ``vs_eager_rounds``, round r over round r. The backends take turns, so the two p50s of
-    one round were measured back to back: a change of the machine's speed between rounds (on a shared VM, up to
-    ~1.6x within minutes) hits both, where the best rounds of two backends may come from different minutes."""
+    one round were measured back to back: a change of the machine's speed between rounds (on a shared VM,
+    within minutes) hits both, where the best rounds of two backends may come from different minutes."""
     eager = {(c["batch"], c["steps"]): c for c in results["backends"].get(REFERENCE, {}).get("cells", [])
              if c.get("status") == "timed"}
     for r in results["backends"].values():
@@ -367,7 +367,7 @@ def _ints(s: str) -> list[int]:
 @model_options
 @click.option("--batches", default="1,8,64", show_default=True)
 @click.option("--steps", "steps_opt", default="5,10,50", show_default=True,
-              help="T values; the shipped default PurifyConfig().steps is always added")
+              help="T values; the checkpoint's operating point T is always added")
 @click.option("--backends", default="eager,modular,fused,trt", show_default=True)
 @click.option("--compile", "use_compile", is_flag=True, help="also time torch.compile of the reference")
 @click.option("--threads", type=int, default=None, help="threads for every backend (default: CPU count)")
@@ -399,12 +399,12 @@ def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_co
 
     import flops
     from vaegan.export.specs import TOL_LOOP
-    from vaegan.train.config import PurifyConfig
+    from vaegan.train.checkpoint import load_raw, purify_config
     from vaegan.train.purifier import defense_gan_config
 
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    cfg = PurifyConfig()
+    cfg = purify_config(load_raw(checkpoint))  # the checkpoint's operating point
     batches, steps_list = _ints(batches), _ints(steps_opt)
     if quick:
         batches, steps_list, min_runs, max_time, warmup, dgan_steps, rounds = [1, 8], [2], 3, 0.5, 1, 2, 1
@@ -432,7 +432,7 @@ def main(checkpoint, classifier, artifacts, batches, steps_opt, backends, use_co
 
     man = load_artifacts(arts)
     L = man.latent_dim
-    images, image_source = load_images(max(batches))
+    images, image_source = load_images(max(batches), man.contract)
     # the runtime's restart noise, fed to every backend alike (R = 1 at the shipped default: zeros)
     noise_all = restart_noise(PurifyParams.from_settings(dataclasses.asdict(cfg)), max(batches), L)
     cells = [(n, t) for n in batches for t in steps_list]

@@ -31,7 +31,8 @@ def _default(kind: str) -> str:
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="VAE-GAN checkpoint (default: the shipped models/vaegan.pt)")
 @click.option("--classifier", type=click.Path(dir_okay=False), default=None,
-              help="classifier checkpoint (default: the shipped models/classifier.pt)")
+              help="classifier checkpoint, torch.export program (.pt2) or ONNX file (.onnx) (default: the shipped "
+                   "models/classifier.pt)")
 @click.option("--out", type=click.Path(file_okay=False), default="artifacts", show_default=True,
               help="output folder")
 @click.option("--trt", is_flag=True, help="also build TensorRT engines (needs an NVIDIA GPU and vaegan[gpu])")
@@ -42,26 +43,34 @@ def _default(kind: str) -> str:
               help="largest R in the TensorRT profile of purify")
 @click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET, show_default=True,
               help="ONNX opset")
-@click.option("--steps", type=click.IntRange(min=0), default=None, help="purify_defaults.steps (default: PurifyConfig)")
-@click.option("--eta", type=float, default=None, help="purify_defaults.eta (default: PurifyConfig)")
-@click.option("--lam", type=float, default=None, help="purify_defaults.lam (default: PurifyConfig)")
+@click.option("--steps", type=click.IntRange(min=0), default=None,
+              help="purify_defaults.steps (default: the checkpoint's operating point)")
+@click.option("--eta", type=float, default=None, help="purify_defaults.eta (default: the checkpoint's)")
+@click.option("--lam", type=float, default=None, help="purify_defaults.lam (default: the checkpoint's)")
+@click.option("--dataset", default=None,
+              help="validate on this data set's test images (as vaegan-train --dataset; default: Fashion-MNIST for "
+                   "its contract, else uniform random images)")
+@click.option("--image-size", type=click.IntRange(1), default=None, help="with --dataset: as vaegan-train")
+@click.option("--channels", type=click.IntRange(1, 3), default=None, help="with --dataset: as vaegan-train")
+@click.option("--data-root", default=None, help="with --dataset: as vaegan-train")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads")
 @friendly_errors
 @requires_extra("train")
-def main(checkpoint, classifier, out, trt, fp16, max_batch, max_restarts, opset, steps, eta, lam, threads):
+def main(checkpoint, classifier, out, trt, fp16, max_batch, max_restarts, opset, steps, eta, lam, dataset, image_size,
+         channels, data_root, threads):
     if fp16 and not trt:
         raise click.UsageError("--fp16 applies to TensorRT engines: add --trt")
-    import dataclasses
-
     import torch
 
-    from vaegan.train.config import PurifyConfig
+    from vaegan.train.checkpoint import load_raw, purify_config
 
     from .core import export_all
 
     if threads:
         torch.set_num_threads(threads)
-    over = {k: v for k, v in (("steps", steps), ("eta", eta), ("lam", lam)) if v is not None}
-    cfg = dataclasses.replace(PurifyConfig(), **over)
-    export_all(checkpoint or _default("vaegan"), classifier or _default("classifier"), out, opset=opset,
-               max_batch=max_batch, trt=trt, fp16=fp16, purify_cfg=cfg, max_restarts=max_restarts, echo=click.echo)
+    checkpoint = checkpoint or _default("vaegan")
+    cfg = purify_config(load_raw(checkpoint), steps=steps, eta=eta, lam=lam)  # the checkpoint's operating point
+    data = None if dataset is None else {"dataset": dataset, "image_size": image_size, "channels": channels,
+                                         "data_root": data_root}
+    export_all(checkpoint, classifier or _default("classifier"), out, opset=opset, max_batch=max_batch, trt=trt,
+               fp16=fp16, purify_cfg=cfg, max_restarts=max_restarts, echo=click.echo, data=data)

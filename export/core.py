@@ -91,17 +91,90 @@ def publish(stage: Path, out_dir: Path) -> None:
     shutil.rmtree(old)
 
 
-def _images(n: int):
-    """Real Fashion-MNIST test images when the data is available, else uniform noise in [0, 1] (noted)."""
+def _images(n: int, contract=None, data: dict | None = None):
+    """Validation images of the contract: the test images of ``data`` (``vaegan.train.data`` keyword arguments;
+    default Fashion-MNIST for its contract) when they can be read and fit, else uniform noise in [0, 1] (noted)."""
     import torch
 
-    try:
-        from vaegan.train.data import test_subset
+    from vaegan.runtime.contract import FASHION_MNIST
 
-        return test_subset(n)[0], "Fashion-MNIST test images"
-    except VaeganError:
-        g = torch.Generator().manual_seed(0)
-        return torch.rand(n, 1, 28, 28, generator=g), "uniform random images (Fashion-MNIST not found)"
+    contract = contract or FASHION_MNIST
+    data = data or ({"dataset": "fashion-mnist"} if contract == FASHION_MNIST else None)
+    if data is not None:
+        try:
+            from vaegan.train.data import test_subset
+
+            x = test_subset(n, **data)[0]
+            if tuple(x.shape[1:]) == contract.shape:
+                return x, f"{data.get('dataset', 'fashion-mnist')} test images"
+        except VaeganError:
+            pass
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, *contract.shape, generator=g), "uniform random images (no test images of the contract given)"
+
+
+def load_nets(vaegan_ckpt, classifier_ckpt):
+    """(Nets, ONNX classifier ModelProto or None): the purifier and the classifier checked to agree on the image
+    contract; the classifier may be a checkpoint, a ``.pt2`` program or an ONNX file (``.onnx``, its graph taken
+    as it is and checked against the contract)."""
+    from vaegan.train.checkpoint import check_pair, load_model
+
+    from . import specs
+    from .grad import fold_batchnorm
+
+    vg, _ = load_model(Path(vaegan_ckpt), "vaegan")
+    if Path(classifier_ckpt).suffix == ".onnx":
+        model = load_onnx_classifier(Path(classifier_ckpt), vg.contract)
+        return specs.Nets(vg, None, fold_batchnorm(vg), None), model
+    clf, _ = load_model(Path(classifier_ckpt), "classifier")
+    check_pair(vg, clf, vaegan_ckpt, classifier_ckpt)
+    return specs.Nets(vg, clf, fold_batchnorm(vg), fold_batchnorm(clf)), None
+
+
+def load_onnx_classifier(path: Path, contract):
+    """The user's ONNX classifier, checked against the purifier's contract: one float input N x C x H x W (N
+    symbolic), one output N x K with K the contract's class count. Renamed to the manifest's ``x`` / ``logits``."""
+    import onnx
+
+    if not path.is_file():
+        raise VaeganError(f"{path}: ONNX classifier not found")
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # onnx raises DecodeError / ValueError / OSError on a bad file
+        raise VaeganError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
+    init = {t.name for t in model.graph.initializer}
+    ins = [i for i in model.graph.input if i.name not in init]
+    outs = list(model.graph.output)
+
+    def dims(vi):
+        return [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in vi.type.tensor_type.shape.dim]
+
+    if len(ins) != 1 or len(outs) != 1:
+        raise VaeganError(f"{path}: the ONNX classifier has {len(ins)} inputs and {len(outs)} outputs (expected one "
+                          f"image input and one logits output)")
+    di, do = dims(ins[0]), dims(outs[0])
+    want = list(contract.shape)
+    if len(di) != 4 or [int(d) if isinstance(d, int) else d for d in di[1:]] != want:
+        raise VaeganError(f"{path}: input shape {di} does not take the purifier's images N x {' x '.join(map(str, want))}")
+    if isinstance(di[0], int):
+        raise VaeganError(f"{path}: input batch dimension is fixed at {di[0]}; export it with a dynamic batch axis")
+    if len(do) != 2 or do[1] != contract.num_classes:
+        raise VaeganError(f"{path}: output shape {do}, the purifier's contract has {contract.num_classes} classes "
+                          f"(expected N x {contract.num_classes})")
+    from onnx import compose
+
+    model = compose.add_prefix(model, "user/") if ins[0].name != "x" or outs[0].name != "logits" else model
+    g = model.graph
+    src_in, src_out = g.input[0].name if ins[0].name != "x" else "x", g.output[0].name
+    if src_in != "x":
+        for n in g.node:
+            n.input[:] = ["x" if i == src_in else i for i in n.input]
+        g.input[0].name = "x"
+    if src_out != "logits":
+        for n in g.node:
+            n.output[:] = ["logits" if o == src_out else o for o in n.output]
+        g.output[0].name = "logits"
+    return model
 
 
 def export_graphs(nets, cfg, opset: int, images, gen, names=None, stride1_as_conv: bool = True,
@@ -114,10 +187,12 @@ def export_graphs(nets, cfg, opset: int, images, gen, names=None, stride1_as_con
     from .grad import TRACE_BATCH, to_onnx
 
     L = nets.latent
-    specs_all = list(specs.graph_specs(L).values()) + list(specs.piece_specs(L).values())
+    specs_all = list(specs.graph_specs(L, nets.contract).values()) + list(specs.piece_specs(L, nets.contract).values())
     models = {}
     for spec in specs_all:
         if spec.build is None or (names is not None and spec.name not in names):
+            continue
+        if spec.name == "classifier" and nets.clf is None:  # the user's ONNX classifier: taken as it is
             continue
         t0 = time.perf_counter()
         ex = specs.dummy_inputs(spec, TRACE_BATCH, L, images, gen, cfg)
@@ -128,7 +203,8 @@ def export_graphs(nets, cfg, opset: int, images, gen, names=None, stride1_as_con
         if echo:
             echo(f"exported {spec.name} ({time.perf_counter() - t0:.1f} s)")
     if {"encoder", "purify_step", "purify_loss"} <= set(models):
-        models["purify"] = fused.assemble_purify(models["encoder"], models["purify_step"], models["purify_loss"], L)
+        models["purify"] = fused.assemble_purify(models["encoder"], models["purify_step"], models["purify_loss"], L,
+                                                 nets.contract.shape)
     return models
 
 
@@ -137,25 +213,27 @@ def purify_graph(vaegan_ckpt, classifier_ckpt, *, opset: int = DEFAULT_OPSET, pu
     written (``bench/levers.py`` builds its variants from it)."""
     import torch
 
-    from vaegan.train.checkpoint import load_model
-    from vaegan.train.config import PurifyConfig
+    from vaegan.train.checkpoint import load_raw, purify_config
 
-    from . import specs
-    from .grad import TRACE_BATCH, fold_batchnorm
+    from .grad import TRACE_BATCH
 
     check_opset(opset)
-    vg, _ = load_model(Path(vaegan_ckpt), "vaegan")
-    clf, _ = load_model(Path(classifier_ckpt), "classifier")
-    nets = specs.Nets(vg, clf, fold_batchnorm(vg), fold_batchnorm(clf))
-    images, _ = _images(TRACE_BATCH)
-    models = export_graphs(nets, purify_cfg or PurifyConfig(), opset, images, torch.Generator().manual_seed(0),
+    nets, _ = load_nets(vaegan_ckpt, classifier_ckpt)
+    images, _ = _images(TRACE_BATCH, nets.contract)
+    models = export_graphs(nets, purify_cfg or purify_config(load_raw(vaegan_ckpt)), opset, images, torch.Generator().manual_seed(0),
                            names={"encoder", "purify_step", "purify_loss"}, stride1_as_conv=stride1_as_conv)
     return models["purify"]
 
 
 def export_all(vaegan_ckpt, classifier_ckpt, out_dir, *, opset: int = DEFAULT_OPSET, max_batch: int = 64, trt: bool = False,
-               fp16: bool = False, purify_cfg=None, max_restarts: int = 8, echo=print) -> dict:
+               fp16: bool = False, purify_cfg=None, max_restarts: int = 8, echo=print,
+               data: dict | None = None) -> dict:
     """Export, validate and describe every graph of docs/ARTIFACTS.md; returns the manifest (also written).
+
+    The image contract is the purifier checkpoint's (the classifier must agree: a checkpoint, a ``.pt2`` program,
+    or an ``.onnx`` file that is copied as ``classifier.onnx`` after its input / output shapes are checked; it has
+    no torch reference, so its numerics are not validated). ``purify_cfg`` defaults to the checkpoint's operating
+    point; ``data`` (``vaegan.train.data`` keyword arguments) names test images to validate on.
 
     Raises ``VaeganError`` for bad input (before any slow work), ``ExportValidationError`` (a VaeganError) listing
     every failed check, and ``TensorRTUnavailable`` when ``trt=True`` on a machine without TensorRT / an NVIDIA
@@ -167,7 +245,7 @@ def export_all(vaegan_ckpt, classifier_ckpt, out_dir, *, opset: int = DEFAULT_OP
     stage = stage_dir(out_dir)
     try:
         man = _export_into(stage, out_dir, vaegan_ckpt, classifier_ckpt, opset=opset, max_batch=max_batch, trt=trt,
-                           fp16=fp16, purify_cfg=purify_cfg, max_restarts=max_restarts, echo=echo)
+                           fp16=fp16, purify_cfg=purify_cfg, max_restarts=max_restarts, echo=echo, data=data)
     except TensorRTUnavailable:
         publish(stage, out_dir)
         raise
@@ -180,26 +258,25 @@ def export_all(vaegan_ckpt, classifier_ckpt, out_dir, *, opset: int = DEFAULT_OP
 
 
 def _export_into(out_dir: Path, final_dir: Path, vaegan_ckpt, classifier_ckpt, *, opset: int, max_batch: int,
-                 trt: bool, fp16: bool, purify_cfg, max_restarts: int, echo) -> dict:
+                 trt: bool, fp16: bool, purify_cfg, max_restarts: int, echo, data: dict | None = None) -> dict:
     """``export_all``'s work, writing into the staging folder ``out_dir`` (``final_dir``: where it will be, for
     messages)."""
     import onnx
     import torch
 
     from vaegan.runtime.names import unsupported_purifier
-    from vaegan.train.checkpoint import load_model
+    from vaegan.train.checkpoint import load_raw, purify_config
     from vaegan.util import file_sha256
-    from vaegan.train.config import PurifyConfig
     from vaegan.train.purifier import check_config
 
     from . import manifest, specs, validate
-    from .grad import TRACE_BATCH, fold_batchnorm
+    from .grad import TRACE_BATCH
 
     t_start = time.perf_counter()
     check_opset(opset)
     if max_batch < 1:
         raise VaeganError(f"max-batch must be >= 1 (got {max_batch})")
-    cfg = purify_cfg or PurifyConfig()
+    cfg = purify_cfg or purify_config(load_raw(vaegan_ckpt))
     try:
         check_config(cfg)
     except ValueError as e:
@@ -214,16 +291,16 @@ def _export_into(out_dir: Path, final_dir: Path, vaegan_ckpt, classifier_ckpt, *
         if fp16:
             check_fp16()
     vaegan_ckpt, classifier_ckpt = Path(vaegan_ckpt), Path(classifier_ckpt)
-    vg, _ = load_model(vaegan_ckpt, "vaegan")
-    clf, _ = load_model(classifier_ckpt, "classifier")
-    nets = specs.Nets(vg, clf, fold_batchnorm(vg), fold_batchnorm(clf))
+    nets, onnx_classifier = load_nets(vaegan_ckpt, classifier_ckpt)
     L = nets.latent
-    gspecs = specs.graph_specs(L)
+    gspecs = specs.graph_specs(L, nets.contract)
 
     # ---- export (torch route for every piece)
     gen = torch.Generator().manual_seed(0)
-    images, image_source = _images(max(max_batch, TRACE_BATCH))
+    images, image_source = _images(max(max_batch, TRACE_BATCH), nets.contract, data)
     models = export_graphs(nets, cfg, opset, images, gen, echo=echo)
+    if onnx_classifier is not None:
+        models["classifier"] = onnx_classifier
 
     # ---- write + validate
     report = validate.Report()
@@ -234,11 +311,17 @@ def _export_into(out_dir: Path, final_dir: Path, vaegan_ckpt, classifier_ckpt, *
         model.producer_name = "vaegan-export"
         path = out_dir / spec.file
         onnx.save(model, path)
+        feeds = {b: specs.dummy_inputs(spec, b, L, images, gen, cfg) for b in sorted({1, max_batch})}
+        if name == "classifier" and onnx_classifier is not None:
+            report.failures += validate.check_user_classifier(path, feeds, nets.contract.num_classes, echo)
+            entry = spec.manifest_entry()
+            graphs[name] = {"file": entry.pop("file"), "sha256": file_sha256(path), **entry,
+                            "bytes": path.stat().st_size, "source": "user ONNX classifier (no torch reference)"}
+            continue
         problems = validate.structural_problems(model, spec)
         for p in problems:
             echo(f"  [x] {p}")
         report.failures += problems
-        feeds = {b: specs.dummy_inputs(spec, b, L, images, gen, cfg) for b in sorted({1, max_batch})}
         validate.check_numerics(spec, path, nets, feeds, report, echo)
         if spec.kind == "fused":  # the runtime's CPU fast path at the shipped T (one restart)
             feeds = {b: specs.dummy_inputs(spec, b, L, images, gen, cfg, restarts=1) for b in sorted({1, max_batch})}
@@ -256,7 +339,7 @@ def _export_into(out_dir: Path, final_dir: Path, vaegan_ckpt, classifier_ckpt, *
         m = manifest.build(opset=opset, latent_dim=L, max_batch=max_batch,
                            checkpoint=(vaegan_ckpt.name, file_sha256(vaegan_ckpt)),
                            classifier_checkpoint=(classifier_ckpt.name, file_sha256(classifier_ckpt)),
-                           graphs=graphs, engines=engines, purify_cfg=cfg)
+                           graphs=graphs, engines=engines, purify_cfg=cfg, contract=nets.contract)
         manifest.write(out_dir, m)
         return m
 

@@ -5,10 +5,10 @@ route (encoder, one descent step, the objective, decoder), with onnx's own APIs:
     z0      = reshape(mu[None] + noise, [R*N, L])              restart-major rows
     xr      = tile(x, [R, 1, 1, 1])
     z, vel  = Loop(M=steps, cond=true) { z, vel = step(z, vel, xr, eta, lam, momentum) }   (for-style Loop)
-    loss, xg = objective(z, xr, lam)                           [R*N], [R*N, 1, 28, 28]
+    loss, xg = objective(z, xr, lam)                           [R*N], [R*N, C, H, W]
     best    = argmin(reshape(loss, [R, N]), axis 0)  (first minimum on ties, as torch.argmin)
     z*      = gather_elements(reshape(z, [R, N, L]), best)     [N, L]
-    purified = gather_elements(reshape(xg, [R, N, 784]), best) = G(z*)   (the objective's decode, not a second one)
+    purified = gather_elements(reshape(xg, [R, N, C*H*W]), best) = G(z*)   (the objective's decode, not a second one)
     loss    = reduce_min(loss, axis 0)
 
 The Loop's body holds the step's nodes; the step's weights live once in the outer graph as initializers (shared
@@ -91,9 +91,9 @@ def _opset(model: onnx.ModelProto) -> int:
 
 
 def assemble_purify(encoder: onnx.ModelProto, step: onnx.ModelProto, loss: onnx.ModelProto,
-                    latent: int) -> onnx.ModelProto:
-    """The fused purifier (see module doc). ``loss`` maps (z, x, lam) to (loss, G(z)). Input / output names follow
-    docs/ARTIFACTS.md."""
+                    latent: int, image: tuple = (1, 28, 28)) -> onnx.ModelProto:
+    """The fused purifier (see module doc). ``loss`` maps (z, x, lam) to (loss, G(z)); ``image`` is the contract's
+    (C, H, W). Input / output names follow docs/ARTIFACTS.md."""
     opset = _opset(encoder)
     for m in (step, loss):
         if _opset(m) != opset:
@@ -150,26 +150,27 @@ def assemble_purify(encoder: onnx.ModelProto, step: onnx.ModelProto, loss: onnx.
     idx, = b.node("Expand", [best3, one_nl])                                   # [1, N, L]
     zsel, = b.node("GatherElements", [z_rnl, idx], axis=0)
     zbest, = b.node("Squeeze", [zsel, ax0])
-    pix = b.const("pixels", np.array([28 * 28], np.int64))
+    c, h, w = (int(d) for d in image)
+    pix = b.const("pixels", np.array([c * h * w], np.int64))
     rnp, = b.node("Concat", [r1, n1, pix], axis=0)
-    xg_rnp, = b.node("Reshape", [xg, rnp])                                     # [R, N, 784]
+    xg_rnp, = b.node("Reshape", [xg, rnp])                                     # [R, N, C*H*W]
     one_np, = b.node("Concat", [b.const("one_p", np.array([1], np.int64)), n1, pix], axis=0)
-    idx_p, = b.node("Expand", [best3, one_np])                                 # [1, N, 784]
+    idx_p, = b.node("Expand", [best3, one_np])                                 # [1, N, C*H*W]
     xsel, = b.node("GatherElements", [xg_rnp, idx_p], axis=0)
-    xbest, = b.node("Reshape", [xsel, b.const("image_shape", np.array([-1, 1, 28, 28], np.int64))])
+    xbest, = b.node("Reshape", [xsel, b.const("image_shape", np.array([-1, c, h, w], np.int64))])
     b.nodes.append(helper.make_node("Identity", [xbest], ["purified"], name="out/purified"))
     b.nodes.append(helper.make_node("Identity", [loss_min], ["loss"], name="out/loss"))
     b.nodes.append(helper.make_node("Identity", [zbest], ["z"], name="out/z"))
 
     graph = helper.make_graph(
         b.nodes, "purify",
-        [helper.make_tensor_value_info("x", f32, ["N", 1, 28, 28]),
+        [helper.make_tensor_value_info("x", f32, ["N", c, h, w]),
          helper.make_tensor_value_info("noise", f32, ["R", "N", L]),
          helper.make_tensor_value_info("steps", i64, []),
          helper.make_tensor_value_info("eta", f32, []),
          helper.make_tensor_value_info("lam", f32, []),
          helper.make_tensor_value_info("momentum", f32, [])],
-        [helper.make_tensor_value_info("purified", f32, ["N", 1, 28, 28]),
+        [helper.make_tensor_value_info("purified", f32, ["N", c, h, w]),
          helper.make_tensor_value_info("loss", f32, ["N"]),
          helper.make_tensor_value_info("z", f32, ["N", L])],
         initializer=list(b.inits.values()),

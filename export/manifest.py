@@ -7,7 +7,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 FORMAT_VERSION = 1
-PREPROCESS = {"channels": 1, "height": 28, "width": 28, "layout": "NCHW", "dtype": "float32", "range": [0.0, 1.0]}
 MANIFEST = "manifest.json"
 REQUIRED_KEYS = ("format_version", "vaegan_version", "torch_version", "onnx_version", "opset", "checkpoint",
                  "classifier_checkpoint", "latent_dim", "preprocess", "classes", "purify_defaults", "max_batch",
@@ -15,14 +14,14 @@ REQUIRED_KEYS = ("format_version", "vaegan_version", "torch_version", "onnx_vers
 
 
 def build(*, opset: int, latent_dim: int, max_batch: int, checkpoint: tuple[str, str],
-          classifier_checkpoint: tuple[str, str], graphs: dict, engines: dict, purify_cfg) -> dict:
+          classifier_checkpoint: tuple[str, str], graphs: dict, engines: dict, purify_cfg, contract) -> dict:
     """The manifest. ``checkpoint`` / ``classifier_checkpoint``: (file name, sha256), no folder: the same weights
-    give the same manifest on every machine."""
+    give the same manifest on every machine. ``contract``: the purifier's image contract (``ImageContract``):
+    ``preprocess`` and ``classes``."""
     import onnx
     import torch
 
     from vaegan import __version__
-    from vaegan.train.data import CLASSES
 
     return {
         "format_version": FORMAT_VERSION,
@@ -33,8 +32,8 @@ def build(*, opset: int, latent_dim: int, max_batch: int, checkpoint: tuple[str,
         "checkpoint": {"file": checkpoint[0], "sha256": checkpoint[1]},
         "classifier_checkpoint": {"file": classifier_checkpoint[0], "sha256": classifier_checkpoint[1]},
         "latent_dim": latent_dim,
-        "preprocess": dict(PREPROCESS),
-        "classes": list(CLASSES),
+        "preprocess": contract.preprocess(),
+        "classes": list(contract.classes),
         "purify_defaults": asdict(purify_cfg),
         "max_batch": max_batch,
         "graphs": graphs,

@@ -2,7 +2,8 @@
 tolerance, the torch function that is traced, the torch reference it is validated against, and dummy inputs.
 
 Shapes use the contract's symbols (docs/ARTIFACTS.md): ``N`` batch, ``R`` restarts, ``L`` latent size (an int once
-the checkpoint is known). The traced functions run on BatchNorm-folded copies of the networks; the references run
+the checkpoint is known); images are ``N x C x H x W`` and logits ``N x K`` from the image contract
+(``vaegan.runtime.contract``, the checkpoint's). The traced functions run on BatchNorm-folded copies of the networks; the references run
 on the checkpoint's own (unfolded) modules with ``torch.autograd`` -- so folding is validated too.
 """
 
@@ -14,9 +15,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from vaegan.runtime.contract import FASHION_MNIST, ImageContract
 from vaegan.train.purifier import latent_loss, latent_objective
 
-IMAGE = ("N", 1, 28, 28)
+
+def image_shape(contract: ImageContract, batch="N") -> tuple:
+    """An image batch's shape in a spec: (batch, C, H, W) of the contract."""
+    return (batch, *contract.shape)
 
 # Tolerances (|onnx - torch| <= atol + rtol * max|torch| over each output, see validate.compare), fp32 on CPU, against the unfolded torch module.
 TOL_FORWARD = {"atol": 1e-5, "rtol": 1e-4}
@@ -77,6 +82,10 @@ class Nets:
     @property
     def latent(self) -> int:
         return self.vg.args.latent_dim
+
+    @property
+    def contract(self) -> ImageContract:
+        return self.vg.contract
 
 
 # ------------------------------------------------------------------------------------------------ torch functions
@@ -166,8 +175,9 @@ def _purify_ref(nets, x, noise, steps, eta, lam, momentum):
 
 # ---------------------------------------------------------------------------------------------------------- specs
 
-def graph_specs(latent: int) -> dict[str, GraphSpec]:
+def graph_specs(latent: int, contract: ImageContract = FASHION_MNIST) -> dict[str, GraphSpec]:
     L = latent
+    IMAGE = image_shape(contract)
     specs = [
         GraphSpec("encoder", [IO("x", IMAGE)], [IO("mu", ("N", L)), IO("logvar", ("N", L))], TOL_FORWARD,
                   _build(encoder_fwd), _ref(encoder_fwd)),
@@ -175,7 +185,7 @@ def graph_specs(latent: int) -> dict[str, GraphSpec]:
                   _build(decoder_fwd), _ref(decoder_fwd)),
         GraphSpec("discriminator", [IO("x", IMAGE)], [IO("logit", ("N", 1))], TOL_FORWARD,
                   _build(discriminator_fwd), _ref(discriminator_fwd)),
-        GraphSpec("classifier", [IO("x", IMAGE)], [IO("logits", ("N", 10))], TOL_FORWARD,
+        GraphSpec("classifier", [IO("x", IMAGE)], [IO("logits", ("N", contract.num_classes))], TOL_FORWARD,
                   _build(classifier_fwd, "clff"), _ref(classifier_fwd, "clf")),
         GraphSpec("encoder_vjp", [IO("x", IMAGE), IO("v", ("N", L))], [IO("grad_x", IMAGE)], TOL_GRAD,
                   _build(encoder_vjp), _ref(encoder_vjp), kind="gradient"),
@@ -192,18 +202,19 @@ def graph_specs(latent: int) -> dict[str, GraphSpec]:
     return {s.name: s for s in specs}
 
 
-def piece_specs(latent: int) -> dict[str, GraphSpec]:
+def piece_specs(latent: int, contract: ImageContract = FASHION_MNIST) -> dict[str, GraphSpec]:
     """Graphs exported only to be assembled into purify.onnx (not written on their own)."""
     L = latent
     B = ("B", L)
+    XB = image_shape(contract, "B")
     return {
         "purify_step": GraphSpec(
             "purify_step",
-            [IO("z", B), IO("vel", B), IO("x", ("B", 1, 28, 28)), IO("eta", ()), IO("lam", ()), IO("momentum", ())],
+            [IO("z", B), IO("vel", B), IO("x", XB), IO("eta", ()), IO("lam", ()), IO("momentum", ())],
             [IO("z_next", B), IO("vel_next", B)], TOL_GRAD, _build(purify_step), _ref(purify_step), kind="gradient"),
         "purify_loss": GraphSpec(
-            "purify_loss", [IO("z", B), IO("x", ("B", 1, 28, 28)), IO("lam", ())],
-            [IO("loss", ("B",)), IO("xg", ("B", 1, 28, 28))],
+            "purify_loss", [IO("z", B), IO("x", XB), IO("lam", ())],
+            [IO("loss", ("B",)), IO("xg", XB)],
             TOL_FORWARD, _build(purify_loss), _ref(purify_loss)),
     }
 

@@ -215,7 +215,7 @@ def _float64_reference(spec, nets, feed: dict):
     import torch
 
     nets64 = dataclasses.replace(nets, **{f.name: copy.deepcopy(getattr(nets, f.name)).double()
-                                          for f in dataclasses.fields(nets)})
+                                          for f in dataclasses.fields(nets) if getattr(nets, f.name) is not None})
     with torch.no_grad():
         return spec.reference(nets64, *_inputs_as(spec, feed, torch.float64))
 
@@ -271,6 +271,29 @@ def ort_session(path: str | Path):
     from vaegan.runtime.backend.onnxrt.loader import SessionOptionsFromConfig
 
     return ort.InferenceSession(str(path), SessionOptionsFromConfig()(), providers=["CPUExecutionProvider"])
+
+
+def check_user_classifier(path: Path, feeds_per_batch: dict[int, dict], num_classes: int, echo=print) -> list[str]:
+    """The user's ONNX classifier has no torch reference: check that onnxruntime runs it at each batch and that it
+    returns finite N x ``num_classes`` logits. Returns the failures (empty = fine)."""
+    failures = []
+    try:
+        sess = ort_session(path)
+    except Exception as e:  # onnxruntime raises its own exception types for a graph it cannot load
+        return [f"classifier: onnxruntime cannot load the user's ONNX classifier ({str(e).splitlines()[0]})"]
+    for b, feed in feeds_per_batch.items():
+        try:
+            out = sess.run(["logits"], {"x": feed["x"].numpy()})[0]
+        except Exception as e:  # onnxruntime: InvalidArgument / Fail / RuntimeException
+            failures.append(f"classifier (batch {b}): onnxruntime cannot run it ({str(e).splitlines()[0]})")
+            continue
+        ok = out.shape == (b, num_classes) and bool(np.isfinite(out).all())
+        echo(f"  [{'ok' if ok else 'x'}] classifier.logits (batch {b}): user ONNX classifier, shape {list(out.shape)}"
+             f" (no torch reference)")
+        if not ok:
+            failures.append(f"classifier (batch {b}): logits of shape {list(out.shape)} (expected [{b}, {num_classes}], "
+                            f"finite)")
+    return failures
 
 
 def check_numerics(spec, path: Path, nets, feeds_per_batch: dict[int, dict], report: Report, echo=print,

@@ -163,6 +163,13 @@ class Artifacts:
         return dict(self.manifest["preprocess"])
 
     @property
+    def contract(self):
+        """The image contract (``vaegan.runtime.contract.ImageContract``) of ``preprocess`` and ``classes``."""
+        from .contract import ImageContract
+
+        return ImageContract.from_manifest(self.manifest, str(self.root / MANIFEST))
+
+    @property
     def purify_defaults(self) -> dict:
         return dict(self.manifest["purify_defaults"])
 
@@ -248,7 +255,7 @@ def load_artifacts(root) -> Artifacts:
         raise ArtifactError(f"{mpath}: purify_defaults lacks {', '.join(missing)}; {how_to_create(root)}")
     check_manifest(manifest, str(mpath))
     pre = manifest["preprocess"]
-    if (pre.get("channels"), pre.get("layout"), pre.get("dtype")) != (1, "NCHW", "float32"):
-        raise ArtifactError(f"{mpath}: preprocess {pre} is not the 1-channel NCHW float32 contract this runtime "
+    if pre.get("channels") not in (1, 3) or (pre.get("layout"), pre.get("dtype")) != ("NCHW", "float32"):
+        raise ArtifactError(f"{mpath}: preprocess {pre} is not a 1- or 3-channel NCHW float32 contract this runtime "
                             f"implements; {how_to_create(root)}")
     return Artifacts(root, manifest)

@@ -2,11 +2,13 @@
 
 Preprocessing lives in exactly one place, ``to_model_input``: every frame (any file format, size, colour mode, or
 a decoded video frame) becomes one ``C x H x W`` float32 array in [0, 1] as the manifest's ``preprocess`` says
-(1 x 28 x 28 for the shipped contract):
+(its image contract, ``vaegan.runtime.contract``; 1 x 28 x 28 for the shipped Fashion-MNIST weights):
 
-1. 16-bit / 32-bit integer images are scaled by 1/65535 and float images clipped to [0, 1]; palette, RGB(A), CMYK,
-   LA... images are converted by Pillow to 8-bit grayscale ("L", ITU-R 601-2 luma; alpha is dropped), 1/255.
-2. The whole frame is resized to W x H (aspect ratio not kept: frames are expected to be crops of one item).
+1. 16-bit / 32-bit integer images are scaled by 1/65535 and float images clipped to [0, 1] (and repeated into
+   three planes for a 3-channel contract); for 1 channel, palette, RGB(A), CMYK, LA... images are converted by
+   Pillow to 8-bit grayscale ("L", ITU-R 601-2 luma; alpha is dropped), for 3 channels to "RGB" (RGB stays RGB,
+   grayscale is repeated, alpha is dropped), 1/255.
+2. Each plane is resized to W x H (aspect ratio not kept: frames are expected to be crops of one item).
    Downscaling uses a box (area-average) filter, upscaling bilinear interpolation, both on the float image.
 3. Values are clipped to [0, 1]; dtype float32.
 
@@ -46,20 +48,27 @@ def to_model_input(image, preprocess: dict) -> np.ndarray:
     from PIL import Image
 
     h, w = int(preprocess["height"]), int(preprocess["width"])
-    if preprocess.get("channels", 1) != 1:
-        raise ValueError(f"preprocess channels={preprocess['channels']}: only 1 channel is implemented")
+    c = int(preprocess.get("channels", 1))
+    if c not in (1, 3):
+        raise ValueError(f"preprocess channels={c}: only 1 (grayscale) or 3 (RGB) channels are implemented")
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         a = np.asarray(image, dtype=np.float32) / np.float32(65535.0)
-        img = Image.fromarray(np.clip(a, 0, 1), mode="F")
+        planes = [np.clip(a, 0, 1)] * c
     elif image.mode == "F":
-        img = Image.fromarray(np.clip(np.asarray(image, dtype=np.float32), 0, 1), mode="F")
+        planes = [np.clip(np.asarray(image, dtype=np.float32), 0, 1)] * c
+    elif c == 1:
+        planes = [np.asarray(image.convert("L"), dtype=np.float32) / np.float32(255.0)]
     else:
-        img = Image.fromarray(np.asarray(image.convert("L"), dtype=np.float32) / np.float32(255.0), mode="F")
-    if img.size != (w, h):
-        down = img.size[0] >= w and img.size[1] >= h
-        img = img.resize((w, h), Image.Resampling.BOX if down else Image.Resampling.BILINEAR)
-    a = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
-    return a.reshape(1, h, w)
+        rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / np.float32(255.0)
+        planes = [rgb[..., k] for k in range(3)]
+    out = np.empty((c, h, w), np.float32)
+    for k, plane in enumerate(planes):
+        img = Image.fromarray(np.ascontiguousarray(plane), mode="F")
+        if img.size != (w, h):
+            down = img.size[0] >= w and img.size[1] >= h
+            img = img.resize((w, h), Image.Resampling.BOX if down else Image.Resampling.BILINEAR)
+        out[k] = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+    return out
 
 
 def array_to_model_input(a: np.ndarray, preprocess: dict, bgr: bool = False) -> np.ndarray:
@@ -85,10 +94,13 @@ def array_to_model_input(a: np.ndarray, preprocess: dict, bgr: bool = False) -> 
 
 
 def from_model_output(x: np.ndarray):
-    """1 x H x W float in [0, 1] -> 8-bit grayscale Pillow image."""
+    """C x H x W float in [0, 1] -> 8-bit Pillow image in the contract's mode ("L" for 1 channel, "RGB" for 3)."""
     from PIL import Image
 
-    return Image.fromarray(np.clip(np.rint(x[0] * 255.0), 0, 255).astype(np.uint8), mode="L")
+    a = np.clip(np.rint(np.asarray(x) * 255.0), 0, 255).astype(np.uint8)
+    if a.shape[0] == 1:
+        return Image.fromarray(a[0], mode="L")
+    return Image.fromarray(np.ascontiguousarray(a.transpose(1, 2, 0)), mode="RGB")
 
 
 class TooLarge(ValueError):

@@ -131,3 +131,88 @@ def shipped_export(tmp_path_factory, shipped_vaegan, shipped_classifier) -> tupl
     out = tmp_path_factory.mktemp("shipped_artifacts")
     m = export_all(shipped_vaegan, shipped_classifier, out, opset=18, max_batch=64, echo=lambda *_: None)
     return Path(out), m
+
+
+# ---------------------------------------------------------------------------------------------- any image contract
+
+RGB_CLASSES = ("cat", "dog", "fish")  # sorted: the folder loader's class order
+
+
+def write_image_folder(root: Path, classes=RGB_CLASSES, n_train: int = 8, n_test: int = 3, size=(32, 32),
+                       mode: str = "RGB", seed: int = 0) -> Path:
+    """A tiny image-folder data set (train/<class>/*.png, test/<class>/*.png): per class a coloured square of its
+    own colour and position on a noisy background, so a network can tell the classes apart."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    for split, n in (("train", n_train), ("test", n_test)):
+        for k, c in enumerate(classes):
+            d = Path(root) / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.uniform(0, 0.3, (h, w, 3))
+                col = np.eye(3)[k % 3] * 0.9 + 0.1
+                y0, x0 = (k * h // (len(classes) + 1)), rng.integers(0, w // 2)
+                img[y0:y0 + h // 3, x0:x0 + w // 3] = col
+                a = (img * 255).astype(np.uint8)
+                im = Image.fromarray(a, mode="RGB")
+                (im if mode == "RGB" else im.convert(mode)).save(d / f"{i:03d}.png")
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def rgb_chain(tmp_path_factory):
+    """The whole chain through the CLIs on a tiny 3 x 32 x 32, 3-class image folder: vaegan-train classifier,
+    vaegan, purifier (1 epoch each, tiny nets), the classifier saved as a torch.export program (.pt2), vaegan-export
+    with that program, vaegan-run on RGB (and grayscale) frames of other sizes. Each step's result is kept; a step
+    runs only when the one before it succeeded."""
+    import torch
+    from click.testing import CliRunner
+
+    from vaegan.export.cli import main as export_main
+    from vaegan.runtime.cli import main as run_main
+    from vaegan.train import checkpoint
+    from vaegan.train.cli import train_cli
+
+    base = tmp_path_factory.mktemp("rgb_chain")
+    data = write_image_folder(base / "data")
+    r = CliRunner()
+    out = {"data": data, "base": base, "results": {}}
+    common = ["--dataset", str(data), "--epochs", "1", "--batch-size", "8", "--eval-limit", "9", "--threads", "1"]
+    steps = [
+        ("classifier", train_cli, ["classifier", *common, "--width-div", "16", "--fc-width", "32",
+                                   "--out", str(base / "clf")]),
+        ("vaegan", train_cli, ["vaegan", *common, "--width", "8", "--latent-dim", "8", "--out", str(base / "vg")]),
+        ("purifier", train_cli, ["purifier", *common, "--init", str(base / "vg" / "model.pt"),
+                                 "--classifier", str(base / "clf" / "model.pt"), "--purify-lam", "5",
+                                 "--adaptive-steps", "1", "--out", str(base / "pur")]),
+    ]
+    for name, cmd, args in steps:
+        res = r.invoke(cmd, args)
+        out["results"][name] = res
+        if res.exit_code != 0:
+            return out
+    clf, _ = checkpoint.load_model(base / "clf" / "model.pt", "classifier")
+    ep = torch.export.export(clf.eval(), (torch.rand(2, 3, 32, 32),),
+                             dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    torch.export.save(ep, str(base / "classifier.pt2"))
+    res = r.invoke(export_main, ["--checkpoint", str(base / "pur" / "model.pt"), "--classifier",
+                                 str(base / "classifier.pt2"), "--out", str(base / "art"), "--max-batch", "4",
+                                 "--dataset", str(data), "--threads", "1"])
+    out["results"]["export"] = res
+    if res.exit_code != 0:
+        return out
+    from PIL import Image
+
+    frames = base / "frames"
+    frames.mkdir()
+    for split_dir in sorted((data / "test").iterdir())[:2]:
+        src = sorted(split_dir.iterdir())[0]
+        Image.open(src).resize((48, 40)).save(frames / f"{split_dir.name}_big.png")
+        Image.open(src).convert("L").save(frames / f"{split_dir.name}_gray.png")
+    out["frames"] = frames
+    out["results"]["run"] = r.invoke(run_main, ["--input", str(frames), "--artifacts", str(base / "art"),
+                                                "--out", str(base / "run"), "--threads", "1"])
+    return out

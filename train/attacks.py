@@ -1,6 +1,6 @@
 """Attacks (torchattacks) and adversarial datasets.
 
-All attacks work on Nx1x28x28 images in [0, 1]; the classifier normalises internally (``VGG16.forward``), so no
+All attacks work on N x C x H x W images in [0, 1] (the image contract); the classifier normalises internally (``VGG16.forward``), so no
 attack sees normalised pixels. Attacks target whatever ``nn.Module`` they are given: the bare classifier
 (oblivious attacker, the paper's setting) or ``Defended(purifier, classifier)``.
 
@@ -12,7 +12,7 @@ attack sees normalised pixels. Attacks target whatever ``nn.Module`` they are gi
 | ``cw``     | CW (Carlini & Wagner 2017) | L2 | c 1, kappa 0, 100 steps, lr 0.01 |
 
 Adversarial dataset format (``save_adversarial`` / ``load_adversarial``): one ``.npz`` file holding
-``x_adv`` float32 [N,1,28,28] in [0,1], ``y`` int64 [N] (clean labels), ``index`` int64 [N] (source indices in
+``x_adv`` float32 [N,C,H,W] in [0,1], ``y`` int64 [N] (clean labels), ``index`` int64 [N] (source indices in
 the torchvision split), ``target`` int64 [N] (targeted attacks only, else -1) and ``meta``: a JSON string with
 attack, eps, alpha, steps, seed, split ("train"/"test"), classifier sha256, and the accuracy of the attacked model.
 """
@@ -74,8 +74,8 @@ def make_attack(model: nn.Module, spec: AttackSpec):
     return torchattacks.CW(model, c=spec.cw_c, kappa=0, steps=spec.steps, lr=spec.cw_lr)
 
 
-def random_targets(y: torch.Tensor, seed: int, num_classes: int = 10) -> torch.Tensor:
-    """A random class != y per image (seeded)."""
+def random_targets(y: torch.Tensor, seed: int, num_classes: int) -> torch.Tensor:
+    """A random class != y per image (seeded), out of ``num_classes`` (the classifier's output count)."""
     g = torch.Generator().manual_seed(seed + 12345)
     return (y + torch.randint(1, num_classes, y.shape, generator=g).to(y.device)) % num_classes
 
@@ -86,7 +86,12 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackS
     from tqdm import tqdm
 
     atk = make_attack(model, spec)
-    targets = random_targets(y, spec.seed) if spec.name == "tpgd" else None
+    if spec.name == "tpgd":
+        with torch.no_grad():
+            num_classes = model(x[:1]).shape[1]
+        targets = random_targets(y, spec.seed, num_classes)
+    else:
+        targets = None
     torch.manual_seed(spec.seed)  # torchattacks' random start uses the global generator
     out = []
     for i in tqdm(range(0, len(x), batch_size), desc=spec.tag, disable=not progress, leave=False):

@@ -7,6 +7,7 @@ User errors (``VaeganError``, bad options) print one ``Error: ...`` line and exi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from pathlib import Path
 
@@ -94,6 +95,37 @@ def build_config(cls, values: dict):
                 value = parse_numbers(_option_name(f), value, item)
             kw[f.name] = value
     return cls(**kw)
+
+
+DATASET_HELP = ("fashion-mnist (default), mnist, cifar10, svhn, or a folder PATH with train/<class>/* and "
+                "test/<class>/*")
+
+
+def data_options(fn):
+    """``--dataset``, ``--image-size``, ``--channels``, ``--download`` (the train commands get them from their config
+    dataclasses); the command receives them as one dict ``data`` (keyword arguments of ``vaegan.train.data``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*a, dataset, image_size, channels, download, **k):
+        return fn(*a, data={"dataset": dataset, "image_size": image_size, "channels": channels,
+                            "download": download}, **k)
+
+    for opt in reversed((
+            click.option("--dataset", default="fashion-mnist", show_default=True, help=DATASET_HELP),
+            click.option("--image-size", type=click.IntRange(1), default=None,
+                         help="resize every image to S x S (default: the data set's own)"),
+            click.option("--channels", type=click.Choice(["1", "3"]), callback=lambda c, p, v: v and int(v),
+                         default=None, help="convert to 1 (grayscale) or 3 (RGB) channels (default: the set's own)"),
+            click.option("--download", is_flag=True, help="let torchvision download a missing data set"))):
+        wrapper = opt(wrapper)
+    return wrapper
+
+
+def operating_point(checkpoint: str, pvalues: dict):
+    """The purifier's operating point: the checkpoint's (key ``purify``), the options given on top."""
+    from .checkpoint import load_raw, purify_config
+
+    return purify_config(load_raw(checkpoint), **pvalues)
 
 
 def parse_grid(text: str) -> dict:
@@ -246,9 +278,10 @@ def _default(kind: str) -> str:
 @click.option("--out", type=click.Path(file_okay=False), default="adv", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-root", default=None)
+@data_options
 @friendly_errors
 @requires_extra("train")
-def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defended, out, seed, data_root):
+def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defended, out, seed, data_root, data):
     from .attacks import AttackSpec  # validates name and eps before anything heavy
 
     spec = AttackSpec(name, eps=eps, alpha=alpha, steps=steps, seed=seed)
@@ -261,16 +294,22 @@ def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defend
 
     from .evaluate import accuracy
 
+    from .data import dataset_contract
+
     classifier = classifier or _default("classifier")
     clf, _ = ckpt_io.load_model(classifier, "classifier")
+    ckpt_io.check_data(clf.contract, dataset_contract(data_root=data_root, **data), f"classifier {classifier}",
+                       data["dataset"])
     model = clf
     if defended:
         from .purifier import Defended, Purifier
 
-        vg, _ = ckpt_io.load_model(checkpoint or _default("vaegan"), "vaegan")
-        model = Defended(Purifier(vg, differentiable=True), clf)
+        checkpoint = checkpoint or _default("vaegan")
+        vg, _ = ckpt_io.load_model(checkpoint, "vaegan")
+        ckpt_io.check_pair(vg, clf, checkpoint, classifier)
+        model = Defended(Purifier(vg, operating_point(checkpoint, {}), differentiable=True), clf)
     x, y, idx = (test_subset if split == "test" else train_subset)(n or (2000 if split == "test" else 10000),
-                                                                    data_root)
+                                                                    data_root, **data)
     x_adv, targets = run_attack(model, x, y, spec, progress=True)
     with torch.no_grad():
         acc = accuracy(model, x_adv, y)
@@ -284,7 +323,8 @@ def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defend
 # ----------------------------------------------------------------------------------------------------- vaegan-eval
 
 @click.command(help="Reproduce Table 1: classifier clean / under attack / after purification (oblivious attacker), "
-                    "ablations, Defense-GAN, targeted success; writes report.md, report.json and PNGs.")
+                    "ablations, Defense-GAN, targeted success; writes report.md, report.json and PNGs. The purifier "
+                    "options default to the checkpoint's operating point.")
 @click.version_option(__version__)
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="VAE-GAN (default: shipped)")
 @click.option("--classifier", type=click.Path(dir_okay=False), default=None, help="default: shipped weights")
@@ -302,31 +342,30 @@ def attack_cli(name, eps, steps, alpha, split, n, classifier, checkpoint, defend
 @click.option("--adv-dir", default="adv", show_default=True, help="cache of adversarial sets ('' to disable)")
 @click.option("--out", default="reports", show_default=True)
 @click.option("--data-root", default=None)
+@data_options
 @friendly_errors
 @requires_extra("train")
 def eval_cli(checkpoint, classifier, n, eps_list, no_targeted, defense_gan_n, defense_gan_steps,
-             defense_gan_restarts, quick, do_sweep, grid, adv_dir, out, data_root, **pvalues):
-    from .config import PurifyConfig
-
+             defense_gan_restarts, quick, do_sweep, grid, adv_dir, out, data_root, data, **pvalues):
     eps = parse_eps(eps_list)
-    pcfg = build_config(PurifyConfig, pvalues)
     from .evaluate import EvalConfig, evaluate, markdown_table, sweep
 
     checkpoint = checkpoint or _default("vaegan")
     classifier = classifier or _default("classifier")
+    pcfg = operating_point(checkpoint, pvalues)
     if do_sweep:
         sweep(checkpoint, classifier, parse_grid(grid), n=n or 300, adv_dir=adv_dir or None, out=out,
-              data_root=data_root)
+              data_root=data_root, base=pcfg, data=data)
         click.echo(f"wrote {out}/sweep.md")
         return
     n = n or 2000
     cfg = EvalConfig(n=n, eps=eps, targeted=not no_targeted, defense_gan_n=defense_gan_n,
                      defense_gan_steps=defense_gan_steps, defense_gan_restarts=defense_gan_restarts,
-                     purify=pcfg, adv_dir=adv_dir, out=out, data_root=data_root)
+                     purify=pcfg, adv_dir=adv_dir, out=out, data_root=data_root, **data)
     if quick:
         cfg = EvalConfig(n=min(n, 100), eps=(0.1, 0.3), targeted=False, pgd_steps=10, defense_gan_n=20,
                          defense_gan_steps=50, defense_gan_restarts=2, defense_gan_sets=("clean", "pgd10_eps0.1"), purify=pcfg, adv_dir="", out=out,
-                         data_root=data_root)
+                         data_root=data_root, **data)
     report = evaluate(checkpoint, classifier, cfg)
     click.echo(markdown_table(report))
     click.echo(f"wrote {out}/report.md, report.json, grid.png, accuracy_vs_eps.png")

@@ -44,7 +44,7 @@ class VAEGANArgs:
 @dataclass
 class ClassifierArgs:
     width_div: int = 4
-    num_classes: int = 10
+    num_classes: int | None = None  # the image contract's class count (checked against it when given)
     fc_width: int = 256
 
 
@@ -61,6 +61,10 @@ class ClassifierConfig:
     train_limit: int | None = None  # use the first N training images (tests, smoke runs)
     eval_limit: int = TEST_SUBSET
     data_root: str | None = None
+    dataset: str = "fashion-mnist"   # fashion-mnist, mnist, cifar10, svhn, or a folder PATH (train/<class>/*, test/...)
+    image_size: int | None = None    # resize every image to S x S (default: the data set's own size)
+    channels: int | None = None      # convert to 1 (grayscale) or 3 (RGB) channels (default: the data set's own)
+    download: bool = False           # let torchvision download a missing data set
     device: str = "cpu"              # torch device: cpu, cuda, cuda:N (random draws stay on the CPU generator)
     init: str | None = None        # start from this classifier checkpoint's weights (fine-tuning)
     purifier: str | None = None    # VAE-GAN checkpoint: train on its reconstructions too (see trainer.py)
@@ -93,6 +97,10 @@ class VAEGANConfig:
     train_limit: int | None = None
     eval_limit: int = TEST_SUBSET
     data_root: str | None = None
+    dataset: str = "fashion-mnist"   # fashion-mnist, mnist, cifar10, svhn, or a folder PATH (train/<class>/*, test/...)
+    image_size: int | None = None    # resize every image to S x S (default: the data set's own size)
+    channels: int | None = None      # convert to 1 (grayscale) or 3 (RGB) channels (default: the data set's own)
+    download: bool = False           # let torchvision download a missing data set
     device: str = "cpu"              # torch device: cpu, cuda, cuda:N (random draws stay on the CPU generator)
     classifier: str | None = None  # if given, report the classifier's accuracy on reconstructions each epoch
     model: VAEGANArgs = field(default_factory=VAEGANArgs)
@@ -131,17 +139,26 @@ class PurifierConfig:
     adaptive_steps: int = 3
     encoder_width: int | None = None  # widen the init's E to this width first (function-preserving); None: as is
     decoder_width: int | None = None  # widen the init's G to this width first (function-preserving); None: as is
+    purify_steps: int | None = None  # the operating point written into the checkpoint (key "purify"); None: the
+    purify_eta: float | None = None  # init checkpoint's, else PurifyConfig's defaults
+    purify_lam: float | None = None
     seed: int = 0
     train_limit: int | None = None
     eval_limit: int = TEST_SUBSET
     data_root: str | None = None
+    dataset: str = "fashion-mnist"   # fashion-mnist, mnist, cifar10, svhn, or a folder PATH (train/<class>/*, test/...)
+    image_size: int | None = None    # resize every image to S x S (default: the data set's own size)
+    channels: int | None = None      # convert to 1 (grayscale) or 3 (RGB) channels (default: the data set's own)
+    download: bool = False           # let torchvision download a missing data set
     device: str = "cpu"              # torch device: cpu, cuda, cuda:N (random draws stay on the CPU generator)
 
 
 @dataclass
 class PurifyConfig:
-    """Parameters of the purification loop (see ``vaegan.train.purifier``). The defaults are the shipped operating
-    point, chosen by the sweep in models/MODEL_CARD.md (``vaegan-eval --sweep``)."""
+    """Parameters of the purification loop (see ``vaegan.train.purifier``). A purifier checkpoint carries its own
+    operating point (key ``purify``; ``checkpoint.purify_config``), which eval, the adaptive attacks and export use;
+    these defaults serve new training (the shipped operating point, chosen by the sweep in docs/training.md, "The
+    operating point")."""
 
     mode: str = "latent"      # "latent": descend on z; "pixel": descend on x itself
     init: str = "encoder"     # "encoder": z0 = mu_E(x); "random": z0 ~ N(0, I) (Defense-GAN)

@@ -20,7 +20,7 @@ from vaegan.util import file_sha256
 from . import checkpoint as ckpt_io
 from .attacks import AttackSpec, load_adversarial, run_attack, save_adversarial
 from .config import PurifyConfig
-from .data import CLASSES, test_subset
+from .data import data_kwargs, dataset_contract, test_subset
 from .purifier import defense_gan_config, purify
 
 
@@ -35,7 +35,7 @@ class EvalConfig:
     alpha: float = 0.01
     seed: int = 0
     batch_size: int = 250
-    # Defense-GAN costs ~200x our purifier per image: evaluated on the first defense_gan_n images of these sets only
+    # Defense-GAN is far costlier per image (docs/benchmarks.md): run on the first defense_gan_n images of these sets
     defense_gan_n: int = 100
     defense_gan_sets: tuple = ("clean", "fgsm_eps0.3", "pgd40_eps0.1")
     defense_gan_steps: int = 200
@@ -44,11 +44,20 @@ class EvalConfig:
     adv_dir: str = "adv"
     out: str = "reports"
     data_root: str | None = None
+    dataset: str = "fashion-mnist"
+    image_size: int | None = None
+    channels: int | None = None
+    download: bool = False
 
 
-def load_models(vaegan_path, classifier_path):
+def load_models(vaegan_path, classifier_path, data: dict | None = None):
+    """The purifier and the classifier, checked to agree with each other and (``data``: ``data_kwargs``) with the
+    data set they are evaluated on."""
     vg, vck = ckpt_io.load_model(vaegan_path, "vaegan")
     clf, cck = ckpt_io.load_model(classifier_path, "classifier")
+    ckpt_io.check_pair(vg, clf, vaegan_path, classifier_path)
+    if data is not None:
+        ckpt_io.check_data(vg.contract, dataset_contract(**data), vaegan_path, data.get("dataset"))
     return vg, clf
 
 
@@ -105,8 +114,9 @@ def rows_for(cfg: EvalConfig) -> dict[str, PurifyConfig | None]:
 def evaluate(vaegan_path, classifier_path, cfg: EvalConfig, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    vg, clf = load_models(vaegan_path, classifier_path)
-    x, y, idx = test_subset(cfg.n, cfg.data_root)
+    vg, clf = load_models(vaegan_path, classifier_path, data_kwargs(cfg))
+    x, y, idx = test_subset(cfg.n, **data_kwargs(cfg))
+    classes = vg.contract.classes
     sets: dict[str, torch.Tensor] = {"clean": x}
     targeted: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name in cfg.attacks:
@@ -141,7 +151,7 @@ def evaluate(vaegan_path, classifier_path, cfg: EvalConfig, progress: bool = Tru
         table.setdefault(row, {})[set_name] = (pred == ys).float().mean().item() * 100
         if set_name == "clean":
             per_class[row] = {c: (pred[ys == k] == k).float().mean().item() * 100
-                              for k, c in enumerate(CLASSES) if (ys == k).any()}
+                              for k, c in enumerate(classes) if (ys == k).any()}
         if pcfg is cfg.purify:
             purified_examples[set_name] = xp[:10]
     targeted_res = {}
@@ -234,13 +244,17 @@ def write_report(report: dict, cfg: EvalConfig, x, sets, purified_examples) -> N
 
 
 def sweep(vaegan_path, classifier_path, grid: dict, n: int = 500, adv_dir: str | None = "adv",
-          out: str = "reports", seed: int = 0, data_root=None, progress: bool = True) -> list[dict]:
+          out: str = "reports", seed: int = 0, data_root=None, progress: bool = True, base: PurifyConfig | None = None,
+          data: dict | None = None) -> list[dict]:
     """Accuracy on clean, PGD-40 eps .1 and FGSM eps .3 (first ``n`` images) for each purifier setting in the
-    product of ``grid`` (keys: PurifyConfig fields). Written to OUT/sweep.md and OUT/sweep.json."""
+    product of ``grid`` (keys: PurifyConfig fields) over ``base`` (default: the checkpoint's operating point).
+    Written to OUT/sweep.md and OUT/sweep.json."""
     import itertools
 
-    vg, clf = load_models(vaegan_path, classifier_path)
-    x, y, idx = test_subset(max(n, 2000), data_root)
+    data = {**(data or {}), "data_root": data_root}
+    vg, clf = load_models(vaegan_path, classifier_path, data)
+    base = base or ckpt_io.purify_config(ckpt_io.load_raw(vaegan_path))
+    x, y, idx = test_subset(max(n, 2000), **data)
     specs = [AttackSpec("pgd", eps=0.1, alpha=0.01, steps=40, seed=seed), AttackSpec("fgsm", eps=0.3, seed=seed)]
     sets = {"clean": x[:n]}
     for s in specs:
@@ -250,7 +264,7 @@ def sweep(vaegan_path, classifier_path, grid: dict, n: int = 500, adv_dir: str |
     keys = list(grid)
     seen = set()
     for values in itertools.product(*(grid[k] for k in keys)):
-        pcfg = replace(PurifyConfig(), **dict(zip(keys, values)))
+        pcfg = replace(base, **dict(zip(keys, values)))
         if pcfg.steps == 0:  # eta, lam and momentum do not matter without steps: run T=0 once
             pcfg = replace(pcfg, eta=0.0, lam=0.0, momentum=0.0)
         if repr(pcfg) in seen:
@@ -278,4 +292,4 @@ def sweep(vaegan_path, classifier_path, grid: dict, n: int = 500, adv_dir: str |
     return results
 
 
-__all__ = ["EvalConfig", "evaluate", "sweep", "markdown_table", "CLASSES"]
+__all__ = ["EvalConfig", "evaluate", "sweep", "markdown_table"]

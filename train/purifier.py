@@ -10,7 +10,7 @@ is checked against.
     L(x') = ||G(mu_E(x')) - x'||^2 + lam * -log sigmoid(D(x')),   x' <- clip(x' - eta * grad, 0, 1),  output G(mu_E(x')).
 ``init="random"`` with ``lam=0`` is Defense-GAN: random z, L steps, R restarts, no encoder seed, no D term.
 
-All inputs are Nx1x28x28 in [0, 1]. The restart noise is an explicit tensor (``noise``, shape R x N x latent_dim)
+All inputs are N x C x H x W in [0, 1] (the VAE-GAN's image contract). The restart noise is an explicit tensor (``noise``, shape R x N x latent_dim)
 so other backends can be fed exactly the same one; ``restart_noise`` draws it from ``cfg.seed``.
 """
 
@@ -78,7 +78,7 @@ def restart_noise(cfg: PurifyConfig, n: int, latent_dim: int) -> torch.Tensor:
 
 @dataclass
 class PurifyResult:
-    x: torch.Tensor     # purified images, N x 1 x 28 x 28
+    x: torch.Tensor     # purified images, N x C x H x W
     loss: torch.Tensor  # final objective of the chosen restart, (N,)
     z: torch.Tensor | None = None  # chosen latent (latent mode)
 

@@ -32,8 +32,10 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from . import checkpoint as ckpt_io
-from .config import ClassifierConfig, PurifierConfig, VAEGANConfig, resolve_device
-from .data import load_split
+from vaegan.runtime.contract import ContractError
+
+from .config import ClassifierConfig, PurifierConfig, PurifyConfig, VAEGANConfig, resolve_device
+from .data import data_kwargs, dataset_contract, load_split
 from .errors import VaeganError
 from .models import VAEGAN, VGG16, widen
 
@@ -92,15 +94,24 @@ def _steps_per_epoch(ds, cfg, world: int) -> int:
 
 
 def _train_set(cfg):
-    ds = load_split(True, cfg.data_root)
+    ds = load_split(True, **data_kwargs(cfg))
     if cfg.train_limit:
         ds = Subset(ds, range(min(cfg.train_limit, len(ds))))
     return ds
 
 
 def _eval_set(cfg, dev: torch.device):
-    x, y = load_split(False, cfg.data_root).tensors
+    x, y = load_split(False, **data_kwargs(cfg)).tensors
     return x[: cfg.eval_limit].to(dev), y[: cfg.eval_limit].to(dev)
+
+
+def _contract(cfg):
+    """The image contract of the config's data set (checked and loaded before any model is built)."""
+    return dataset_contract(**data_kwargs(cfg))
+
+
+def _data_name(cfg) -> str:
+    return str(getattr(cfg, "dataset", "fashion-mnist"))
 
 
 def _resume_state(out: Path, resume: bool, kind: str) -> dict | None:
@@ -125,10 +136,10 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random 2-pixel shifts (pad + crop) and horizontal flips, batched."""
-    n = x.shape[0]
+    n, h, w = x.shape[0], x.shape[2], x.shape[3]
     padded = F.pad(x, (2, 2, 2, 2))
     dx, dy = torch.randint(0, 5, (2,), generator=gen).tolist()
-    x = padded[:, :, dy:dy + 28, dx:dx + 28]
+    x = padded[:, :, dy:dy + h, dx:dx + w]
     flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
@@ -216,7 +227,13 @@ def train_classifier(cfg: ClassifierConfig, resume: bool = False) -> dict:
     rank, world, dev = _dist_setup(cfg.device)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    model = VGG16(cfg.model).to(dev)
+    contract = _contract(cfg)
+    if cfg.model.num_classes is None:
+        cfg.model.num_classes = contract.num_classes
+    try:
+        model = VGG16(cfg.model, contract).to(dev)
+    except ContractError as e:
+        raise VaeganError(f"--num-classes {cfg.model.num_classes} and data set {_data_name(cfg)}: {e}") from None
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=True)
     train_ds = _train_set(cfg)
@@ -225,8 +242,15 @@ def train_classifier(cfg: ClassifierConfig, resume: bool = False) -> dict:
                                                 pct_start=0.2)
     start_epoch, step, best = 0, 0, -1.0
     if cfg.init:
-        model.load_state_dict(ckpt_io.load_model(cfg.init, "classifier")[0].state_dict())
+        init_model = ckpt_io.load_model(cfg.init, "classifier")[0]
+        if isinstance(init_model, ckpt_io.ExportedClassifier):
+            raise VaeganError(f"--init {cfg.init}: a torch.export program cannot be fine-tuned here (give a "
+                              f"classifier checkpoint)")
+        ckpt_io.check_data(init_model.contract, contract, cfg.init, _data_name(cfg))
+        model.load_state_dict(init_model.state_dict())
     vg = ckpt_io.load_model(cfg.purifier, "vaegan")[0].to(dev) if cfg.purifier else None
+    if vg is not None:
+        ckpt_io.check_data(vg.contract, contract, cfg.purifier, _data_name(cfg))
     state = _resume_state(out, resume, "classifier")
     if state is not None:
         model.load_state_dict(state["model"])
@@ -276,7 +300,7 @@ def train_classifier(cfg: ClassifierConfig, resume: bool = False) -> dict:
             print(f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f}, test acc {acc:.2f}%{rec} "
                   f"(first {len(xe)}){adv}, {metrics['epoch_seconds']:.0f}s", flush=True)
             ckpt = {"kind": "classifier", "model": _cpu_tree(model.state_dict()), "model_args": asdict(cfg.model),
-                    "config": asdict(cfg), "epoch": epoch + 1, "step": step, "metrics": metrics, "best_metric": best,
+                    "contract": contract.to_dict(), "config": asdict(cfg), "epoch": epoch + 1, "step": step, "metrics": metrics, "best_metric": best,
                     "world_size": world, "optimizer": {"opt": _cpu_tree(opt.state_dict()), "sched": sched.state_dict()}}
             ckpt_io.save(out / "ckpt.pt", ckpt)
             ckpt_io.save(out / "model.pt", ckpt_io.slim(ckpt))
@@ -299,9 +323,9 @@ def corrupt(x: torch.Tensor, eps_max: float, prob: float, gen: torch.Generator) 
         k = int(sel.sum())
         if k == 0:
             continue
-        s = 28 // block
-        sign = torch.randint(0, 2, (k, 1, s, s), generator=gen).float().mul_(2).sub_(1)
-        sign = F.interpolate(sign, size=28, mode="nearest")
+        c, h, w = x.shape[1:]
+        sign = torch.randint(0, 2, (k, c, h // block, w // block), generator=gen).float().mul_(2).sub_(1)
+        sign = F.interpolate(sign, size=(h, w), mode="nearest")
         eps = torch.rand(k, 1, 1, 1, generator=gen) * eps_max
         sel = sel.to(x.device)
         out[sel] = (x[sel] + (eps * sign).to(x.device)).clamp_(0, 1)
@@ -379,7 +403,11 @@ def train_vaegan(cfg: VAEGANConfig, resume: bool = False) -> dict:
     rank, world, dev = _dist_setup(cfg.device)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    vg = VAEGAN(cfg.model).to(dev)
+    contract = _contract(cfg)
+    try:
+        vg = VAEGAN(cfg.model, contract).to(dev)
+    except ContractError as e:
+        raise VaeganError(f"data set {_data_name(cfg)}: {e}") from None
     opt_eg, opt_d, start_epoch, step, best = _vaegan_optimizers(vg, cfg, out, resume, math.inf)
     enc, dec, disc = (_wrap(m, world) for m in (vg.encoder, vg.decoder, vg.discriminator))
     d_raw = vg.discriminator
@@ -388,6 +416,7 @@ def train_vaegan(cfg: VAEGANConfig, resume: bool = False) -> dict:
     clf = None
     if cfg.classifier and rank == 0:
         clf = ckpt_io.load_model(cfg.classifier, "classifier")[0].to(dev)
+        ckpt_io.check_pair(vg, clf, f"being trained on {_data_name(cfg)}", cfg.classifier)
     gen = torch.Generator().manual_seed(cfg.seed + 1 + rank)
     metrics = {}
     steps_per_epoch = _steps_per_epoch(train_ds, cfg, world)
@@ -424,7 +453,8 @@ def train_vaegan(cfg: VAEGANConfig, resume: bool = False) -> dict:
             print(f"epoch {epoch + 1}: rec {metrics['rec']:.2f} kl {metrics['kl']:.2f} fm {metrics['fm']:.3f} "
                   f"g_adv {metrics['g_adv']:.3f} d {metrics['d']:.3f} | test mse clean {metrics['test_mse_clean']:.4f} "
                   f"noisy.3 {metrics['test_mse_noisy']:.4f}{extra}, {metrics['epoch_seconds']:.0f}s", flush=True)
-            ckpt = {"kind": "vaegan", "model": _cpu_tree(vg.state_dict()), "model_args": asdict(cfg.model), "config": asdict(cfg),
+            ckpt = {"kind": "vaegan", "model": _cpu_tree(vg.state_dict()), "model_args": asdict(cfg.model),
+                    "contract": contract.to_dict(), "purify": asdict(PurifyConfig()), "config": asdict(cfg),
                     "epoch": epoch + 1, "step": step, "metrics": metrics, "best_metric": best, "world_size": world,
                     "optimizer": {"eg": _cpu_tree(opt_eg.state_dict()), "d": _cpu_tree(opt_d.state_dict())}}
             ckpt_io.save(out / "ckpt.pt", ckpt)
@@ -543,6 +573,10 @@ def train_purifier(cfg: PurifierConfig, resume: bool = False) -> dict:
         except ValueError as e:  # the one check of the widths lives in widen
             raise VaeganError(f"{init}: --encoder-width / --decoder-width: {e}") from None
     clf, _ = ckpt_io.load_model(clf_path, "classifier")
+    ckpt_io.check_data(vg.contract, _contract(cfg), init, _data_name(cfg))
+    ckpt_io.check_pair(vg, clf, init, clf_path)
+    operating_point = asdict(ckpt_io.purify_config(init_ckpt, steps=cfg.purify_steps, eta=cfg.purify_eta,
+                                                   lam=cfg.purify_lam))
     vg, clf = vg.to(dev), clf.to(dev)
     clf.eval().requires_grad_(False)
     opt_eg, opt_d, start_epoch, step, best = _vaegan_optimizers(vg, cfg, out, resume, -math.inf)
@@ -589,7 +623,7 @@ def train_purifier(cfg: PurifierConfig, resume: bool = False) -> dict:
                   f"oblivious pgd10 .1 {metrics['oblivious_pgd_acc']:.2f}% adaptive pgd10 .1 "
                   f"{metrics['adaptive_pgd_acc']:.2f}%, {metrics['epoch_seconds']:.0f}s", flush=True)
             ckpt = {"kind": "vaegan", "model": _cpu_tree(vg.state_dict()), "model_args": asdict(vg.args),
-                    "config": asdict(cfg), "init_config": init_ckpt.get("config"), "epoch": epoch + 1, "step": step,
+                    "contract": vg.contract.to_dict(), "purify": operating_point, "config": asdict(cfg), "init_config": init_ckpt.get("config"), "epoch": epoch + 1, "step": step,
                     "metrics": metrics, "best_metric": best, "world_size": world,
                     "optimizer": {"eg": _cpu_tree(opt_eg.state_dict()), "d": _cpu_tree(opt_d.state_dict())}}
             ckpt_io.save(out / "ckpt.pt", ckpt)

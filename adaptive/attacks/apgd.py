@@ -8,14 +8,14 @@ import torch
 from vaegan.train.evaluate import predict
 
 
-def apgd(model, eps: float, steps: int, seed: int = 0, targets: int = 9):
+def apgd(model, eps: float, steps: int, seed: int, targets: int, n_classes: int):
     """AutoAttack's gradient components (Croce & Hein 2020): APGD-CE, then APGD-T (DLR, ``targets`` target
-    classes) on the images APGD-CE did not fool (torchattacks ``MultiAttack``)."""
+    classes, at most ``n_classes`` - 1) on the images APGD-CE did not fool (torchattacks ``MultiAttack``)."""
     import torchattacks
 
     ce = torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, loss="ce")
-    t = torchattacks.APGDT(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, n_classes=10)
-    t.n_target_classes = targets
+    t = torchattacks.APGDT(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, n_classes=n_classes)
+    t.n_target_classes = min(targets, n_classes - 1)
     return torchattacks.MultiAttack([ce, t])
 
 
@@ -35,7 +35,8 @@ def run_gradient_attack(ctx, eps: float, name: str, make, targets: int):
     grad = gradient_choice(ctx, eps)
     model = ctx.bpda if grad == "bpda" else ctx.full
     xa, _ = ctx.cache.map(f"{name}_{grad}_eps{eps:g}", ctx.budget(name),
-                          lambda _, xb, yb: (make(model, eps, cfg.steps, cfg.seed, targets)(xb, yb), {}),
+                          lambda _, xb, yb: (make(model, eps, cfg.steps, cfg.seed, targets, ctx.num_classes)(xb, yb),
+                                             {}),
                           ctx.x, ctx.y, cfg.batch_size)
     with torch.no_grad():
         fooled = predict(ctx.defended, xa, cfg.batch_size) != ctx.y

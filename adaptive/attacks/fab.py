@@ -6,14 +6,15 @@ from __future__ import annotations
 from .apgd import run_gradient_attack
 
 
-def fab(model, eps: float, steps: int, seed: int = 0, targets: int = 9):
-    """AutoAttack's minimum-norm component: FAB-T (Croce & Hein 2020), ``targets`` target classes in turn, each
-    run only on the images not yet fooled; an image counts as fooled only within ``eps`` (torchattacks ``FAB``)."""
+def fab(model, eps: float, steps: int, seed: int, targets: int, n_classes: int):
+    """AutoAttack's minimum-norm component: FAB-T (Croce & Hein 2020), ``targets`` target classes (at most
+    ``n_classes`` - 1) in turn, each run only on the images not yet fooled; an image counts as fooled only within
+    ``eps`` (torchattacks ``FAB``)."""
     import torchattacks
 
     a = torchattacks.FAB(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, multi_targeted=True,
-                         n_classes=10)
-    a.n_target_classes = targets
+                         n_classes=n_classes)
+    a.n_target_classes = min(targets, n_classes - 1)
     return a
 
 

@@ -26,10 +26,10 @@ class MeanEncoder(nn.Module):
 
 
 def latent_targets(y: torch.Tensor, pool_x: torch.Tensor, pool_y: torch.Tensor,
-                   seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image a target class != y (seeded, as ``attacks.random_targets``) and x_target: the first image of that
-    class in the pool."""
-    t = random_targets(y, seed)
+                   seed: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image a target class != y (seeded, as ``attacks.random_targets``, out of ``num_classes``) and x_target:
+    the first image of that class in the pool."""
+    t = random_targets(y, seed, num_classes)
     first = {}
     for i, c in enumerate(pool_y.tolist()):
         first.setdefault(c, i)
@@ -85,11 +85,13 @@ def setup_latent(ctx, data=None) -> None:
     if data is None:
         from vaegan.train.data import test_subset
 
-        px, py, _ = test_subset(max(cfg.latent_pool, cfg.n), cfg.data_root)
+        from vaegan.train.data import data_kwargs
+
+        px, py, _ = test_subset(max(cfg.latent_pool, cfg.n), **data_kwargs(cfg))
     else:
         px, py = data
     dev = ctx.x.device
-    tcls, xt = latent_targets(ctx.y, px.to(dev), py.to(dev), cfg.seed)
+    tcls, xt = latent_targets(ctx.y, px.to(dev), py.to(dev), cfg.seed, ctx.num_classes)
     with torch.no_grad():
         ctx.state["latent"] = tcls, MeanEncoder(ctx.vg)(xt)
 

@@ -28,7 +28,8 @@ def surrogate_checkpoint(cfg: AdaptiveConfig, echo=print) -> Path:
              f"{cfg.surrogate_epochs} epochs) in {out} ...")
         train_classifier(ClassifierConfig(out=str(out), epochs=cfg.surrogate_epochs, seed=cfg.seed + 1,
                                           train_limit=cfg.surrogate_train_limit, eval_limit=500,
-                                          data_root=cfg.data_root,
+                                          data_root=cfg.data_root, dataset=cfg.dataset,
+                                          image_size=cfg.image_size, channels=cfg.channels, download=cfg.download,
                                           model=ClassifierArgs(width_div=cfg.surrogate_width_div, fc_width=128)))
     return out / "model.pt"
 

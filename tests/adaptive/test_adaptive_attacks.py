@@ -59,7 +59,7 @@ def test_fab_t_keeps_only_perturbations_that_fool_within_eps(nets, batch):
     x, _ = batch
     with torch.no_grad():
         y = clf(x).argmax(1)  # labels = the classifier's own predictions: every image starts correct
-    x_adv = fab(clf, eps=0.3, steps=5, seed=0, targets=2)(x, y)
+    x_adv = fab(clf, eps=0.3, steps=5, seed=0, targets=2, n_classes=10)(x, y)
     changed = (x_adv - x).flatten(1).abs().amax(1) > 0
     assert (x_adv - x).abs().max() <= 0.3 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     with torch.no_grad():

@@ -63,8 +63,9 @@ def test_files_and_manifest(tiny_export):
     assert m["opset"] == 18 and m["latent_dim"] == L and m["max_batch"] == 64
     assert m["classes"] == list(CLASSES)
     assert m["purify_defaults"] == asdict(PurifyConfig())
-    assert m["preprocess"] == {"channels": 1, "height": 28, "width": 28, "layout": "NCHW", "dtype": "float32",
-                               "range": [0.0, 1.0]}
+    assert m["preprocess"] == {"channels": 1, "height": 28, "width": 28, "mode": "L", "layout": "NCHW",
+                               "dtype": "float32", "range": [0.0, 1.0],
+                               "normalize": {"mean": [0.286], "std": [0.353]}}
     assert m["checkpoint"]["sha256"] == file_sha256(tiny_export["vaegan"])
     assert m["classifier_checkpoint"]["sha256"] == file_sha256(tiny_export["classifier"])
     assert set(m["graphs"]) == set(CONTRACT)
