@@ -29,13 +29,9 @@ class Context:
 
     @property
     def num_classes(self) -> int:
-        """The class count of the image contract: the purifier's, or without one the classifier's outputs."""
-        if self.vg is not None:
-            return self.vg.contract.num_classes
-        import torch
-
-        with torch.no_grad():
-            return int(self.clf(self.x[:1]).shape[-1])
+        """The class count of the image contract (the classifier's outputs); the classifier's own contract when
+        there is no purifier (``--no-purifier``)."""
+        return (self.vg if self.vg is not None else self.clf).contract.num_classes
 
     def budget(self, name: str) -> dict:
         return attack_budget(name, asdict(self.cfg))

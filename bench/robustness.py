@@ -12,6 +12,7 @@ the whole 10,000-image test set. ``table`` writes the markdown table and the plo
     python bench/robustness.py commands                                  # the command list, nothing run
     python bench/robustness.py run --defense at --eps 0.1 --threads 1   # the missing runs of one cell, then merge
     python bench/robustness.py clean --threads 1                         # full test set, every defense
+    python bench/robustness.py merge                                     # every cell's finished runs, per image
     python bench/robustness.py table --plot docs/robustness.png          # markdown on stdout
 
 Paths of the adversarially trained classifier and its purifier are the ``vaegan-train`` outputs named in
@@ -174,6 +175,18 @@ def run(defense, eps_text, attacks, n, threads, out, at_classifier, at_purifier)
                 _run(cmd)
 
 
+@main.command(help="Merge the finished runs of every cell (the table's input), whether or not the cell is complete.")
+@common
+@friendly_errors
+def merge(out, at_classifier, at_purifier):
+    out = Path(out)
+    for d in DEFENSES:
+        for e in EPS:
+            cmd = merge_command(d, e, out)
+            if cmd:
+                _run(cmd)
+
+
 def _run(cmd: list[str]) -> None:
     click.echo(f"$ {_shell(cmd)}", err=True)
     r = subprocess.run(cmd)
@@ -199,7 +212,6 @@ def clean(defense, threads, data_root, out, at_classifier, at_purifier):
     torch.set_num_threads(threads)
     x, y = load_split(False, data_root).tensors
     path = Path(out) / "clean.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
     for d in _parse_list("--defense", defense, DEFENSES):
         clf_path, pur_path = defense_paths(d, at_classifier, at_purifier)
         if not Path(clf_path).is_file() or (pur_path and not Path(pur_path).is_file()):
@@ -211,13 +223,14 @@ def clean(defense, threads, data_root, out, at_classifier, at_purifier):
             vg, _ = ckpt_io.load_model(pur_path, "vaegan")
             model = Defended(Purifier(vg, PurifyConfig()), clf).eval()
         acc = 100.0 * (predict(model, x, 500) == y).float().mean().item()
+        results = json.loads(path.read_text()) if path.is_file() else {}  # re-read: another run may have written
         results[d] = {"accuracy": acc, "n": len(x), "classifier": clf_path, "purifier": pur_path,
                       "classifier_sha256": ckpt_io.file_sha256(clf_path),
                       "purifier_sha256": ckpt_io.file_sha256(pur_path) if pur_path else None,
                       "purify": vars(PurifyConfig()) if pur_path else None}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2))
         click.echo(f"{d}: {acc:.2f}% clean on all {len(x)} test images")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
 
 
 def cell(out: Path, defense: str, eps: float) -> dict | None:
@@ -270,7 +283,7 @@ def table(plot, out, at_classifier, at_purifier):
         ax.set_xlabel("eps (L-inf); eps 0: clean on the same images")
         ax.set_ylabel("accuracy (%), per-image worst case over the suite")
         ax.set_ylim(0, 100)
-        ax.set_title("adaptive suite, first 1,000 test images (fewer where marked in docs/robustness.md)")
+        ax.set_title("adaptive suite, first test images (n per cell: docs/robustness.md)", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()

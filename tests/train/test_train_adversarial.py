@@ -66,4 +66,4 @@ def test_bad_adversarial_options_are_one_line_errors(tmp_path, bad, message):
 def test_cli_bad_adversarial_option(tmp_path):
     r = CliRunner().invoke(train_cli, ["classifier", "--out", str(tmp_path / "c"), "--adversarial", "pgd",
                                        "--adv-steps", "0"])
-    assert r.exit_code == 1 and r.output.strip() == "Error: --adv-steps 0: must be at least 1"
+    assert r.exit_code == 2 and r.output.strip() == "Error: --adv-steps 0: must be at least 1"
