@@ -9,7 +9,7 @@ Per cell (batch size x steps T): the first run's output is checked against the e
 tolerance of the fused loop (``vaegan.export.specs.TOL_LOOP``); a backend that disagrees is reported, not timed. Then
 warm-up, then timed runs until 20 runs or 5 s (whichever first; at least 3). The backends take turns for
 ``--rounds`` rounds (default 3) and each cell reports its best round (lowest p50): on a shared VM the speed of the
-same process drifts by up to ~1.6x over minutes, and interleaving makes that drift hit every backend alike. The
+same process drifts over minutes, and interleaving makes that drift hit every backend alike. The
 speed against eager is reported both ways: best round over best round, and per round (``speedups``). Each backend
 runs in its own process (spawned), so peak RSS is the backend's own and no idle thread pool of another backend
 competes for the cores; the torch-free runtime backends do not import torch there.
@@ -298,8 +298,8 @@ def measure_peak_gflops(threads: int, seconds: float = 1.0) -> dict:
 def speedups(results: dict) -> None:
     """Each timed cell against the eager reference's same cell: ``vs_eager``, best round over best round (the
     table's "vs eager"), and ``vs_eager_rounds``, round r over round r. The backends take turns, so the two p50s of
-    one round were measured back to back: a change of the machine's speed between rounds (on a shared VM, up to
-    ~1.6x within minutes) hits both, where the best rounds of two backends may come from different minutes."""
+    one round were measured back to back: a change of the machine's speed between rounds (on a shared VM,
+    within minutes) hits both, where the best rounds of two backends may come from different minutes."""
     eager = {(c["batch"], c["steps"]): c for c in results["backends"].get(REFERENCE, {}).get("cells", [])
              if c.get("status") == "timed"}
     for r in results["backends"].values():

@@ -4,7 +4,7 @@ through the runtime's ``GraphPurifier``), A/B against what ``vaegan-run`` ships.
 Each variant runs in **its own spawned process** (its own onnxruntime thread pools: no idle spinning pool of another
 variant steals the cores), the variants take turns for ``--rounds`` rounds, and each cell reports its best round's
 p50 and, beside the ratio of best rounds, the shipped variant's p50 over the variant's round by round ("per round":
-median and range): on a shared VM the speed drifts by up to ~1.6x over minutes, and interleaving makes the drift hit
+median and range): on a shared VM the speed drifts over minutes, and interleaving makes the drift hit
 every variant alike. Every variant's output is compared with the shipped graph's (max abs diff in the table, marked DISAGREES
 outside the fused loop's export tolerance, ``TOL_LOOP`` under the export's rule ``validate.compare``) before it is timed.
 
@@ -12,7 +12,7 @@ Levers, each against the shipped configuration (export: stride-1 ConvTranspose r
 CPU fast path -- one-restart calls run the Loop unrolled at T on OpenVINO's CPU plugin when installed, else on
 onnxruntime at graph optimisation ``all`` --, thread spinning on, batch sharding over ``--threads`` one-thread
 sessions on the CPU for the Loop graph, OpenVINO reading the fed arrays in place). The fast path on onnxruntime is
-the next row (what shipped before OpenVINO); switched off it gives the Loop graph at ``extended``; the other rows are
+the next row; switched off it gives the Loop graph at ``extended``; the other rows are
 levers on that Loop graph: shipped levers switched off (no batch sharding; the exporter's stride-1 ConvTranspose kept), and levers not shipped (graph
 optimisation ``all`` / ``basic``, spinning off, one thread, every ConvTranspose -> Conv + DepthToSpace, the
 LeakyReLU-backward chain Greater/Cast/Mul/Add/Mul -> Sign/Clip/Mul, the Loop unrolled without ``all``).

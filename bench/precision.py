@@ -1,8 +1,8 @@
 """``python bench/precision.py``: what the fast path's bf16 arithmetic (``vaegan-run --precision bf16``) costs in
 accuracy and gives in speed, against fp32 on the same runtime, weights and inputs.
 
-bf16 does not meet the export's fp32 tolerances (the loop's T steps amplify its 8-bit mantissa: up to ~0.3 on one
-pixel of one image), so it is judged where it matters, on the defended classifier's labels: accuracy of
+bf16 does not meet the export's fp32 tolerances (the loop's T steps amplify its 8-bit mantissa; docs/benchmarks.md,
+"bf16 on the OpenVINO fast path"), so it is judged where it matters, on the defended classifier's labels: accuracy of
 classifier(purifier(x)) over the first ``--n`` test images and over each adversarial set of ``vaegan-attack`` /
 ``vaegan-eval`` (``adv/test_*.npz``, crafted against the same classifier), and how many labels differ from fp32's.
 Then latency: both precisions take turns for ``--rounds`` rounds at each batch size (p50 per round; the speed-up is

@@ -42,7 +42,7 @@ DEFENSES = {
 }
 AT_CLASSIFIER = "runs/at_pgd_eps0.1/model.pt"
 AT_PURIFIER = "runs/purifier_at_eps0.1/model.pt"
-# attack -> vaegan-eval-adaptive options: the budgets of the README's adaptive table (Makefile's CPU runs)
+# attack -> vaegan-eval-adaptive options: the budgets of the adaptive table in docs/results.md (Makefile's CPU runs)
 SUITE = {
     "apgd9": "--attacks apgd --apgd-grad full --apgd-targets 9 --attack-steps 50",
     "full": "--attacks full --attack-steps 50 --curve 10,20,50",

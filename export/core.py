@@ -133,7 +133,8 @@ def load_nets(vaegan_ckpt, classifier_ckpt):
 
 def load_onnx_classifier(path: Path, contract):
     """The user's ONNX classifier, checked against the purifier's contract: one float input N x C x H x W (N
-    symbolic), one output N x K with K the contract's class count. Renamed to the manifest's ``x`` / ``logits``."""
+    symbolic), one float output N x K with K the contract's class count. Its input and output are renamed to the
+    manifest's ``x`` / ``logits`` and their batch axis to ``N``; the graph is otherwise kept as it is."""
     import onnx
 
     if not path.is_file():
@@ -161,19 +162,26 @@ def load_onnx_classifier(path: Path, contract):
     if len(do) != 2 or do[1] != contract.num_classes:
         raise VaeganError(f"{path}: output shape {do}, the purifier's contract has {contract.num_classes} classes "
                           f"(expected N x {contract.num_classes})")
+    for what, vi in (("input", ins[0]), ("output", outs[0])):
+        if vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise VaeganError(f"{path}: {what} {vi.name!r} is "
+                              f"{onnx.TensorProto.DataType.Name(vi.type.tensor_type.elem_type).lower()} (expected "
+                              f"float32: images in [0, 1], logits)")
     from onnx import compose
 
-    model = compose.add_prefix(model, "user/") if ins[0].name != "x" or outs[0].name != "logits" else model
-    g = model.graph
-    src_in, src_out = g.input[0].name if ins[0].name != "x" else "x", g.output[0].name
-    if src_in != "x":
-        for n in g.node:
-            n.input[:] = ["x" if i == src_in else i for i in n.input]
-        g.input[0].name = "x"
-    if src_out != "logits":
-        for n in g.node:
-            n.output[:] = ["logits" if o == src_out else o for o in n.output]
-        g.output[0].name = "logits"
+    from .validate import _all_nodes
+
+    if (ins[0].name, outs[0].name) != ("x", "logits"):
+        # every name prefixed, so that "x" / "logits" name nothing else in the graph; then the one input and output
+        model = compose.add_prefix(model, "user/")
+        rename = {"user/" + ins[0].name: "x", "user/" + outs[0].name: "logits"}
+        for n in _all_nodes(model.graph):
+            n.input[:] = [rename.get(i, i) for i in n.input]
+            n.output[:] = [rename.get(o, o) for o in n.output]
+        for vi in list(model.graph.input) + list(model.graph.output):
+            vi.name = rename.get(vi.name, vi.name)
+    for vi in (next(i for i in model.graph.input if i.name == "x"), model.graph.output[0]):
+        vi.type.tensor_type.shape.dim[0].dim_param = "N"  # the manifest's batch symbol (docs/ARTIFACTS.md)
     return model
 
 

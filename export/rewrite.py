@@ -1,16 +1,16 @@
 """Speed rewrites of exported graphs (exact up to fp32 summation order; every graph is still validated against
 PyTorch after them).
 
-``convtranspose_as_conv``: onnxruntime's CPU ConvTranspose runs one GEMM + col2im per image of the batch and was
-~45% of the fused purifier's time; its Conv is batched and uses the blocked (NCHWc) kernels. A ConvTranspose with
+``convtranspose_as_conv``: onnxruntime's CPU ConvTranspose runs one GEMM + col2im per image of the batch, a large
+share of the fused purifier's time; its Conv is batched and uses the blocked (NCHWc) kernels. A ConvTranspose with
 stride s, kernel K, padding p (group 1, dilation 1) equals a stride-1 Conv at the *input* resolution with s*s*C_out
 output channels -- one per output phase (sub-pixel form: out[s*i + r] only sees inputs i + d with
-k = r + p - s*d in [0, K)) -- followed by ``DepthToSpace`` (CRD) and a crop. For s > 1 not applied by ``export_all``: it was slower in the A/B of
+k = r + p - s*d in [0, K)) -- followed by ``DepthToSpace`` (CRD) and a crop. For s > 1 not applied by ``export_all``: it is slower in the A/B of
 bench/levers.py (and DepthToSpace is not in validate.TRT_SUPPORTED_OPS); kept for that A/B. Kernel taps a phase does not use are
 zero (bench/flops.py counts non-zero taps only). For s = 1 it is just a Conv with the flipped, transposed weight, and
 that case *is* applied by ``export_all`` (``max_stride=1``): the input-gradient of G's last Conv (24 -> 1 channels,
-3x3, stride 1) is a ConvTranspose with one input channel, which onnxruntime ran at ~5 GFLOP/s (10% of the fused
-loop's time at batch 64); as a Conv it is exact in MACs and ~10x faster (bench/README.md, levers).
+3x3, stride 1) is a ConvTranspose with one input channel, which onnxruntime runs far below its Conv speed; as a
+Conv it is exact in MACs and faster (docs/benchmarks.md, levers).
 """
 
 from __future__ import annotations

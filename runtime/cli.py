@@ -63,8 +63,7 @@ from vaegan.runtime.names import BACKENDS, FAST_PATH_ENGINES, PRECISIONS
                    "openvino when installed (`pip install 'vaegan[openvino]'`) and T <= 10, else onnxruntime")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="the fast path's arithmetic: bf16 runs it on OpenVINO in bf16 (CPUs with AVX512-BF16 or AMX, "
-                   "one restart; ~2x frames/s at batch 64, labels as fp32's within 0.1 points on Table 1's sets: "
-                   "bench/precision.py)")
+                   "one restart; speed and labels against fp32: bench/precision.py, docs/benchmarks.md)")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
               help="frames per purify call; from a camera, whatever has arrived is purified without waiting")
 @click.option("--steps", type=int, default=None,

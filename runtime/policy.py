@@ -16,8 +16,8 @@ from .artifacts import Artifacts
 from .errors import BackendUnavailableError, RuntimeUsageError
 from .names import BACKENDS, FAST_PATH_ENGINES, PRECISIONS
 
-# auto's OpenVINO fast path up to this T: compiling the unrolled graph grows with T (bench/README.md), so longer
-# loops take onnxruntime's
+# auto's OpenVINO fast path up to this T: compiling the unrolled graph grows with T (docs/benchmarks.md, levers), so
+# longer loops take onnxruntime's
 AUTO_OPENVINO_MAX_STEPS = 10
 
 

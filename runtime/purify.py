@@ -12,8 +12,8 @@ Backends (exactly one definition of the algorithm each):
 - ``fused``   -- ``purify.onnx`` (the whole loop inside one ONNX graph) on onnxruntime. On the CPU with ``threads``
   > 1, a batch of n >= 2 images is cut into min(threads, n) shards run at once on one-thread sessions (batch
   sharding); a single image runs on one session with ``threads`` intra-op threads. Rows are independent, so the
-  shards give the same rows as one call; onnxruntime's intra-op threading of these small convolutions scaled 1.2x
-  from 1 to 2 threads at batch 64 where sharding scales 1.25x more (bench/README.md). CPU fast path: a call with
+  shards give the same rows as one call; onnxruntime's intra-op threading of these small convolutions scales less
+  than sharding does (docs/benchmarks.md, levers). CPU fast path: a call with
   one restart and T <= ``limits.FAST_PATH_MAX_STEPS`` runs ``purify.onnx`` with its Loop unrolled at that call's T (``backend/onnxrt/unroll.py``) on
   OpenVINO's CPU plugin when the ``openvino`` package is installed (one compiled model per batch size, no
   sharding), else under onnxruntime's ``all`` level (NCHWc kernels), built once per T (the configured T at
@@ -429,8 +429,8 @@ class UnrolledFastPath:
     momentum bound as constants (``backend/onnxrt/unroll.py``), on OpenVINO's CPU plugin or on onnxruntime sessions
     at graph optimisation ``all`` (``fast_path_runner``; ``engine`` resolved by ``resolve_fast_path_engine``). For
     one restart only: with R > 1 the reordered kernels' summation order can flip a near-tie between restarts
-    (bench/README.md), so those calls run the Loop graph at ``extended``. OpenVINO gets no shard runner: it runs a batch on all its threads, and
-    splitting the batch over two requests measured no faster (bench/README.md). ``openvino_max_steps``: calls with
+    (docs/benchmarks.md, levers), so those calls run the Loop graph at ``extended``. OpenVINO gets no shard runner: it runs a batch on all its threads, and
+    splitting the batch over two requests is no faster (docs/benchmarks.md, levers). ``openvino_max_steps``: calls with
     a larger T run on onnxruntime instead (None: no limit). ``precision``: ``bf16`` runs every T on OpenVINO in
     bf16 (``openvino_max_steps`` ignored: the onnxruntime kernels have no bf16). ``bind_settings`` (default on):
     eta, lam and momentum bound as constants; off, fed as inputs like the Loop graph's (``bench/levers.py``'s A/B)."""

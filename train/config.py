@@ -157,7 +157,8 @@ class PurifierConfig:
 class PurifyConfig:
     """Parameters of the purification loop (see ``vaegan.train.purifier``). A purifier checkpoint carries its own
     operating point (key ``purify``; ``checkpoint.purify_config``), which eval, the adaptive attacks and export use;
-    these defaults serve new training (the shipped operating point, chosen by the sweep in models/MODEL_CARD.md)."""
+    these defaults serve new training (the shipped operating point, chosen by the sweep in docs/training.md, "The
+    operating point")."""
 
     mode: str = "latent"      # "latent": descend on z; "pixel": descend on x itself
     init: str = "encoder"     # "encoder": z0 = mu_E(x); "random": z0 ~ N(0, I) (Defense-GAN)

@@ -20,7 +20,7 @@ with ``--download``):
 A root is accepted in torchvision's layout (``ROOT/FashionMNIST/raw/*-ubyte``) or as a flat folder of the four
 ``*-ubyte.gz`` files.
 
-Fixed subsets (the paper's sizes; every number in the README uses them):
+Fixed subsets (the paper's sizes; Table 1 in docs/results.md uses them):
 - ``TRAIN_SUBSET``: the first 10,000 training images (adversarial training set),
 - ``TEST_SUBSET``: the first 2,000 test images (adversarial test set, Table 1).
 """

@@ -35,7 +35,7 @@ class EvalConfig:
     alpha: float = 0.01
     seed: int = 0
     batch_size: int = 250
-    # Defense-GAN costs ~200x our purifier per image: evaluated on the first defense_gan_n images of these sets only
+    # Defense-GAN is far costlier per image (docs/benchmarks.md): run on the first defense_gan_n images of these sets
     defense_gan_n: int = 100
     defense_gan_sets: tuple = ("clean", "fgsm_eps0.3", "pgd40_eps0.1")
     defense_gan_steps: int = 200

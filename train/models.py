@@ -7,9 +7,9 @@ default). E and D halve the image twice (4x4 stride-2 convs) and once more with 
 -> 4, 32 -> 16 -> 8 -> 4); G starts from an H/4 x W/4 grid and doubles it twice. So H and W must be multiples of 4
 (at least 8): ``ImageContract.check_vaegan_size`` is the one check; the data loader resizes (``--image-size``).
 
-Sizes with the default arguments (``VAEGANArgs()``, latent 48, width 24; the previous shipped net): E 208,152 /
+Sizes with the default arguments (``VAEGANArgs()``, latent 48, width 24): E 208,152 /
 G 323,209 / D 61,993 parameters. The shipped weights (``--width 32 --decoder-width 24 --encoder-width 48
---latent-dim 64``): E 634,352 / G 398,473 / D 109,281 (models/MODEL_CARD.md).
+--latent-dim 64``): E 634,352 / G 398,473 / D 109,281 (docs/training.md).
 Classifier (``ClassifierArgs()``): VGG16 configuration "D" (13 conv + 3 FC) with widths / 4 and BatchNorm, the
 input zero-padded to the next multiple of 32 in each dimension (28x28 -> 32x32), 1,022,938 parameters for
 Fashion-MNIST. It normalises its [0, 1] input itself with the contract's per-channel mean / std.

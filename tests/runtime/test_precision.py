@@ -78,8 +78,9 @@ def test_vaegan_run_refuses_bf16_with_restarts_in_one_line(artifacts_dir, frames
 
 @needs_bf16
 def test_bf16_keeps_the_shipped_defended_labels(shipped_artifacts_dir):
-    """On the shipped weights bf16 changes the defended classifier's label on a handful of images at most (the README's
-    table: 2 of 2,000 clean images); here the first 256, where fp32 and bf16 must agree on at least 98%."""
+    """On the shipped weights bf16 changes the defended classifier's label on a handful of images at most
+    (docs/benchmarks.md, "bf16 on the OpenVINO fast path"); here the first 256, where fp32 and bf16 must agree on
+    at least 98%."""
     from vaegan.runtime.purify import make_classifier
     from vaegan.train.data import test_subset
 

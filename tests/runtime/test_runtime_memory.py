@@ -1,8 +1,8 @@
 """Streaming keeps memory flat: peak RSS of a 2,000-frame run (the sample frames repeated) measured in a child
 process, against a 200-frame run of the same frames.
 
-Bounds (stated with headroom; this test runs the modular backend at T=0; the README's 10,000-frame peaks for the
-fused backend on its OpenVINO fast path are 232 MB at T=0 and 341 MB at T=10): the 2,000-frame peak stays below
+Bounds (stated with headroom; this test runs the modular backend at T=0; the fused backend's 10,000-frame peaks are
+in docs/benchmarks.md, "`vaegan-run` end to end"): the 2,000-frame peak stays below
 400 MB, and at most 25 MB above the 200-frame peak
 (one batch plus a 64-frame prefetch queue of 28x28 float32 frames is ~0.2 MB; what grows with the frame count
 is the list of input paths and the latency arrays, ~0.3 kB/frame)."""

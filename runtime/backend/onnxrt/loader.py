@@ -75,10 +75,10 @@ class SessionOptionsFromConfig:
     does other work; with several sessions run alternately (the ``modular`` loop) it is best off.
 
     ``graph_optimization`` defaults to ``extended``, not ``all``: on the Loop graph the ``all`` level's NCHWc layout
-    kernels moved one of the 64 validation images of the fused loop (shipped weights, R = 2) 2e-3 away from float64
-    (another restart won the argmin), where torch fp32 and ``extended`` stay within 2e-6, and were not faster in the
-    A/B of bench/levers.py (bench/README.md). The fused backend's CPU fast path (one restart, no argmin; the Loop
-    unrolled) does use ``all``.
+    kernels can move a validation image of the fused loop past the fp32 tolerance (another restart wins the argmin),
+    where torch fp32 and ``extended`` stay within it, and are not faster in the A/B of bench/levers.py
+    (docs/benchmarks.md, levers). The fused backend's CPU fast path (one restart, no argmin; the Loop unrolled) does
+    use ``all``.
     """
 
     def __init__(self, intra_op_threads: int | None = None, inter_op_threads: int = 1, allow_spinning: bool = True,

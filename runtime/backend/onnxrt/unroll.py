@@ -3,8 +3,8 @@
 The runtime's CPU fast path (``runtime/purify.py``, ``make_purifier(..., fast_path=True)``): for its configured T
 and one restart, the fused backend runs the unrolled graph under onnxruntime's ``all`` optimisation level, whose
 NCHWc layout kernels only pay off once the layout reorders can be hoisted across iterations (inside the Loop body
-they are paid again every step). bench/README.md has the A/B; ``vaegan-export`` validates this path at the shipped
-T against PyTorch. The fast path also binds the loop's scalar settings (eta, lam, momentum) as constants
+they are paid again every step). docs/benchmarks.md (levers) has the A/B; ``vaegan-export`` validates this path at
+the shipped T against PyTorch. The fast path also binds the loop's scalar settings (eta, lam, momentum) as constants
 (``bind_inputs``). Needs the ``onnx`` package (a dependency of the distribution), not torch.
 """
 
@@ -71,7 +71,7 @@ def unroll_loop(model: onnx.ModelProto, steps: int) -> onnx.ModelProto:
 def bind_inputs(model: onnx.ModelProto, values: dict[str, float], *, inplace: bool = False) -> onnx.ModelProto:
     """``model`` with the scalar float graph inputs named in ``values`` replaced by float32 constants (initializers of
     the same name): the fast path's eta, lam and momentum, fixed like T. OpenVINO folds the constants into the
-    step's arithmetic (bench/README.md, "A third host": 0.90 -> 0.75 ms at batch 1, T = 3); the function is the
+    step's arithmetic (docs/benchmarks.md, levers); the function is the
     graph's at those inputs. A copy unless ``inplace`` (for a model the caller made and owns, as the loader's)."""
     import copy
 

@@ -1,8 +1,8 @@
 """``OpenvinoRunner``: the runner interface over OpenVINO's CPU plugin, for one ONNX model.
 
-OpenVINO compiles a model fastest for static shapes (the purifier's unrolled graph at batch 1: ~2.1 ms static against
-~2.7 ms with a dynamic batch dimension, bench/README.md), so the runner reads the ONNX model once at activation and
-compiles it for each new input-shape signature on first use (~0.4 s), keeping the ``cache`` most recently used.
+OpenVINO runs a model fastest compiled for static shapes (the purifier's unrolled graph at batch 1 is slower with a
+dynamic batch dimension, docs/benchmarks.md, levers), so the runner reads the ONNX model once at activation and
+compiles it for each new input-shape signature on first use, keeping the ``cache`` most recently used.
 ``infer`` is thread-safe: concurrent calls take separate infer requests of the same compiled model.
 
 OpenVINO drops graph inputs that no node uses (the purifier unrolled at T = 0 never reads eta or momentum), where
@@ -98,8 +98,8 @@ class OpenvinoRunner(BaseRunner):
     would otherwise compute in bf16), or ``bf16`` where the CPU has it (refused at activation where it does not:
     OpenVINO would silently run fp32). ``share_inputs`` (default on): OpenVINO reads the fed arrays in place when
     they are C-contiguous, writable and of the input's dtype (it copies any other; the call is synchronous, so they
-    outlive it); its copying dispatch cost ~70 us per call, 6% of the T = 3 purifier at batch 1 through the runtime
-    (bench/README.md, "A third host")."""
+    outlive it); its copying dispatch is a visible share of the T = 3 purifier at batch 1 through the runtime
+    (docs/benchmarks.md, levers)."""
 
     def __init__(self, model, threads: int | None = None, name: str | None = None, cache: int = 4,
                  precision: str = "fp32", share_inputs: bool = True):
