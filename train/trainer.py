@@ -1,7 +1,8 @@
-"""Training loops for the classifier and the VAE-GAN, on one process or several (``torchrun``, DDP over gloo).
+"""Training of the classifier, the VAE-GAN and the purifier, on one process or several (``torchrun``, DDP over gloo).
 
-Both are driven by a dataclass config, seeded, log one f-string line per epoch, write a resumable checkpoint
-(``OUT/ckpt.pt``, with optimizer) and the shippable weights (``OUT/model.pt``, without) after every epoch.
+Each is driven by a dataclass config and brings its models, optimizers, batch step and evaluation to one shared,
+seeded epoch loop (``_run_epochs``): one f-string log line per epoch, a resumable checkpoint (``OUT/ckpt.pt``, with
+optimizer) and the shippable weights (``OUT/model.pt``, without) after every epoch.
 They run on the CPU or on a CUDA device (``device``; under torchrun each process takes ``cuda:LOCAL_RANK`` and NCCL).
 Every random draw (batch order, noise, corruption, attack starts) comes from CPU generators and is then moved to the
 device, so a seed means the same draws everywhere; checkpoints are written with CPU tensors.
@@ -13,7 +14,7 @@ VAE-GAN objective (per image, averaged over the batch), after Larsen et al. 2016
 where z ~ q(z | x~), x~ is x corrupted (with probability ``denoise_prob``) by L-inf sign noise of random amplitude
 U(0, ``denoise_eps``) on a random grid (1, 2 or 4 pixel blocks), and z_p ~ N(0, I). The denoising term teaches E to map
 perturbed inputs to the clean image's code: it is what lets the purifier's encoder seed survive large perturbations
-(see models/MODEL_CARD.md for the measurement).
+(docs/training.md has the measurement).
 """
 
 from __future__ import annotations
@@ -43,10 +44,11 @@ from .models import VAEGAN, VGG16, widen
 # --------------------------------------------------------------------------------------------------------------
 # distributed helpers
 
-def _dist_setup(device: str = "cpu") -> tuple[int, int, torch.device]:
-    """(rank, world size, this process's device): gloo on the CPU; on CUDA, NCCL and ``cuda:LOCAL_RANK`` per process
-    when torchrun started several."""
-    dev = resolve_device(device)
+def _dist_setup(cfg) -> tuple[int, int, torch.device]:
+    """(rank, world size, this process's device) for ``cfg.device``: gloo on the CPU; on CUDA, NCCL and
+    ``cuda:LOCAL_RANK`` per process when torchrun started several. Seeds torch's global generator with ``cfg.seed``
+    (the models' initialisation and dropout draw from it)."""
+    dev = resolve_device(cfg.device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -56,8 +58,8 @@ def _dist_setup(device: str = "cpu") -> tuple[int, int, torch.device]:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return rank, world, dev
+    torch.manual_seed(cfg.seed)
+    return dist.get_rank() if dist.is_initialized() else 0, world, dev
 
 
 def _wrap(module: torch.nn.Module, world: int) -> torch.nn.Module:
@@ -105,21 +107,61 @@ def _eval_set(cfg, dev: torch.device):
     return x[: cfg.eval_limit].to(dev), y[: cfg.eval_limit].to(dev)
 
 
-def _contract(cfg):
-    """The image contract of the config's data set (checked and loaded before any model is built)."""
-    return dataset_contract(**data_kwargs(cfg))
-
-
 def _data_name(cfg) -> str:
     return str(getattr(cfg, "dataset", "fashion-mnist"))
 
 
-def _resume_state(out: Path, resume: bool, kind: str) -> dict | None:
-    path = out / "ckpt.pt"
-    if resume and path.exists():
-        state = ckpt_io.load_raw(path)
-        return state if state["kind"] == kind else None
-    return None
+def _resume(cfg, resume: bool, kind: str, model, optimizers: dict, best: float) -> tuple[int, int, float]:
+    """(start epoch, step, best metric): (0, 0, ``best``) for a fresh run; with ``resume`` and an OUT/ckpt.pt of this
+    ``kind``, its three, after loading its weights into ``model`` and its optimizer states into ``optimizers``
+    (checkpoint name -> optimizer or scheduler)."""
+    path = Path(cfg.out) / "ckpt.pt"
+    state = ckpt_io.load_raw(path) if resume and path.exists() else None
+    if state is None or state["kind"] != kind:
+        return 0, 0, best
+    model.load_state_dict(state["model"])
+    for name, o in optimizers.items():
+        o.load_state_dict(state["optimizer"][name])
+    return state["epoch"], state["step"], state["best_metric"]
+
+
+def _run_epochs(cfg, name: str, ddp: tuple, train_ds, model, optimizers: dict, ckpt_meta: dict, start: tuple,
+                best_of: tuple, losses: tuple, mode, train_step, evaluate) -> dict:
+    """The epoch loop of the three trainers; returns the last epoch's metrics (rank 0; {} elsewhere).
+
+    Each epoch from ``start`` (``_resume``) to ``cfg.epochs``: ``mode()`` (train or eval mode), then
+    ``train_step(x, y, step, gen)`` -> {loss name: float} on each batch of this process's shard (``_loader``), the
+    ``losses`` averaged into the metrics. On rank 0, ``evaluate(metrics)`` adds the evaluation and returns the log
+    line's middle, ``best_of`` = (metric, max or min) keeps the best metric, the line is printed, and OUT/ckpt.pt
+    (``ckpt_meta`` with the weights, the counters and ``optimizers``' states) and OUT/model.pt (slim) are written.
+    ``ddp`` is ``_dist_setup``'s (rank, world, device); every random draw of a step comes from ``gen``, a CPU
+    generator seeded by the seed and the rank."""
+    (rank, world, dev), (epoch0, step, best), (key, better) = ddp, start, best_of
+    gen = torch.Generator().manual_seed(cfg.seed + 1 + rank)
+    metrics = {}
+    for epoch in range(epoch0, cfg.epochs):
+        mode()
+        t0 = time.time()
+        sums, n = dict.fromkeys(losses, 0.0), 0
+        loader = _loader(train_ds, cfg, world, rank, epoch)
+        for x, y in tqdm(loader, desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, leave=False):
+            for k, v in train_step(x.to(dev), y.to(dev), step, gen).items():
+                sums[k] += v
+            step, n = step + 1, n + 1
+        if rank == 0:
+            metrics = {k: v / max(n, 1) for k, v in sums.items()}
+            line = evaluate(metrics)
+            metrics["epoch_seconds"] = time.time() - t0
+            best = better(best, metrics[key])
+            print(f"epoch {epoch + 1}: {line}, {metrics['epoch_seconds']:.0f}s", flush=True)
+            ckpt = {"kind": ckpt_meta["kind"], "model": _cpu_tree(model.state_dict()), **ckpt_meta, "epoch": epoch + 1,
+                    "step": step, "metrics": metrics, "best_metric": best, "world_size": world,
+                    "optimizer": {k: _cpu_tree(o.state_dict()) for k, o in optimizers.items()}}
+            ckpt_io.save(Path(cfg.out) / "ckpt.pt", ckpt)
+            ckpt_io.save(Path(cfg.out) / "model.pt", ckpt_io.slim(ckpt))
+        if world > 1:
+            dist.barrier()
+    return metrics
 
 
 @torch.no_grad()
@@ -148,7 +190,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def _mix_reconstructions(vg, x: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
     """Replace a ``prob`` fraction of the batch by the purifier's reconstruction G(mu_E(x~)) of a sign-noise
     corrupted copy (half of them corrupted, amplitude U(0, 0.35)): the classifier learns the purifier's output
-    distribution, which closes most of the clean-accuracy gap after purification (models/MODEL_CARD.md)."""
+    distribution (docs/training.md has what it does to the accuracy after purification)."""
     sel = (torch.rand(x.shape[0], generator=gen) < prob).to(x.device)
     if sel.any():
         x = x.clone()
@@ -224,10 +266,8 @@ def _pgd_accuracy(model, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int
 
 def train_classifier(cfg: ClassifierConfig, resume: bool = False) -> dict:
     _check_adversarial(cfg)
-    rank, world, dev = _dist_setup(cfg.device)
-    torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
-    contract = _contract(cfg)
+    rank, world, dev = _dist_setup(cfg)
+    contract = dataset_contract(**data_kwargs(cfg))
     if cfg.model.num_classes is None:
         cfg.model.num_classes = contract.num_classes
     try:
@@ -240,7 +280,6 @@ def train_classifier(cfg: ClassifierConfig, resume: bool = False) -> dict:
     steps_per_epoch = _steps_per_epoch(train_ds, cfg, world)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * steps_per_epoch),
                                                 pct_start=0.2)
-    start_epoch, step, best = 0, 0, -1.0
     if cfg.init:
         init_model = ckpt_io.load_model(cfg.init, "classifier")[0]
         if isinstance(init_model, ckpt_io.ExportedClassifier):
@@ -251,62 +290,44 @@ def train_classifier(cfg: ClassifierConfig, resume: bool = False) -> dict:
     vg = ckpt_io.load_model(cfg.purifier, "vaegan")[0].to(dev) if cfg.purifier else None
     if vg is not None:
         ckpt_io.check_data(vg.contract, contract, cfg.purifier, _data_name(cfg))
-    state = _resume_state(out, resume, "classifier")
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"]["opt"])
-        sched.load_state_dict(state["optimizer"]["sched"])
-        start_epoch, step, best = state["epoch"], state["step"], state["best_metric"]
+    start = _resume(cfg, resume, "classifier", model, optimizers := {"opt": opt, "sched": sched}, -1.0)
     dmodel = _wrap(model, world)
     xe, ye = _eval_set(cfg, dev)
-    gen = torch.Generator().manual_seed(cfg.seed + 1 + rank)
-    metrics = {}
-    for epoch in range(start_epoch, cfg.epochs):
-        dmodel.train()
-        t0 = time.time()
-        tot, n = 0.0, 0
-        loader = _loader(train_ds, cfg, world, rank, epoch)
-        for x, y in tqdm(loader, desc=f"classifier epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, leave=False):
-            x, y = x.to(dev), y.to(dev)
-            if cfg.augment:
-                x = _augment(x, gen)
-            if vg is not None:
-                x = _mix_reconstructions(vg, x, cfg.purifier_prob, gen)
-            if cfg.adversarial == "none":
-                loss = F.cross_entropy(dmodel(x), y, label_smoothing=0.05)
-            else:
-                ramp = cfg.eps_ramp_epochs * steps_per_epoch
-                eps = cfg.eps * min(1.0, (step + 1) / ramp) if ramp > 0 else cfg.eps
-                loss = _adversarial_loss(model, dmodel, x, y, cfg, eps, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            tot, n = tot + loss.item(), n + 1
-        if rank == 0:
-            acc = accuracy(model, xe, ye)
-            best = max(best, acc)
-            metrics = {"train_loss": tot / max(n, 1), "test_acc": acc, "epoch_seconds": time.time() - t0}
-            rec = adv = ""
-            if vg is not None:
-                with torch.no_grad():
-                    metrics["test_acc_reconstructed"] = accuracy(model, vg.reconstruct(xe), ye)
-                rec = f", on reconstructions {metrics['test_acc_reconstructed']:.2f}%"
-            if cfg.adversarial != "none":
-                k = min(cfg.adv_eval_limit, len(xe))
-                metrics["test_pgd_acc"] = _pgd_accuracy(model, xe[:k], ye[:k], cfg.eps, cfg.seed)
-                adv = f", PGD-10 eps {cfg.eps:g} {metrics['test_pgd_acc']:.2f}% (first {k})"
-            print(f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f}, test acc {acc:.2f}%{rec} "
-                  f"(first {len(xe)}){adv}, {metrics['epoch_seconds']:.0f}s", flush=True)
-            ckpt = {"kind": "classifier", "model": _cpu_tree(model.state_dict()), "model_args": asdict(cfg.model),
-                    "contract": contract.to_dict(), "config": asdict(cfg), "epoch": epoch + 1, "step": step, "metrics": metrics, "best_metric": best,
-                    "world_size": world, "optimizer": {"opt": _cpu_tree(opt.state_dict()), "sched": sched.state_dict()}}
-            ckpt_io.save(out / "ckpt.pt", ckpt)
-            ckpt_io.save(out / "model.pt", ckpt_io.slim(ckpt))
-        if world > 1:
-            dist.barrier()
-    return metrics
+
+    def train_step(x, y, step, gen):
+        if cfg.augment:
+            x = _augment(x, gen)
+        if vg is not None:
+            x = _mix_reconstructions(vg, x, cfg.purifier_prob, gen)
+        if cfg.adversarial == "none":
+            loss = F.cross_entropy(dmodel(x), y, label_smoothing=0.05)
+        else:
+            ramp = cfg.eps_ramp_epochs * steps_per_epoch
+            eps = cfg.eps * min(1.0, (step + 1) / ramp) if ramp > 0 else cfg.eps
+            loss = _adversarial_loss(model, dmodel, x, y, cfg, eps, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        return {"train_loss": loss.item()}
+
+    def evaluate(metrics):
+        metrics["test_acc"] = acc = accuracy(model, xe, ye)
+        rec = adv = ""
+        if vg is not None:
+            with torch.no_grad():
+                metrics["test_acc_reconstructed"] = accuracy(model, vg.reconstruct(xe), ye)
+            rec = f", on reconstructions {metrics['test_acc_reconstructed']:.2f}%"
+        if cfg.adversarial != "none":
+            k = min(cfg.adv_eval_limit, len(xe))
+            metrics["test_pgd_acc"] = _pgd_accuracy(model, xe[:k], ye[:k], cfg.eps, cfg.seed)
+            adv = f", PGD-10 eps {cfg.eps:g} {metrics['test_pgd_acc']:.2f}% (first {k})"
+        return f"loss {metrics['train_loss']:.4f}, test acc {acc:.2f}%{rec} (first {len(xe)}){adv}"
+
+    meta = {"kind": "classifier", "model_args": asdict(cfg.model), "contract": contract.to_dict(),
+            "config": asdict(cfg)}
+    return _run_epochs(cfg, "classifier", (rank, world, dev), train_ds, model, optimizers, meta, start,
+                       ("test_acc", max), ("train_loss",), dmodel.train, train_step, evaluate)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -342,27 +363,6 @@ def _lr_scale(step: int, epochs: int, decay_epochs: int, steps_per_epoch: int) -
     return 1.0 - 0.9 * min(1.0, (step - start) / span)
 
 
-def _vaegan_optimizers(vg, cfg, out: Path, resume: bool, best: float):
-    """Adam for E+G and for D (betas 0.5, 0.999); with ``resume``, weights, optimizers, epoch, step and best metric
-    from OUT/ckpt.pt. Returns (opt_eg, opt_d, start_epoch, step, best)."""
-    opt_eg = torch.optim.Adam(list(vg.encoder.parameters()) + list(vg.decoder.parameters()), lr=cfg.lr,
-                              betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(vg.discriminator.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
-    state = _resume_state(out, resume, "vaegan")
-    if state is None:
-        return opt_eg, opt_d, 0, 0, best
-    vg.load_state_dict(state["model"])
-    opt_eg.load_state_dict(state["optimizer"]["eg"])
-    opt_d.load_state_dict(state["optimizer"]["d"])
-    return opt_eg, opt_d, state["epoch"], state["step"], state["best_metric"]
-
-
-def _set_lr(opts_and_base_lrs, scale: float) -> None:
-    for opt, base in opts_and_base_lrs:
-        for group in opt.param_groups:
-            group["lr"] = base * scale
-
-
 def _gan_step(disc, d_raw, opt_d, x, xr_logit, xr, xp, mu, logvar) -> dict:
     """One discriminator step (real ``x`` against reconstructions ``xr`` and prior samples ``xp``), then the E/G loss
     terms of the objective above with D frozen: ``rec``, ``kl``, ``fm``, ``g_adv`` (tensors with graph) and ``d``."""
@@ -386,82 +386,73 @@ def _gan_step(disc, d_raw, opt_d, x, xr_logit, xr, xp, mu, logvar) -> dict:
             "d": loss_d.detach()}
 
 
-def _eg_update(opt_eg, terms: dict, cfg, sums: dict) -> None:
-    """One E/G step on rec + kl_weight * kl + fm_weight * fm + adv_weight * g_adv (+ guide_weight * guide when
-    present); adds every term (and D's loss) to ``sums`` for the epoch log."""
+def _vaegan_setup(vg, cfg, resume: bool, best: float, world: int, dev: torch.device):
+    """What train_vaegan and train_purifier share: Adam for E+G and for D (betas 0.5, 0.999), ``_resume``'s start, the
+    train set, the eval set and their batch step ``step(x, x_in, step, gen, guide=None)`` -> {term: float}: one D
+    step (``_gan_step``), then one E/G step on rec + kl_weight * kl + fm_weight * fm + adv_weight * g_adv, with E
+    fed ``x_in``; ``guide(G(mu_E(x_in)))`` adds the purifier's guide_weight * guide term.
+    Returns (optimizers by checkpoint name, start, train set, (x_eval, y_eval), step)."""
+    opt_eg = torch.optim.Adam(list(vg.encoder.parameters()) + list(vg.decoder.parameters()), lr=cfg.lr,
+                              betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(vg.discriminator.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
+    optimizers = {"eg": opt_eg, "d": opt_d}
+    start = _resume(cfg, resume, "vaegan", vg, optimizers, best)
+    enc, dec, disc = (_wrap(m, world) for m in (vg.encoder, vg.decoder, vg.discriminator))
+    train_ds = _train_set(cfg)
+    steps_per_epoch = _steps_per_epoch(train_ds, cfg, world)
     weights = {"rec": 1.0, "kl": cfg.kl_weight, "fm": cfg.fm_weight, "g_adv": cfg.adv_weight,
                "guide": getattr(cfg, "guide_weight", 0.0)}
-    loss = sum(weights[k] * v for k, v in terms.items() if k != "d")
-    opt_eg.zero_grad(set_to_none=True)
-    loss.backward()
-    opt_eg.step()
-    for k, v in terms.items():
-        sums[k] += v.item()
+
+    def step_fn(x, x_in, step, gen, guide=None):
+        b = x.shape[0]
+        for opt, base in ((opt_eg, cfg.lr), (opt_d, cfg.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = base * _lr_scale(step, cfg.epochs, cfg.lr_decay_epochs, steps_per_epoch)
+        mu, logvar = enc(x_in)
+        z = mu + torch.randn(mu.shape, generator=gen).to(dev) * torch.exp(0.5 * logvar)
+        zp = torch.randn(mu.shape, generator=gen).to(dev)
+        logit_img = dec(torch.cat([z, zp] if guide is None else [z, zp, mu]), logits=True)
+        img = torch.sigmoid(logit_img)
+        terms = _gan_step(disc, vg.discriminator, opt_d, x, logit_img[:b], img[:b], img[b:2 * b], mu, logvar)
+        if guide is not None:
+            terms["guide"] = guide(img[2 * b:])
+        loss = sum(weights[k] * v for k, v in terms.items() if k != "d")
+        opt_eg.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_eg.step()
+        return {k: v.item() for k, v in terms.items()}
+
+    return optimizers, start, train_ds, _eval_set(cfg, dev), step_fn
 
 
 def train_vaegan(cfg: VAEGANConfig, resume: bool = False) -> dict:
-    rank, world, dev = _dist_setup(cfg.device)
-    torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
-    contract = _contract(cfg)
+    rank, world, dev = _dist_setup(cfg)
+    contract = dataset_contract(**data_kwargs(cfg))
     try:
         vg = VAEGAN(cfg.model, contract).to(dev)
     except ContractError as e:
         raise VaeganError(f"data set {_data_name(cfg)}: {e}") from None
-    opt_eg, opt_d, start_epoch, step, best = _vaegan_optimizers(vg, cfg, out, resume, math.inf)
-    enc, dec, disc = (_wrap(m, world) for m in (vg.encoder, vg.decoder, vg.discriminator))
-    d_raw = vg.discriminator
-    train_ds = _train_set(cfg)
-    xe, ye = _eval_set(cfg, dev)
+    optimizers, start, train_ds, (xe, ye), step_fn = _vaegan_setup(vg, cfg, resume, math.inf, world, dev)
     clf = None
     if cfg.classifier and rank == 0:
         clf = ckpt_io.load_model(cfg.classifier, "classifier")[0].to(dev)
         ckpt_io.check_pair(vg, clf, f"being trained on {_data_name(cfg)}", cfg.classifier)
-    gen = torch.Generator().manual_seed(cfg.seed + 1 + rank)
-    metrics = {}
-    steps_per_epoch = _steps_per_epoch(train_ds, cfg, world)
-    for epoch in range(start_epoch, cfg.epochs):
-        vg.train()
-        t0 = time.time()
-        sums = {"rec": 0.0, "kl": 0.0, "fm": 0.0, "g_adv": 0.0, "d": 0.0}
-        n = 0
-        loader = _loader(train_ds, cfg, world, rank, epoch)
-        for x, _ in tqdm(loader, desc=f"vaegan epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, leave=False):
-            x = x.to(dev)
-            b = x.shape[0]
-            _set_lr(((opt_eg, cfg.lr), (opt_d, cfg.lr_d)),
-                    _lr_scale(step, cfg.epochs, cfg.lr_decay_epochs, steps_per_epoch))
-            x_in = corrupt(x, cfg.denoise_eps, cfg.denoise_prob, gen)
-            mu, logvar = enc(x_in)
-            z = mu + torch.randn(mu.shape, generator=gen).to(dev) * torch.exp(0.5 * logvar)
-            zp = torch.randn(mu.shape, generator=gen).to(dev)
-            logit_img = dec(torch.cat([z, zp]), logits=True)
-            img = torch.sigmoid(logit_img)
-            xr_logit, xr, xp = logit_img[:b], img[:b], img[b:]
 
-            terms = _gan_step(disc, d_raw, opt_d, x, xr_logit, xr, xp, mu, logvar)
-            _eg_update(opt_eg, terms, cfg, sums)
-            step += 1
-            n += 1
-        if rank == 0:
-            metrics = {k: v / max(n, 1) for k, v in sums.items()}
-            metrics.update(evaluate_vaegan(vg, xe, ye, clf, cfg.seed))
-            metrics["epoch_seconds"] = time.time() - t0
-            best = min(best, metrics["test_mse_clean"])
-            extra = (f", clf acc rec {metrics['clf_acc_rec']:.2f}% noisy.3 {metrics['clf_acc_rec_noisy']:.2f}%"
-                     if "clf_acc_rec" in metrics else "")
-            print(f"epoch {epoch + 1}: rec {metrics['rec']:.2f} kl {metrics['kl']:.2f} fm {metrics['fm']:.3f} "
-                  f"g_adv {metrics['g_adv']:.3f} d {metrics['d']:.3f} | test mse clean {metrics['test_mse_clean']:.4f} "
-                  f"noisy.3 {metrics['test_mse_noisy']:.4f}{extra}, {metrics['epoch_seconds']:.0f}s", flush=True)
-            ckpt = {"kind": "vaegan", "model": _cpu_tree(vg.state_dict()), "model_args": asdict(cfg.model),
-                    "contract": contract.to_dict(), "purify": asdict(PurifyConfig()), "config": asdict(cfg),
-                    "epoch": epoch + 1, "step": step, "metrics": metrics, "best_metric": best, "world_size": world,
-                    "optimizer": {"eg": _cpu_tree(opt_eg.state_dict()), "d": _cpu_tree(opt_d.state_dict())}}
-            ckpt_io.save(out / "ckpt.pt", ckpt)
-            ckpt_io.save(out / "model.pt", ckpt_io.slim(ckpt))
-        if world > 1:
-            dist.barrier()
-    return metrics
+    def train_step(x, _, step, gen):
+        return step_fn(x, corrupt(x, cfg.denoise_eps, cfg.denoise_prob, gen), step, gen)
+
+    def evaluate(metrics):
+        metrics.update(evaluate_vaegan(vg, xe, ye, clf, cfg.seed))
+        extra = (f", clf acc rec {metrics['clf_acc_rec']:.2f}% noisy.3 {metrics['clf_acc_rec_noisy']:.2f}%"
+                 if "clf_acc_rec" in metrics else "")
+        return (f"rec {metrics['rec']:.2f} kl {metrics['kl']:.2f} fm {metrics['fm']:.3f} g_adv {metrics['g_adv']:.3f} "
+                f"d {metrics['d']:.3f} | test mse clean {metrics['test_mse_clean']:.4f} "
+                f"noisy.3 {metrics['test_mse_noisy']:.4f}{extra}")
+
+    meta = {"kind": "vaegan", "model_args": asdict(cfg.model), "contract": contract.to_dict(),
+            "purify": asdict(PurifyConfig()), "config": asdict(cfg)}
+    return _run_epochs(cfg, "vaegan", (rank, world, dev), train_ds, vg, optimizers, meta, start,
+                       ("test_mse_clean", min), ("rec", "kl", "fm", "g_adv", "d"), vg.train, train_step, evaluate)
 
 
 @torch.no_grad()
@@ -537,8 +528,7 @@ def _guide(clf, xm: torch.Tensor, x: torch.Tensor, y: torch.Tensor, kind: str) -
     (``ce``), the mean L1 distance between its logits and the classifier's logits on the clean images ``x``
     (``logits``: the logit-guided denoiser of Liao et al. 2018, "Defense against adversarial attacks using high-level
     representation guided denoiser"; it asks the purified image to look to the classifier as the clean one does,
-    wrong answers and confidences included), or both (``ce+logits``). The two are on the same scale for the shipped
-    weights (0.35 and 0.29 on clean test images)."""
+    wrong answers and confidences included), or both (``ce+logits``)."""
     logits = clf(xm)
     terms = []
     if kind in ("ce", "ce+logits"):
@@ -561,9 +551,7 @@ def train_purifier(cfg: PurifierConfig, resume: bool = False) -> dict:
     """
     if cfg.guide_loss not in GUIDE_LOSSES:
         raise VaeganError(f"--guide-loss {cfg.guide_loss!r}: choose from {', '.join(GUIDE_LOSSES)}")
-    rank, world, dev = _dist_setup(cfg.device)
-    torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
+    rank, world, dev = _dist_setup(cfg)
     init = cfg.init or str(ckpt_io.default_path("vaegan"))
     clf_path = cfg.classifier or str(ckpt_io.default_path("classifier"))
     vg, init_ckpt = ckpt_io.load_model(init, "vaegan")
@@ -573,64 +561,32 @@ def train_purifier(cfg: PurifierConfig, resume: bool = False) -> dict:
         except ValueError as e:  # the one check of the widths lives in widen
             raise VaeganError(f"{init}: --encoder-width / --decoder-width: {e}") from None
     clf, _ = ckpt_io.load_model(clf_path, "classifier")
-    ckpt_io.check_data(vg.contract, _contract(cfg), init, _data_name(cfg))
+    ckpt_io.check_data(vg.contract, dataset_contract(**data_kwargs(cfg)), init, _data_name(cfg))
     ckpt_io.check_pair(vg, clf, init, clf_path)
     operating_point = asdict(ckpt_io.purify_config(init_ckpt, steps=cfg.purify_steps, eta=cfg.purify_eta,
                                                    lam=cfg.purify_lam))
     vg, clf = vg.to(dev), clf.to(dev)
     clf.eval().requires_grad_(False)
-    opt_eg, opt_d, start_epoch, step, best = _vaegan_optimizers(vg, cfg, out, resume, -math.inf)
-    enc, dec, disc = (_wrap(m, world) for m in (vg.encoder, vg.decoder, vg.discriminator))
-    d_raw = vg.discriminator
-    train_ds = _train_set(cfg)
-    xe, ye = _eval_set(cfg, dev)
-    gen = torch.Generator().manual_seed(cfg.seed + 1 + rank)
-    metrics = {}
-    steps_per_epoch = _steps_per_epoch(train_ds, cfg, world)
-    for epoch in range(start_epoch, cfg.epochs):
-        vg.eval()  # eval-mode BatchNorm in E and G (D has none)
-        t0 = time.time()
-        sums = {"rec": 0.0, "kl": 0.0, "fm": 0.0, "g_adv": 0.0, "d": 0.0, "guide": 0.0}
-        n = 0
-        loader = _loader(train_ds, cfg, world, rank, epoch)
-        for x, y in tqdm(loader, desc=f"purifier epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, leave=False):
-            x, y = x.to(dev), y.to(dev)
-            b = x.shape[0]
-            _set_lr(((opt_eg, cfg.lr), (opt_d, cfg.lr_d)),
-                    _lr_scale(step, cfg.epochs, cfg.lr_decay_epochs, steps_per_epoch))
-            x_in = _purifier_inputs(vg, clf, x, y, cfg, gen)
-            mu, logvar = enc(x_in)
-            z = mu + torch.randn(mu.shape, generator=gen).to(dev) * torch.exp(0.5 * logvar)
-            zp = torch.randn(mu.shape, generator=gen).to(dev)
-            logit_img = dec(torch.cat([z, zp, mu]), logits=True)
-            img = torch.sigmoid(logit_img)
-            xr_logit, xr, xp, xm = logit_img[:b], img[:b], img[b:2 * b], img[2 * b:]
+    optimizers, start, train_ds, (xe, ye), step_fn = _vaegan_setup(vg, cfg, resume, -math.inf, world, dev)
 
-            terms = _gan_step(disc, d_raw, opt_d, x, xr_logit, xr, xp, mu, logvar)
-            terms["guide"] = _guide(clf, xm, x, y, cfg.guide_loss)
-            _eg_update(opt_eg, terms, cfg, sums)
-            step += 1
-            n += 1
-        if rank == 0:
-            metrics = {k: v / max(n, 1) for k, v in sums.items()}
-            metrics.update(evaluate_vaegan(vg, xe, ye, clf, cfg.seed))
-            metrics.update(evaluate_purifier_robustness(vg, clf, xe[:500], ye[:500], cfg.seed))
-            metrics["epoch_seconds"] = time.time() - t0
-            best = max(best, metrics["clf_acc_rec"])
-            print(f"epoch {epoch + 1}: rec {metrics['rec']:.2f} kl {metrics['kl']:.2f} guide {metrics['guide']:.3f} "
-                  f"g_adv {metrics['g_adv']:.3f} d {metrics['d']:.3f} | test mse {metrics['test_mse_clean']:.4f}, "
-                  f"clf acc rec {metrics['clf_acc_rec']:.2f}% noisy.3 {metrics['clf_acc_rec_noisy']:.2f}% "
-                  f"oblivious pgd10 .1 {metrics['oblivious_pgd_acc']:.2f}% adaptive pgd10 .1 "
-                  f"{metrics['adaptive_pgd_acc']:.2f}%, {metrics['epoch_seconds']:.0f}s", flush=True)
-            ckpt = {"kind": "vaegan", "model": _cpu_tree(vg.state_dict()), "model_args": asdict(vg.args),
-                    "contract": vg.contract.to_dict(), "purify": operating_point, "config": asdict(cfg), "init_config": init_ckpt.get("config"), "epoch": epoch + 1, "step": step,
-                    "metrics": metrics, "best_metric": best, "world_size": world,
-                    "optimizer": {"eg": _cpu_tree(opt_eg.state_dict()), "d": _cpu_tree(opt_d.state_dict())}}
-            ckpt_io.save(out / "ckpt.pt", ckpt)
-            ckpt_io.save(out / "model.pt", ckpt_io.slim(ckpt))
-        if world > 1:
-            dist.barrier()
-    return metrics
+    def train_step(x, y, step, gen):
+        return step_fn(x, _purifier_inputs(vg, clf, x, y, cfg, gen), step, gen,
+                       guide=lambda xm: _guide(clf, xm, x, y, cfg.guide_loss))
+
+    def evaluate(metrics):
+        metrics.update(evaluate_vaegan(vg, xe, ye, clf, cfg.seed))
+        metrics.update(evaluate_purifier_robustness(vg, clf, xe[:500], ye[:500], cfg.seed))
+        return (f"rec {metrics['rec']:.2f} kl {metrics['kl']:.2f} guide {metrics['guide']:.3f} "
+                f"g_adv {metrics['g_adv']:.3f} d {metrics['d']:.3f} | test mse {metrics['test_mse_clean']:.4f}, "
+                f"clf acc rec {metrics['clf_acc_rec']:.2f}% noisy.3 {metrics['clf_acc_rec_noisy']:.2f}% "
+                f"oblivious pgd10 .1 {metrics['oblivious_pgd_acc']:.2f}% adaptive pgd10 .1 "
+                f"{metrics['adaptive_pgd_acc']:.2f}%")
+
+    meta = {"kind": "vaegan", "model_args": asdict(vg.args), "contract": vg.contract.to_dict(),
+            "purify": operating_point, "config": asdict(cfg), "init_config": init_ckpt.get("config")}
+    # eval-mode BatchNorm in E and G while fine-tuning (D has none)
+    return _run_epochs(cfg, "purifier", (rank, world, dev), train_ds, vg, optimizers, meta, start,
+                       ("clf_acc_rec", max), ("rec", "kl", "fm", "g_adv", "d", "guide"), vg.eval, train_step, evaluate)
 
 
 def evaluate_purifier_robustness(vg: VAEGAN, clf, x: torch.Tensor, y: torch.Tensor, seed: int = 0,

@@ -1,3 +1,4 @@
+import math
 import os
 import subprocess
 import sys
@@ -205,3 +206,54 @@ def test_all_three_trainers_run_on_cuda_and_write_cpu_checkpoints(tmp_path, tiny
     for k in a:
         if a[k].is_floating_point():
             assert torch.allclose(a[k], b[k], atol=1e-3, rtol=1e-2), k  # one Adam step from the same init and draws
+
+
+def test_the_shared_epoch_loop_logs_checkpoints_and_resumes(tmp_path, capsys):
+    """``_run_epochs``, the loop of the three trainers: the batch step on every full batch with the running step
+    counter, one log line and both checkpoints (ckpt.pt with the optimizer, model.pt without) per epoch, and a
+    resumed run that continues from ckpt.pt's epoch, step, best metric, weights and optimizer state."""
+    from types import SimpleNamespace
+
+    ds = torch.utils.data.TensorDataset(torch.rand(20, 3), torch.zeros(20, dtype=torch.long))  # 2 batches of 8
+    cfg = SimpleNamespace(out=str(tmp_path), seed=0, batch_size=8, epochs=1)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    steps = []
+
+    def train_step(x, y, step, gen):
+        steps.append(step)
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {"loss": loss.item()}
+
+    def evaluate(metrics):
+        metrics["score"] = -float(len(steps))  # falls every epoch: the best stays the first epoch's
+        return f"loss {metrics['loss']:.3f} score {metrics['score']:g}"
+
+    def run(resume):
+        start = trainer._resume(cfg, resume, "toy", model, {"opt": opt}, -math.inf)
+        return start, trainer._run_epochs(cfg, "toy", (0, 1, torch.device("cpu")), ds, model, {"opt": opt},
+                                          {"kind": "toy", "config": {}}, start, ("score", max), ("loss",),
+                                          model.train, train_step, evaluate)
+
+    assert run(False)[0] == (0, 0, -math.inf) and steps == [0, 1]
+    ck = checkpoint.load_raw(tmp_path / "ckpt.pt")
+    assert (ck["kind"], ck["epoch"], ck["step"], ck["best_metric"]) == ("toy", 1, 2, -2.0)
+    assert "momentum_buffer" in ck["optimizer"]["opt"]["state"][0]
+    assert "optimizer" not in checkpoint.load_raw(tmp_path / "model.pt")
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    model.reset_parameters()
+    opt.state.clear()
+    assert trainer._resume(cfg, True, "toy", model, {"opt": opt}, -math.inf) == (1, 2, -2.0)
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items()) and len(opt.state) == 2
+    cfg.epochs = 3
+    start, metrics = run(True)
+    assert start == (1, 2, -2.0) and steps == [0, 1, 2, 3, 4, 5] and metrics["score"] == -6.0
+    ck = checkpoint.load_raw(tmp_path / "ckpt.pt")
+    assert (ck["epoch"], ck["step"], ck["best_metric"]) == (3, 6, -2.0)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1", "epoch 2", "epoch 3"]
+    assert lines[2].startswith("epoch 3: loss ") and lines[2].endswith("s") and "score -6" in lines[2]
+    assert trainer._resume(cfg, True, "other kind", model, {"opt": opt}, 0.5) == (0, 0, 0.5)
