@@ -120,19 +120,33 @@ _common = [
 ]
 
 
-def common(fn):
-    for opt in reversed(_common):
+_cell = [
+    click.option("--attacks", default=None, help=f"comma-separated, of {', '.join(SUITE)} (default: all)"),
+    click.option("--n", type=click.IntRange(1), default=1000, show_default=True),
+    click.option("--threads", type=click.IntRange(1), default=1, show_default=True),
+]
+
+
+def _apply(options, fn):
+    for opt in reversed(options):
         fn = opt(fn)
     return fn
+
+
+def common(fn):
+    """--out and the two AT checkpoints: every subcommand's."""
+    return _apply(_common, fn)
+
+
+def cell_options(fn):
+    """The suite's attacks, image count and threads, then the common options: the subcommands that select cells."""
+    return _apply(_cell + _common, fn)
 
 
 @main.command(help="Print the commands of the selected cells (nothing is run).")
 @click.option("--defense", default=None, help=f"comma-separated, of {', '.join(DEFENSES)} (default: all)")
 @click.option("--eps", "eps_text", default=None, help="comma-separated (default: 0.05,0.1,0.2,0.3)")
-@click.option("--attacks", default=None, help=f"comma-separated, of {', '.join(SUITE)} (default: all)")
-@click.option("--n", type=click.IntRange(1), default=1000, show_default=True)
-@click.option("--threads", type=click.IntRange(1), default=1, show_default=True)
-@common
+@cell_options
 @friendly_errors
 def commands(defense, eps_text, attacks, n, threads, out, at_classifier, at_purifier):
     out = Path(out)
@@ -150,10 +164,7 @@ def commands(defense, eps_text, attacks, n, threads, out, at_classifier, at_puri
 @main.command(help="Run the missing runs of the selected cells (one at a time), then merge each cell.")
 @click.option("--defense", required=True, help=f"comma-separated, of {', '.join(DEFENSES)}")
 @click.option("--eps", "eps_text", required=True, help="comma-separated")
-@click.option("--attacks", default=None, help=f"comma-separated, of {', '.join(SUITE)} (default: all)")
-@click.option("--n", type=click.IntRange(1), default=1000, show_default=True)
-@click.option("--threads", type=click.IntRange(1), default=1, show_default=True)
-@common
+@cell_options
 @friendly_errors
 def run(defense, eps_text, attacks, n, threads, out, at_classifier, at_purifier):
     out = Path(out)
