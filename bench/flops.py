@@ -106,7 +106,7 @@ def image_shape(artifacts_dir) -> tuple:
     return load_artifacts(artifacts_dir).contract.shape
 
 
-def purify_feed(n: int, latent: int, steps: int, restarts: int = 1, image: tuple = (1, 28, 28)) -> dict:
+def purify_feed(n: int, latent: int, steps: int, image: tuple, restarts: int = 1) -> dict:
     rng = np.random.default_rng(0)
     return {"x": rng.random((n, *image), dtype=np.float32), "noise": np.zeros((restarts, n, latent), np.float32),
             "steps": np.array(steps, np.int64), "eta": np.array(0.02, np.float32),

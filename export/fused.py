@@ -91,7 +91,7 @@ def _opset(model: onnx.ModelProto) -> int:
 
 
 def assemble_purify(encoder: onnx.ModelProto, step: onnx.ModelProto, loss: onnx.ModelProto,
-                    latent: int, image: tuple = (1, 28, 28)) -> onnx.ModelProto:
+                    latent: int, image: tuple) -> onnx.ModelProto:
     """The fused purifier (see module doc). ``loss`` maps (z, x, lam) to (loss, G(z)); ``image`` is the contract's
     (C, H, W). Input / output names follow docs/ARTIFACTS.md."""
     opset = _opset(encoder)
